@@ -1,0 +1,153 @@
+"""API plumbing shared by every app: error shape, body limits, strict input, pagination."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import RequestDataTooBig
+from django.http import Http404, HttpRequest, JsonResponse
+from rest_framework import exceptions, pagination, parsers, serializers, status
+from rest_framework.response import Response
+from rest_framework.views import exception_handler as drf_exception_handler
+
+from config.exceptions import AirlockError, InvalidInput, LimitExceeded
+
+logger = logging.getLogger(__name__)
+
+
+class PayloadTooLarge(exceptions.APIException):
+    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+    default_detail = "Request body is too large."
+    default_code = "too_large"
+
+
+class LimitedJSONParser(parsers.JSONParser):
+    """JSON bodies up to API_MAX_BODY_BYTES; DRF reads the stream itself, past Django's check."""
+
+    def parse(self, stream: Any, media_type: str | None = None, parser_context: Any = None) -> Any:
+        limit = settings.API_MAX_BODY_BYTES
+        request = (parser_context or {}).get("request")
+        declared = request.META.get("CONTENT_LENGTH") if request is not None else None
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise PayloadTooLarge(f"Request body is larger than {limit} bytes.")
+        body = stream.read(limit + 1) if stream is not None else b""
+        if len(body) > limit:
+            raise PayloadTooLarge(f"Request body is larger than {limit} bytes.")
+        if not body:
+            return {}
+        try:
+            return json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise exceptions.ParseError(f"Malformed JSON: {exc}") from exc
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+class StrictSerializer(serializers.Serializer):
+    """Input serializer that refuses fields it does not know instead of dropping them."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, dict):
+            unknown = sorted(set(data) - set(self.fields))
+            if unknown:
+                raise serializers.ValidationError(
+                    {name: ["Unknown field."] for name in unknown}, code="unknown_field"
+                )
+        return super().to_internal_value(data)
+
+
+class CursorPagination(pagination.CursorPagination):
+    ordering = "-created_at"
+    page_size_query_param = "page_size"
+    max_page_size = 200
+
+
+def validated(serializer_class: type[serializers.Serializer], request: Any) -> dict[str, Any]:
+    """The request's JSON object, checked by an input serializer (400 otherwise)."""
+    if not isinstance(request.data, dict):
+        raise InvalidInput("Expected a JSON object.", code="not_an_object")
+    serializer = serializer_class(data=request.data)
+    serializer.is_valid(raise_exception=True)
+    return dict(serializer.validated_data)
+
+
+def paginate(view: Any, request: Any, queryset: Any, serializer: Any, ordering: str) -> Response:
+    """One cursor-paginated page of `queryset`, newest first unless `ordering` says otherwise."""
+    paginator = CursorPagination()
+    paginator.ordering = ordering
+    page = paginator.paginate_queryset(queryset, request, view=view)
+    return paginator.get_paginated_response(serializer(page, many=True).data)
+
+
+def page_of(serializer_class: type[serializers.Serializer]) -> serializers.Serializer:
+    """The OpenAPI shape of one cursor page of `serializer_class` items."""
+    from drf_spectacular.utils import inline_serializer
+
+    name = serializer_class.__name__.removesuffix("Out")
+    return inline_serializer(
+        name=f"{name}Page",
+        fields={
+            "next": serializers.URLField(allow_null=True),
+            "previous": serializers.URLField(allow_null=True),
+            "results": serializer_class(many=True),
+        },
+    )
+
+
+def _error(detail: str, code: str, status_code: int, **extra: Any) -> Response:
+    return Response({"detail": detail, "code": code, **extra}, status=status_code)
+
+
+def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    """Every error leaves as {"detail", "code"} (plus "errors" for field errors)."""
+    if isinstance(exc, AirlockError):
+        response = _error(exc.detail, exc.code, exc.status_code)
+        if isinstance(exc, LimitExceeded):
+            response["Retry-After"] = str(exc.retry_after_s)
+        return response
+    if isinstance(exc, Http404):
+        exc = exceptions.NotFound()
+    elif isinstance(exc, DjangoPermissionDenied):
+        exc = exceptions.PermissionDenied()
+    elif isinstance(exc, RequestDataTooBig):
+        exc = PayloadTooLarge()
+
+    response = drf_exception_handler(exc, context)
+    if response is None:
+        return None
+    if isinstance(exc, exceptions.ValidationError):
+        errors = exc.detail if isinstance(exc.detail, dict) else {"non_field_errors": exc.detail}
+        response.data = {"detail": "Invalid input.", "code": "invalid", "errors": errors}
+    elif isinstance(exc, exceptions.APIException):
+        codes = exc.get_codes()
+        response.data = {
+            "detail": str(exc.detail),
+            "code": codes if isinstance(codes, str) else exc.default_code,
+        }
+    return response
+
+
+def _is_api(request: HttpRequest) -> bool:
+    return request.path.startswith("/api/")
+
+
+def json_404(request: HttpRequest, exception: Exception | None = None) -> Any:
+    if _is_api(request):
+        return JsonResponse({"detail": "Not found.", "code": "not_found"}, status=404)
+    from django.views.defaults import page_not_found
+
+    return page_not_found(request, exception or Http404())
+
+
+def json_500(request: HttpRequest) -> Any:
+    if _is_api(request):
+        return JsonResponse({"detail": "Server error.", "code": "server_error"}, status=500)
+    from django.views.defaults import server_error
+
+    return server_error(request)

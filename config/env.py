@@ -1,0 +1,92 @@
+"""Strict environment parsing: a bad value is an error that names the variable."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from decimal import Decimal, InvalidOperation
+from typing import Any, TypeVar
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+
+T = TypeVar("T")
+
+_env = environ.Env()
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+_UNSET: Any = object()
+
+
+def _parse(name: str, default: Any, parse: Callable[[str], T]) -> T:
+    raw = _env.str(name, default=None)
+    if raw is None:
+        if default is _UNSET:
+            raise ImproperlyConfigured(f"Environment variable {name} is required but not set.")
+        return default  # type: ignore[no-any-return]
+    try:
+        return parse(raw.strip())
+    except (ValueError, InvalidOperation, ImproperlyConfigured) as exc:
+        raise ImproperlyConfigured(
+            f"Environment variable {name}={raw!r} is invalid: {exc}"
+        ) from exc
+
+
+def env_str(name: str, default: Any = _UNSET) -> str:
+    return _parse(name, default, str)
+
+
+def env_bool(name: str, default: Any = _UNSET) -> bool:
+    def parse(raw: str) -> bool:
+        if raw.lower() in _TRUE:
+            return True
+        if raw.lower() in _FALSE:
+            return False
+        raise ValueError("expected one of true/false, 1/0, yes/no, on/off")
+
+    return _parse(name, default, parse)
+
+
+def env_int(name: str, default: Any = _UNSET, *, min_value: int | None = None) -> int:
+    def parse(raw: str) -> int:
+        value = int(raw)
+        if min_value is not None and value < min_value:
+            raise ValueError(f"must be at least {min_value}")
+        return value
+
+    return _parse(name, default, parse)
+
+
+def env_decimal(name: str, default: Any = _UNSET) -> Decimal:
+    def parse(raw: str) -> Decimal:
+        value = Decimal(raw)
+        if not value.is_finite() or value < 0:
+            raise ValueError("must be a non-negative number")
+        return value
+
+    return _parse(name, default, parse)
+
+
+def env_choice(name: str, choices: tuple[str, ...], default: Any = _UNSET) -> str:
+    def parse(raw: str) -> str:
+        if raw not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}")
+        return raw
+
+    return _parse(name, default, parse)
+
+
+def env_list(name: str, default: Any = _UNSET) -> list[str]:
+    return _parse(
+        name, default, lambda raw: [item.strip() for item in raw.split(",") if item.strip()]
+    )
+
+
+def env_db(name: str, default: str) -> dict[str, Any]:
+    def parse(raw: str) -> dict[str, Any]:
+        try:
+            return dict(environ.Env.db_url_config(raw))
+        except (KeyError, ImproperlyConfigured) as exc:
+            raise ValueError(f"not a database URL ({exc})") from exc
+
+    config = _parse(name, None, parse)
+    return config if config is not None else dict(environ.Env.db_url_config(default))

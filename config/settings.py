@@ -1,0 +1,263 @@
+"""Airlock settings: one module, driven by environment variables (see README, Configuration).
+
+Without any variables set this is the embedded default of `make run` and the test suite:
+SQLite and a filesystem Celery broker under var/, local bubblewrap sandboxes, files under
+var/media. Production sets DATABASE_URL, CELERY_BROKER_URL, SANDBOX_BACKEND=e2b, STORAGE_BACKEND=s3.
+"""
+
+from __future__ import annotations
+
+import secrets
+from decimal import Decimal
+from pathlib import Path
+
+from config.env import (
+    env_bool,
+    env_choice,
+    env_db,
+    env_decimal,
+    env_int,
+    env_list,
+    env_str,
+)
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(env_str("AIRLOCK_VAR_DIR", str(BASE_DIR / "var")))
+VAR_DIR.mkdir(parents=True, exist_ok=True)
+
+
+def _local_secret_key() -> str:
+    """A key kept under var/ so the embedded default needs no configuration."""
+    path = VAR_DIR / "secret_key"
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(50))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+DEBUG = env_bool("DEBUG", False)
+SECRET_KEY = env_str("SECRET_KEY", "") or _local_secret_key()
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+DEPLOY_ENV = env_str("DEPLOY_ENV", "local")
+
+# Behind TLS in production: one switch for redirects, secure cookies and HSTS.
+HTTPS_ONLY = env_bool("HTTPS_ONLY", False)
+SECURE_SSL_REDIRECT = HTTPS_ONLY
+SESSION_COOKIE_SECURE = HTTPS_ONLY
+CSRF_COOKIE_SECURE = HTTPS_ONLY
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31_536_000 if HTTPS_ONLY else 0, min_value=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = HTTPS_ONLY
+SECURE_HSTS_PRELOAD = HTTPS_ONLY
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
+if env_bool("USE_X_FORWARDED_PROTO", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_CONTENT_TYPE_NOSNIFF = True
+X_FRAME_OPTIONS = "DENY"
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "django_filters",
+    "drf_spectacular",
+    "django_fsm_log",
+    "workspaces",
+    "sandboxes",
+    "artifacts",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+WSGI_APPLICATION = "config.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {"default": env_db("DATABASE_URL", f"sqlite:///{VAR_DIR / 'db.sqlite3'}")}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # The web process, the worker and beat share the file: WAL lets readers and one writer
+    # work at once, IMMEDIATE transactions take the write lock up front instead of failing
+    # halfway with "database is locked".
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+            "transaction_mode": "IMMEDIATE",
+            "timeout": 20,
+        }
+    )
+else:
+    DATABASES["default"]["CONN_MAX_AGE"] = env_int("CONN_MAX_AGE", 60, min_value=0)
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "static"
+MEDIA_ROOT = VAR_DIR / "media"
+
+# --- Limits -------------------------------------------------------------------------------
+API_MAX_BODY_BYTES = env_int("API_MAX_BODY_BYTES", 1024 * 1024, min_value=1024)
+DATA_UPLOAD_MAX_MEMORY_SIZE = API_MAX_BODY_BYTES
+UPLOAD_MAX_BYTES = env_int("UPLOAD_MAX_BYTES", 100 * 1024 * 1024, min_value=1)
+ARTIFACT_MAX_BYTES = env_int("ARTIFACT_MAX_BYTES", 1024 * 1024 * 1024, min_value=1)
+EXEC_MAX_OUTPUT_BYTES = env_int("EXEC_MAX_OUTPUT_BYTES", 1024 * 1024, min_value=1024)
+WORKSPACE_MAX_ACTIVE_RUNS = env_int("WORKSPACE_MAX_ACTIVE_RUNS", 10, min_value=1)
+ALLOW_SELF_REVIEW = env_bool("ALLOW_SELF_REVIEW", False)
+
+# --- API ----------------------------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "workspaces.authentication.ApiKeyAuthentication",
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PARSER_CLASSES": ["config.api.LimitedJSONParser"],
+    "DEFAULT_RENDERER_CLASSES": [
+        "rest_framework.renderers.JSONRenderer",
+        "rest_framework.renderers.BrowsableAPIRenderer",
+    ],
+    "DEFAULT_PAGINATION_CLASS": "config.api.CursorPagination",
+    "PAGE_SIZE": 50,
+    "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
+    "EXCEPTION_HANDLER": "config.api.exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_THROTTLE_RATES": {"auth": env_str("AUTH_THROTTLE_RATE", "30/min")},
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Airlock API",
+    "DESCRIPTION": "Run agent-written code in sandboxes; every file it makes waits for review.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SCHEMA_PATH_PREFIX": "/api/v1",
+    "COMPONENT_SPLIT_REQUEST": True,
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "config.schema.add_error_responses",
+    ],
+}
+
+# --- Celery -------------------------------------------------------------------------------
+CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "filesystem://")
+if CELERY_BROKER_URL.startswith("filesystem://"):
+    _broker_dir = VAR_DIR / "celery"
+    for _sub in ("queue", "processed"):
+        (_broker_dir / _sub).mkdir(parents=True, exist_ok=True)
+    CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {
+        "data_folder_in": str(_broker_dir / "queue"),
+        "data_folder_out": str(_broker_dir / "queue"),
+        "processed_folder": str(_broker_dir / "processed"),
+        "store_processed": False,
+    }
+else:
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 2 * 60 * 60}
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
+
+# --- Sandboxes ----------------------------------------------------------------------------
+SANDBOX_BACKEND = env_choice("SANDBOX_BACKEND", ("local", "e2b"), "local")
+SANDBOX_LOCAL_ROOT = Path(env_str("SANDBOX_LOCAL_ROOT", str(VAR_DIR / "sandboxes")))
+SANDBOX_LOCAL_CPU_SECONDS = env_int("SANDBOX_LOCAL_CPU_SECONDS", 600, min_value=1)
+SANDBOX_LOCAL_MEMORY_MB = env_int("SANDBOX_LOCAL_MEMORY_MB", 1024, min_value=64)
+SANDBOX_LOCAL_MAX_PROCESSES = env_int("SANDBOX_LOCAL_MAX_PROCESSES", 256, min_value=8)
+SANDBOX_LOCAL_MAX_FILE_MB = env_int("SANDBOX_LOCAL_MAX_FILE_MB", 2048, min_value=1)
+E2B_API_KEY = env_str("E2B_API_KEY", "")
+E2B_API_URL = env_str("E2B_API_URL", "") or None
+E2B_SANDBOX_URL = env_str("E2B_SANDBOX_URL", "") or None
+E2B_TEMPLATE = env_str("E2B_TEMPLATE", "base")
+E2B_REQUEST_TIMEOUT_S = env_int("E2B_REQUEST_TIMEOUT_S", 30, min_value=1)
+SANDBOX_BOOT_TIMEOUT_S = env_int("SANDBOX_BOOT_TIMEOUT_S", 300, min_value=1)
+SANDBOX_DEFAULT_MAX_DURATION_MS = env_int(
+    "SANDBOX_DEFAULT_MAX_DURATION_MS", 3_600_000, min_value=1000
+)
+SANDBOX_DEFAULT_IDLE_TIMEOUT_MS = env_int(
+    "SANDBOX_DEFAULT_IDLE_TIMEOUT_MS", 900_000, min_value=1000
+)
+SANDBOX_SWEEP_INTERVAL_S = env_int("SANDBOX_SWEEP_INTERVAL_S", 30, min_value=1)
+SANDBOX_RECONCILE_INTERVAL_S = env_int("SANDBOX_RECONCILE_INTERVAL_S", 300, min_value=1)
+SANDBOX_SWEEP_CONCURRENCY = env_int("SANDBOX_SWEEP_CONCURRENCY", 16, min_value=1)
+SANDBOX_KEEPALIVE_MIN_S = env_int("SANDBOX_KEEPALIVE_MIN_S", 30, min_value=0)
+# E2B's published per-second prices: per vCPU, and per GiB of memory.
+SANDBOX_PRICE_VCPU_S = env_decimal("SANDBOX_PRICE_VCPU_S", Decimal("0.000014"))
+SANDBOX_PRICE_GIB_S = env_decimal("SANDBOX_PRICE_GIB_S", Decimal("0.0000045"))
+
+# --- Storage ------------------------------------------------------------------------------
+STORAGE_BACKEND = env_choice("STORAGE_BACKEND", ("filesystem", "s3"), "filesystem")
+if STORAGE_BACKEND == "s3":
+    _default_storage = {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {
+            "bucket_name": env_str("AWS_STORAGE_BUCKET_NAME"),
+            "endpoint_url": env_str("AWS_S3_ENDPOINT_URL", "") or None,
+            "region_name": env_str("AWS_S3_REGION_NAME", "") or None,
+            "access_key": env_str("AWS_ACCESS_KEY_ID", "") or None,
+            "secret_key": env_str("AWS_SECRET_ACCESS_KEY", "") or None,
+            "default_acl": None,
+            "querystring_auth": True,
+            "file_overwrite": False,
+        },
+    }
+else:
+    _default_storage = {
+        "BACKEND": "django.core.files.storage.FileSystemStorage",
+        "OPTIONS": {"location": str(MEDIA_ROOT), "base_url": None},
+    }
+STORAGES = {
+    "default": _default_storage,
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+
+# --- Logging ------------------------------------------------------------------------------
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+    "loggers": {"django.db.backends": {"level": "INFO"}},
+}

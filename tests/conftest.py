@@ -1,0 +1,128 @@
+"""Shared fixtures: named people (owner, admin, member, outsider), their workspace, keys,
+and an API client that checks every response against the OpenAPI schema."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+from rest_framework.test import APIClient
+
+from tests.factories import UserFactory, make_api_key, make_workspace
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def require_service(available: bool, reason: str) -> None:
+    """Skip locally when a service is missing; under CI=true a missing service is a failure."""
+    if available:
+        return
+    if IN_CI:
+        pytest.fail(f"{reason} (CI=true: required services must be present)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(autouse=True)
+def _fast_password_hashing(settings: Any) -> None:
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(scope="session")
+def openapi() -> Any:
+    from drf_spectacular.generators import SchemaGenerator
+    from openapi_core import OpenAPI
+
+    schema = SchemaGenerator().get_schema(request=None, public=True)
+    return OpenAPI.from_dict(_jsonable(schema))
+
+
+def _jsonable(value: Any) -> Any:
+    import json
+
+    from rest_framework.utils.encoders import JSONEncoder
+
+    return json.loads(json.dumps(value, cls=JSONEncoder))
+
+
+def _response_only_request(request: Any) -> Any:
+    """openapi-core's request adapter reads the body, which the view already consumed; only
+    the method and path matter for checking a response."""
+    from openapi_core.contrib.django import DjangoOpenAPIRequest
+
+    class _Request(DjangoOpenAPIRequest):
+        @property
+        def body(self) -> bytes:
+            return b""
+
+    return _Request(request)
+
+
+class SchemaCheckingClient(APIClient):
+    """Every /api/v1/ response must match the documented schema, errors included."""
+
+    def __init__(self, openapi: Any, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.openapi = openapi
+
+    def request(self, **kwargs: Any) -> Any:
+        from openapi_core.contrib.django import DjangoOpenAPIResponse
+
+        response = super().request(**kwargs)
+        path = kwargs.get("PATH_INFO", "")
+        if path.startswith("/api/v1/") and not path.startswith(("/api/v1/schema", "/api/v1/docs")):
+            if response.streaming:
+                return response
+            self.openapi.validate_response(
+                _response_only_request(response.wsgi_request), DjangoOpenAPIResponse(response)
+            )
+        return response
+
+
+@pytest.fixture
+def api(openapi: Any) -> SchemaCheckingClient:
+    return SchemaCheckingClient(openapi)
+
+
+@pytest.fixture
+def owner(db: Any) -> Any:
+    return UserFactory(username="olivia")
+
+
+@pytest.fixture
+def admin_user(db: Any) -> Any:
+    return UserFactory(username="adam")
+
+
+@pytest.fixture
+def member(db: Any) -> Any:
+    return UserFactory(username="mia")
+
+
+@pytest.fixture
+def outsider(db: Any) -> Any:
+    return UserFactory(username="oscar")
+
+
+@pytest.fixture
+def workspace(owner: Any, admin_user: Any, member: Any) -> Any:
+    return make_workspace(owner=owner, members={admin_user: "admin", member: "member"})
+
+
+@pytest.fixture
+def member_key(workspace: Any) -> str:
+    return make_api_key(workspace=workspace, role="member")[1]
+
+
+@pytest.fixture
+def admin_key(workspace: Any) -> str:
+    return make_api_key(workspace=workspace, role="admin", name="ops")[1]
+
+
+def client_as(api: SchemaCheckingClient, who: Any) -> SchemaCheckingClient:
+    """Authenticate as a user (forced), as a raw API key string, or stay anonymous (None)."""
+    if isinstance(who, str):
+        api.credentials(HTTP_AUTHORIZATION=f"Bearer {who}")
+    elif who is not None:
+        api.force_authenticate(user=who)
+    return api

@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+import factory
+from django.contrib.auth import get_user_model
+
+from workspaces import services
+from workspaces.models import ApiKey, Role, Workspace
+from workspaces.permissions import Actor
+
+User = get_user_model()
+
+
+class UserFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = User
+        skip_postgeneration_save = True
+
+    username = factory.Sequence(lambda n: f"user{n}")
+    email = factory.LazyAttribute(lambda u: f"{u.username}@example.com")
+    password = factory.PostGenerationMethodCall("set_password", "correct horse battery")
+
+
+def make_workspace(
+    *, owner: User, name: str = "Lab", members: dict[User, str] | None = None
+) -> Workspace:
+    """A workspace made the way users make them: through the services."""
+    workspace = services.workspace_create(name=name, owner=owner)
+    for user, role in (members or {}).items():
+        services.membership_add(workspace=workspace, user=user, role=role, actor=Actor(user=owner))
+    return workspace
+
+
+def make_api_key(
+    *, workspace: Workspace, role: str = Role.MEMBER, name: str = "agent"
+) -> tuple[ApiKey, str]:
+    return services.api_key_create(
+        workspace=workspace, name=name, role=role, actor=Actor(user=workspace.owner)
+    )

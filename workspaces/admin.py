@@ -1,0 +1,167 @@
+"""Workspaces with members inline, and API keys whose secret is shown once on create.
+
+A staff user who is not a superuser sees only workspaces they own or administer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+
+from workspaces import services
+from workspaces.models import ApiKey, Membership, Role, Workspace
+from workspaces.permissions import Actor
+
+
+def administered_workspace_ids(request: HttpRequest) -> QuerySet[Membership] | None:
+    """Ids of the workspaces the staff user administers; None for a superuser (all)."""
+    if request.user.is_superuser:
+        return None
+    return Membership.objects.filter(user=request.user, role__in=[Role.OWNER, Role.ADMIN]).values(
+        "workspace_id"
+    )
+
+
+class WorkspaceScopedAdmin(admin.ModelAdmin):
+    """Limits lists, change pages and actions to administered workspaces."""
+
+    workspace_field = "workspace"
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
+        queryset = super().get_queryset(request)
+        ids = administered_workspace_ids(request)
+        if ids is None:
+            return queryset
+        return queryset.filter(**{f"{self.workspace_field}__in": ids})
+
+    def has_module_permission(self, request: HttpRequest) -> bool:
+        return bool(request.user.is_active and request.user.is_staff)
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return self.has_module_permission(request)
+
+    def formfield_for_foreignkey(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
+        ids = administered_workspace_ids(request)
+        if db_field.name == "workspace" and ids is not None:
+            kwargs["queryset"] = Workspace.objects.filter(pk__in=ids)
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+
+class MembershipInline(admin.TabularInline):
+    model = Membership
+    extra = 0
+    fields = ["user", "role", "joined_at"]
+    readonly_fields = ["user", "role", "joined_at"]
+    can_delete = False
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # Membership changes go through the services (owner protections), i.e. the API.
+        return False
+
+
+@admin.register(Workspace)
+class WorkspaceAdmin(WorkspaceScopedAdmin):
+    workspace_field = "pk"
+    list_display = ["name", "owner", "created_at"]
+    search_fields = ["name", "owner__username"]
+    readonly_fields = ["id", "owner", "created_at"]
+    fields = ["id", "name", "owner", "created_at"]
+    inlines = [MembershipInline]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return bool(request.user.is_active and request.user.is_staff)
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return self.has_module_permission(request)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        if obj is None or request.user.is_superuser:
+            return bool(request.user.is_superuser)
+        return obj.owner_id == request.user.pk
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        return ["id", "created_at"] if obj is None else ["id", "owner", "created_at"]
+
+    def get_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        return ["name"] if obj is None else ["id", "name", "owner", "created_at"]
+
+    def save_model(self, request: HttpRequest, obj: Workspace, form: Any, change: bool) -> None:
+        actor = Actor(user=request.user)  # type: ignore[arg-type]
+        if change:
+            services.workspace_rename(workspace=obj, name=obj.name, actor=actor)
+        else:
+            created = services.workspace_create(name=obj.name, owner=request.user)  # type: ignore[arg-type]
+            obj.pk, obj.owner, obj.created_at = created.pk, created.owner, created.created_at
+            obj._state.adding = False
+
+    def delete_model(self, request: HttpRequest, obj: Workspace) -> None:
+        services.workspace_delete(workspace=obj, actor=Actor(user=request.user))  # type: ignore[arg-type]
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Workspace]) -> None:
+        for workspace in queryset:
+            self.delete_model(request, workspace)
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(WorkspaceScopedAdmin):
+    list_display = [
+        "name",
+        "workspace",
+        "role",
+        "prefix",
+        "created_by",
+        "last_used_at",
+        "revoked_at",
+    ]
+    list_filter = ["role", ("revoked_at", admin.EmptyFieldListFilter)]
+    search_fields = ["name", "prefix", "workspace__name"]
+    list_select_related = ["workspace", "created_by"]
+    actions = ["revoke_keys"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return self.has_module_permission(request)
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False if obj is not None else self.has_module_permission(request)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # keys are revoked, never deleted: their runs keep pointing at them
+
+    def get_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        if obj is None:
+            return ["workspace", "name", "role"]
+        return [
+            "workspace", "name", "role", "prefix", "created_by",
+            "created_at", "last_used_at", "revoked_at",
+        ]  # fmt: skip
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        return [] if obj is None else self.get_fields(request, obj)
+
+    def save_model(self, request: HttpRequest, obj: ApiKey, form: Any, change: bool) -> None:
+        key, secret = services.api_key_create(
+            workspace=obj.workspace,
+            name=obj.name,
+            role=obj.role,
+            actor=Actor(user=request.user),  # type: ignore[arg-type]
+        )
+        obj.pk, obj.prefix = key.pk, key.prefix
+        obj._state.adding = False
+        messages.warning(
+            request,
+            f"The secret of API key “{key.name}” is {secret} — copy it now, it is not shown again.",
+        )
+
+    @admin.action(description="Revoke selected API keys")
+    def revoke_keys(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
+        actor = Actor(user=request.user)  # type: ignore[arg-type]
+        revoked = 0
+        for key in queryset:
+            if key.revoked_at is None:
+                services.api_key_revoke(api_key=key, actor=actor)
+                revoked += 1
+        self.message_user(
+            request, f"{revoked} revoked, {queryset.count() - revoked} already revoked."
+        )

@@ -1,0 +1,211 @@
+"""Workspace, member and API key routes (SPEC §4). Thin: validate → service/selector → serialize."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from django.contrib.auth import get_user_model
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers, status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from config.api import StrictSerializer, page_of, paginate, validated
+from config.exceptions import PermissionDenied
+from workspaces import selectors, services
+from workspaces.models import ApiKeyRole, Role, Workspace
+from workspaces.permissions import Actor, require_role
+
+User = get_user_model()
+
+
+class WorkspaceScopedView(APIView):
+    """Base of every route under `workspaces/{ws}/`: resolves the workspace from the URL once
+    and checks the caller's role against `minimum_role` for the method. Subclasses read
+    `self.workspace`, `self.role` and `self.actor` and never look the workspace up themselves."""
+
+    minimum_role: ClassVar[dict[str, Role]] = {}
+    workspace: Workspace
+    role: Role
+    actor: Actor
+
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        super().initial(request, *args, **kwargs)
+        self.actor = Actor.from_request(request)
+        self.workspace, self.role = selectors.workspace_get(
+            actor=self.actor,
+            workspace_id=kwargs["workspace_id"],
+            minimum=self.minimum_role.get(request.method or "GET", Role.MEMBER),
+        )
+
+
+# --- Workspaces --------------------------------------------------------------------------
+
+
+class WorkspaceOut(serializers.ModelSerializer):
+    role = serializers.ChoiceField(choices=Role.choices, source="my_role", allow_null=True)
+    owner_id = serializers.IntegerField(read_only=True)
+
+    class Meta:
+        model = Workspace
+        fields = ["id", "name", "owner_id", "role", "created_at"]
+
+
+class WorkspaceIn(StrictSerializer):
+    name = serializers.CharField(max_length=100, trim_whitespace=True)
+
+
+class WorkspaceListView(APIView):
+    @extend_schema(responses=page_of(WorkspaceOut), operation_id="workspaces_list")
+    def get(self, request: Request) -> Response:
+        queryset = selectors.workspace_list(actor=Actor.from_request(request))
+        return paginate(self, request, queryset, WorkspaceOut, "-created_at")
+
+    @extend_schema(request=WorkspaceIn, responses={201: WorkspaceOut})
+    def post(self, request: Request) -> Response:
+        actor = Actor.from_request(request)
+        if actor.api_key is not None:
+            raise PermissionDenied("API keys cannot create workspaces.")
+        data = validated(WorkspaceIn, request)
+        workspace = services.workspace_create(name=data["name"], owner=request.user)
+        workspace.my_role = Role.OWNER  # type: ignore[attr-defined]
+        return Response(WorkspaceOut(workspace).data, status=status.HTTP_201_CREATED)
+
+
+class WorkspaceDetailView(WorkspaceScopedView):
+    minimum_role: ClassVar[dict[str, Role]] = {"PATCH": Role.OWNER, "DELETE": Role.OWNER}
+
+    @extend_schema(responses=WorkspaceOut)
+    def get(self, request: Request, workspace_id: str) -> Response:
+        return Response(WorkspaceOut(self.workspace).data)
+
+    @extend_schema(request=WorkspaceIn, responses=WorkspaceOut)
+    def patch(self, request: Request, workspace_id: str) -> Response:
+        data = validated(WorkspaceIn, request)
+        services.workspace_rename(workspace=self.workspace, name=data["name"], actor=self.actor)
+        return Response(WorkspaceOut(self.workspace).data)
+
+    @extend_schema(responses={204: None})
+    def delete(self, request: Request, workspace_id: str) -> Response:
+        services.workspace_delete(workspace=self.workspace, actor=self.actor)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+# --- Members -----------------------------------------------------------------------------
+
+
+class MemberOut(serializers.Serializer):
+    user_id = serializers.IntegerField()
+    username = serializers.CharField(source="user.username")
+    role = serializers.ChoiceField(choices=Role.choices)
+    joined_at = serializers.DateTimeField()
+
+
+class MemberAddIn(StrictSerializer):
+    user_id = serializers.IntegerField(required=False, min_value=1)
+    username = serializers.CharField(required=False, max_length=150)
+    role = serializers.ChoiceField(choices=ApiKeyRole.choices, default=Role.MEMBER)
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if ("user_id" in attrs) == ("username" in attrs):
+            raise serializers.ValidationError("Give exactly one of user_id or username.")
+        lookup = {"pk": attrs["user_id"]} if "user_id" in attrs else {"username": attrs["username"]}
+        user = User.objects.filter(is_active=True, **lookup).first()
+        if user is None:
+            field = "user_id" if "user_id" in attrs else "username"
+            raise serializers.ValidationError({field: ["No such user."]})
+        attrs["user"] = user
+        return attrs
+
+
+class MemberRoleIn(StrictSerializer):
+    role = serializers.ChoiceField(choices=ApiKeyRole.choices)
+
+
+class MemberListView(WorkspaceScopedView):
+    minimum_role: ClassVar[dict[str, Role]] = {"POST": Role.ADMIN}
+
+    @extend_schema(responses=page_of(MemberOut), operation_id="workspaces_members_list")
+    def get(self, request: Request, workspace_id: str) -> Response:
+        queryset = selectors.membership_list(workspace=self.workspace)
+        return paginate(self, request, queryset, MemberOut, "joined_at")
+
+    @extend_schema(request=MemberAddIn, responses={201: MemberOut})
+    def post(self, request: Request, workspace_id: str) -> Response:
+        data = validated(MemberAddIn, request)
+        membership = services.membership_add(
+            workspace=self.workspace, user=data["user"], role=data["role"], actor=self.actor
+        )
+        return Response(MemberOut(membership).data, status=status.HTTP_201_CREATED)
+
+
+class MemberDetailView(WorkspaceScopedView):
+    minimum_role: ClassVar[dict[str, Role]] = {"PATCH": Role.ADMIN}
+
+    @extend_schema(request=MemberRoleIn, responses=MemberOut)
+    def patch(self, request: Request, workspace_id: str, user_id: int) -> Response:
+        data = validated(MemberRoleIn, request)
+        membership = selectors.membership_get(workspace=self.workspace, user_id=user_id)
+        services.membership_change_role(membership=membership, role=data["role"], actor=self.actor)
+        return Response(MemberOut(membership).data)
+
+    @extend_schema(responses={204: None})
+    def delete(self, request: Request, workspace_id: str, user_id: int) -> Response:
+        leaving = self.actor.api_key is None and user_id == self.actor.user.pk
+        if not leaving:
+            require_role(self.role, Role.ADMIN)
+        membership = selectors.membership_get(workspace=self.workspace, user_id=user_id)
+        services.membership_remove(membership=membership, actor=self.actor)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+# --- API keys ----------------------------------------------------------------------------
+
+
+class ApiKeyOut(serializers.Serializer):
+    id = serializers.UUIDField()
+    name = serializers.CharField()
+    role = serializers.ChoiceField(choices=ApiKeyRole.choices)
+    prefix = serializers.CharField()
+    created_by_id = serializers.IntegerField()
+    created_at = serializers.DateTimeField()
+    last_used_at = serializers.DateTimeField(allow_null=True)
+    revoked_at = serializers.DateTimeField(allow_null=True)
+
+
+class ApiKeyCreatedOut(ApiKeyOut):
+    key = serializers.CharField(help_text="The secret. Shown this once; store it now.")
+
+
+class ApiKeyIn(StrictSerializer):
+    name = serializers.CharField(max_length=100, trim_whitespace=True)
+    role = serializers.ChoiceField(choices=ApiKeyRole.choices, default=ApiKeyRole.MEMBER)
+
+
+class ApiKeyListView(WorkspaceScopedView):
+    minimum_role: ClassVar[dict[str, Role]] = {"GET": Role.ADMIN, "POST": Role.ADMIN}
+
+    @extend_schema(responses=page_of(ApiKeyOut), operation_id="workspaces_api_keys_list")
+    def get(self, request: Request, workspace_id: str) -> Response:
+        queryset = selectors.api_key_list(workspace=self.workspace)
+        return paginate(self, request, queryset, ApiKeyOut, "-created_at")
+
+    @extend_schema(request=ApiKeyIn, responses={201: ApiKeyCreatedOut})
+    def post(self, request: Request, workspace_id: str) -> Response:
+        data = validated(ApiKeyIn, request)
+        key, secret = services.api_key_create(
+            workspace=self.workspace, name=data["name"], role=data["role"], actor=self.actor
+        )
+        body = {**ApiKeyOut(key).data, "key": secret}
+        return Response(body, status=status.HTTP_201_CREATED)
+
+
+class ApiKeyDetailView(WorkspaceScopedView):
+    minimum_role: ClassVar[dict[str, Role]] = {"DELETE": Role.ADMIN}
+
+    @extend_schema(responses={204: None})
+    def delete(self, request: Request, workspace_id: str, key_id: str) -> Response:
+        key = selectors.api_key_get(workspace=self.workspace, key_id=key_id)  # type: ignore[arg-type]
+        services.api_key_revoke(api_key=key, actor=self.actor)
+        return Response(status=status.HTTP_204_NO_CONTENT)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from typing import Any
@@ -85,8 +86,9 @@ def paginate(view: Any, request: Any, queryset: Any, serializer: Any, ordering: 
     return paginator.get_paginated_response(serializer(page, many=True).data)
 
 
+@functools.cache
 def page_of(serializer_class: type[serializers.Serializer]) -> serializers.Serializer:
-    """The OpenAPI shape of one cursor page of `serializer_class` items."""
+    """The OpenAPI shape of one cursor page of `serializer_class` items (one component each)."""
     from drf_spectacular.utils import inline_serializer
 
     name = serializer_class.__name__.removesuffix("Out")

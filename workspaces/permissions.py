@@ -20,10 +20,16 @@ ROLE_RANK = {Role.MEMBER: 1, Role.ADMIN: 2, Role.OWNER: 3}
 
 @dataclass(frozen=True)
 class Actor:
-    """A person, or a workspace API key acting for the person who created it."""
+    """Who does something: a person, a workspace API key (acting for the person who created
+    it), or a system task such as the sweep (`Actor.system("sweep")`, no user)."""
 
-    user: User
+    user: User | None
     api_key: ApiKey | None = None
+    system_task: str | None = None
+
+    @classmethod
+    def system(cls, task: str) -> Actor:
+        return cls(user=None, system_task=task)
 
     @classmethod
     def from_request(cls, request: Any) -> Actor:
@@ -33,11 +39,14 @@ class Actor:
     @property
     def is_superuser(self) -> bool:
         # A key is limited to its workspace and role, whoever created it.
-        return self.api_key is None and bool(self.user.is_superuser)
+        return self.api_key is None and self.user is not None and bool(self.user.is_superuser)
 
     def __str__(self) -> str:
+        if self.system_task is not None:
+            return f"system:{self.system_task}"
         if self.api_key is not None:
             return f"api_key:{self.api_key.prefix}"
+        assert self.user is not None
         return f"user:{self.user.get_username()}"
 
 

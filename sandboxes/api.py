@@ -1,0 +1,297 @@
+"""Run routes (SPEC §4). Thin: validate → service/selector → serialize."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import django_filters
+from django.http import StreamingHttpResponse
+from django_filters.rest_framework import DjangoFilterBackend
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import generics, serializers, status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from config.api import StrictSerializer, page_of, paginate, validated
+from config.exceptions import InvalidInput, PermissionDenied
+from sandboxes import selectors, services
+from sandboxes.backends.base import SANDBOX_HOME
+from sandboxes.models import DEFAULT_OUTPUT_DIR, RunStatus, SandboxRun
+from workspaces.api import WorkspaceScopedView
+from workspaces.models import Role
+from workspaces.permissions import Actor
+
+MAX_TEXT = 100_000
+
+
+class RunOut(serializers.ModelSerializer):
+    workspace_id = serializers.UUIDField(read_only=True)
+    created_by_id = serializers.IntegerField(read_only=True)
+    api_key_id = serializers.UUIDField(read_only=True, allow_null=True)
+    error = serializers.JSONField(allow_null=True)
+    metadata = serializers.JSONField()
+    files = serializers.SerializerMethodField()
+
+    class Meta:
+        model = SandboxRun
+        fields = [
+            "id", "workspace_id", "thread_id", "status", "prompt", "command", "template",
+            "metadata", "files", "output_dir", "sandbox_id", "created_by_id", "api_key_id",
+            "created_at", "running_at", "finished_at", "last_activity_at",
+            "max_duration_ms", "idle_timeout_ms", "exit_code", "error", "end_reason",
+            "cpu_count", "memory_mb", "cost_usd",
+        ]  # fmt: skip
+        read_only_fields = fields
+
+    def get_files(self, run: SandboxRun) -> list[str]:
+        """The paths written before the command; their contents stay private like env."""
+        return sorted(run.files)
+
+
+class RunCreateIn(StrictSerializer):
+    thread_id = serializers.CharField(max_length=255)
+    prompt = serializers.CharField(max_length=MAX_TEXT, trim_whitespace=False)
+    command = serializers.CharField(
+        max_length=MAX_TEXT, required=False, allow_blank=True, trim_whitespace=False
+    )
+    template = serializers.CharField(max_length=100, required=False, allow_blank=True)
+    env = serializers.DictField(
+        child=serializers.CharField(allow_blank=True, trim_whitespace=False, max_length=32_768),
+        required=False,
+    )
+    metadata = serializers.DictField(required=False)
+    files = serializers.DictField(
+        child=serializers.CharField(allow_blank=True, trim_whitespace=False),
+        required=False,
+        help_text="{absolute path under /home/user: text content}, written before `command`.",
+    )
+    output_dir = serializers.CharField(max_length=1024, required=False, default=DEFAULT_OUTPUT_DIR)
+    max_duration_ms = serializers.IntegerField(
+        min_value=services.MIN_TIMEOUT_MS, max_value=services.MAX_DURATION_LIMIT_MS, required=False
+    )
+    idle_timeout_ms = serializers.IntegerField(
+        min_value=services.MIN_TIMEOUT_MS, max_value=services.MAX_DURATION_LIMIT_MS, required=False
+    )
+
+
+class RunFilter(django_filters.FilterSet):
+    status = django_filters.ChoiceFilter(choices=RunStatus.choices)
+    thread_id = django_filters.CharFilter()
+    workspace = django_filters.UUIDFilter(field_name="workspace_id")
+
+    class Meta:
+        model = SandboxRun
+        fields = ["status", "thread_id", "workspace"]
+
+
+IDEMPOTENCY_KEY = OpenApiParameter(
+    "Idempotency-Key",
+    str,
+    OpenApiParameter.HEADER,
+    description="Repeat a request with the same key to get the same run back, not a second one.",
+)
+
+
+class WorkspaceRunsView(WorkspaceScopedView, generics.GenericAPIView):
+    filter_backends = [DjangoFilterBackend]
+    filterset_class = RunFilter
+    queryset = SandboxRun.objects.none()
+
+    @extend_schema(responses=page_of(RunOut), operation_id="workspaces_runs_list")
+    def get(self, request: Request, workspace_id: str) -> Response:
+        runs = self.filter_queryset(selectors.run_list(actor=self.actor, workspace=self.workspace))
+        return paginate(self, request, runs, RunOut, "-created_at")
+
+    @extend_schema(
+        request=RunCreateIn,
+        parameters=[IDEMPOTENCY_KEY],
+        responses={201: RunOut, 200: RunOut},
+        description="Start a run: 201 `booting`. With an Idempotency-Key already used for the "
+        "same request, 200 and the run it made.",
+    )
+    def post(self, request: Request, workspace_id: str) -> Response:
+        key = request.headers.get("Idempotency-Key", "")
+        if len(key) > 255 or not key.isprintable():
+            raise InvalidInput("Idempotency-Key must be printable and at most 255 characters.")
+        data = validated(RunCreateIn, request)
+        run, created = services.run_create(
+            workspace=self.workspace, actor=self.actor, idempotency_key=key, **data
+        )
+        return Response(RunOut(run).data, status=201 if created else 200)
+
+
+class RunListView(generics.GenericAPIView):
+    filter_backends = [DjangoFilterBackend]
+    filterset_class = RunFilter
+    queryset = SandboxRun.objects.none()
+
+    @extend_schema(responses=page_of(RunOut), operation_id="runs_list")
+    def get(self, request: Request) -> Response:
+        runs = selectors.run_list(actor=Actor.from_request(request))
+        return paginate(self, request, self.filter_queryset(runs), RunOut, "-created_at")
+
+
+class RunScopedView(APIView):
+    """Base of every `runs/{id}/…` route: resolves the run once (404 for outsiders), checks
+    the role for the method, and records activity on the run."""
+
+    minimum_role: ClassVar[dict[str, Role]] = {}
+    controls_run = False  # cancel/complete: members only on their own runs
+    run: SandboxRun
+    role: Role
+    actor: Actor
+
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        super().initial(request, *args, **kwargs)
+        self.actor = Actor.from_request(request)
+        self.run, self.role = selectors.run_get(
+            actor=self.actor,
+            run_id=kwargs["run_id"],
+            minimum=self.minimum_role.get(request.method or "GET", Role.MEMBER),
+        )
+        if self.controls_run and not selectors.run_is_controlled_by(
+            run=self.run, actor=self.actor, role=self.role
+        ):
+            raise PermissionDenied("Members may only end their own runs.")
+        services.run_touch(run=self.run)
+
+
+class RunDetailView(RunScopedView):
+    @extend_schema(responses=RunOut)
+    def get(self, request: Request, run_id: str) -> Response:
+        return Response(RunOut(self.run).data)
+
+
+class ExecIn(StrictSerializer):
+    command = serializers.CharField(max_length=MAX_TEXT, trim_whitespace=False)
+    timeout_s = serializers.FloatField(min_value=0.1, required=False)
+    cwd = serializers.CharField(max_length=services.PATH_MAX_LENGTH, required=False)
+    env = serializers.DictField(
+        child=serializers.CharField(allow_blank=True, trim_whitespace=False, max_length=32_768),
+        required=False,
+    )
+
+
+class ExecOut(serializers.Serializer):
+    exit_code = serializers.IntegerField(allow_null=True, help_text="null when it timed out")
+    stdout = serializers.CharField()
+    stderr = serializers.CharField()
+    truncated = serializers.BooleanField()
+    timed_out = serializers.BooleanField()
+    duration_ms = serializers.IntegerField()
+
+
+class RunExecView(RunScopedView):
+    @extend_schema(request=ExecIn, responses=ExecOut)
+    def post(self, request: Request, run_id: str) -> Response:
+        data = validated(ExecIn, request)
+        result = services.run_exec(run=self.run, actor=self.actor, **data)
+        return Response(ExecOut(result).data)
+
+
+PATH_PARAM = OpenApiParameter(
+    "path", str, required=True, description=f"Absolute, under {SANDBOX_HOME}"
+)
+
+
+def _path(request: Request) -> str:
+    path = request.query_params.get("path")
+    if not path:
+        raise InvalidInput("The `path` query parameter is required.", code="required")
+    return path
+
+
+class UploadOut(serializers.Serializer):
+    path = serializers.CharField()
+    size = serializers.IntegerField()
+
+
+class RunFilesView(RunScopedView):
+    @extend_schema(
+        parameters=[PATH_PARAM],
+        request={"application/octet-stream": OpenApiTypes.BINARY},
+        responses=UploadOut,
+        description="Write the raw request body to `path` (parents created, replaced if it exists).",
+    )
+    def put(self, request: Request, run_id: str) -> Response:
+        path = _path(request)
+        size = services.run_upload_file(
+            run=self.run, actor=self.actor, path=path, stream=request._request
+        )
+        return Response({"path": services.clean_sandbox_path(path), "size": size})
+
+    @extend_schema(
+        parameters=[PATH_PARAM],
+        responses={(200, "application/octet-stream"): OpenApiTypes.BINARY},
+        description="The file's bytes, as an attachment.",
+    )
+    def get(self, request: Request, run_id: str) -> StreamingHttpResponse:
+        path = services.clean_sandbox_path(_path(request))
+        chunks = services.run_download_file(run=self.run, actor=self.actor, path=path)
+        response = StreamingHttpResponse(chunks, content_type="application/octet-stream")
+        filename = path.rsplit("/", 1)[-1] or "file"
+        response["Content-Disposition"] = _attachment(filename)
+        response["X-Content-Type-Options"] = "nosniff"
+        return response
+
+
+def _attachment(filename: str) -> str:
+    from django.utils.http import content_disposition_header
+
+    return content_disposition_header(as_attachment=True, filename=filename) or "attachment"
+
+
+class FileEntryOut(serializers.Serializer):
+    name = serializers.CharField()
+    path = serializers.CharField()
+    type = serializers.ChoiceField(choices=["file", "dir", "symlink", "other"])
+    size = serializers.IntegerField(allow_null=True)
+
+
+class FileListOut(serializers.Serializer):
+    path = serializers.CharField()
+    entries = FileEntryOut(many=True)
+
+
+class RunFileListView(RunScopedView):
+    @extend_schema(
+        parameters=[OpenApiParameter("path", str, description=f"Default {SANDBOX_HOME}")],
+        responses=FileListOut,
+    )
+    def get(self, request: Request, run_id: str) -> Response:
+        path = services.clean_sandbox_path(request.query_params.get("path") or SANDBOX_HOME)
+        entries = services.run_list_files(run=self.run, actor=self.actor, path=path)
+        return Response({"path": path, "entries": FileEntryOut(entries, many=True).data})
+
+
+class ErrorIn(StrictSerializer):
+    code = serializers.CharField(max_length=64)
+    message = serializers.CharField(max_length=2000)
+
+
+class CompleteIn(StrictSerializer):
+    status = serializers.ChoiceField(choices=[RunStatus.SUCCEEDED, RunStatus.FAILED])
+    error = ErrorIn(required=False)
+
+
+class RunCompleteView(RunScopedView):
+    controls_run = True
+
+    @extend_schema(request=CompleteIn, responses=RunOut)
+    def post(self, request: Request, run_id: str) -> Response:
+        data = validated(CompleteIn, request)
+        run = services.run_complete(
+            run=self.run, actor=self.actor, status=data["status"], error=data.get("error")
+        )
+        return Response(RunOut(run).data)
+
+
+class RunCancelView(RunScopedView):
+    controls_run = True
+
+    @extend_schema(request=None, responses=RunOut)
+    def post(self, request: Request, run_id: str) -> Response:
+        run = services.run_cancel(run=self.run, actor=self.actor)
+        return Response(RunOut(run).data, status=status.HTTP_200_OK)

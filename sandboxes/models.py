@@ -1,0 +1,223 @@
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from django.conf import settings
+from django.contrib.contenttypes.fields import GenericForeignKey
+from django.contrib.contenttypes.models import ContentType
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+from django_fsm import ConcurrentTransitionMixin, FSMField, transition
+from django_fsm_log.decorators import fsm_log_by, fsm_log_description
+
+from workspaces.models import ApiKey, Workspace
+
+DEFAULT_OUTPUT_DIR = "/home/user/artifacts"
+
+
+class RunStatus(models.TextChoices):
+    BOOTING = "booting", "Booting"
+    RUNNING = "running", "Running"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+    CANCELED = "canceled", "Canceled"
+
+
+ACTIVE_STATUSES = (RunStatus.BOOTING, RunStatus.RUNNING)
+TERMINAL_STATUSES = (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELED)
+
+
+class EndReason(models.TextChoices):
+    COMPLETED = "completed"
+    COMMAND_FAILED = "command_failed"
+    CANCELED_BY_USER = "canceled_by_user"
+    IDLE_TIMEOUT = "idle_timeout"
+    MAX_DURATION = "max_duration"
+    BOOT_TIMEOUT = "boot_timeout"
+    BOOT_ERROR = "boot_error"
+    SANDBOX_LOST = "sandbox_lost"
+
+
+def compute_cost(*, seconds: float, cpu_count: int | None, memory_mb: int | None) -> Decimal:
+    """SPEC §6: seconds × (vCPUs × price per vCPU-second + GiB × price per GiB-second)."""
+    if seconds <= 0 or not cpu_count:
+        return Decimal("0")
+    gib = Decimal(memory_mb or 0) / Decimal(1024)
+    rate = Decimal(cpu_count) * settings.SANDBOX_PRICE_VCPU_S + gib * settings.SANDBOX_PRICE_GIB_S
+    return (Decimal(str(round(seconds, 3))) * rate).quantize(Decimal("0.000001"))
+
+
+class SandboxRun(ConcurrentTransitionMixin, models.Model):
+    """One sandbox's life, from boot to its end. `status` moves only through the transitions
+    below (protected field), and ConcurrentTransitionMixin makes a save fail when another
+    process moved the status since this copy was read: two transitions cannot both win."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE, related_name="runs")
+    thread_id = models.CharField(max_length=255)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="sandbox_runs"
+    )
+    api_key = models.ForeignKey(
+        ApiKey, on_delete=models.SET_NULL, null=True, blank=True, related_name="runs"
+    )
+    prompt = models.TextField()
+    command = models.TextField(blank=True)
+    template = models.CharField(max_length=100, blank=True)
+    env = models.JSONField(default=dict, blank=True)  # stored, never echoed back
+    metadata = models.JSONField(default=dict, blank=True)
+    files = models.JSONField(default=dict, blank=True)  # {path: text} written before `command`
+    output_dir = models.CharField(max_length=1024, default=DEFAULT_OUTPUT_DIR)
+    idempotency_key = models.CharField(max_length=255, blank=True)
+    request_fingerprint = models.CharField(max_length=64, blank=True)
+
+    sandbox_id = models.CharField(max_length=128, blank=True)
+    status = FSMField(default=RunStatus.BOOTING, choices=RunStatus.choices, protected=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    boot_claimed_at = models.DateTimeField(null=True, blank=True)
+    running_at = models.DateTimeField(null=True, blank=True)
+    command_started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    last_activity_at = models.DateTimeField(default=timezone.now)
+    deadline_pushed_at = models.DateTimeField(null=True, blank=True)
+    max_duration_ms = models.PositiveBigIntegerField()
+    idle_timeout_ms = models.PositiveBigIntegerField()
+    exit_code = models.IntegerField(null=True, blank=True)
+    error = models.JSONField(null=True, blank=True)
+    end_reason = models.CharField(max_length=32, choices=EndReason.choices, blank=True)
+    cpu_count = models.PositiveIntegerField(null=True, blank=True)
+    memory_mb = models.PositiveIntegerField(null=True, blank=True)
+    cost_usd = models.DecimalField(max_digits=14, decimal_places=6, null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["workspace", "-created_at"], name="run_ws_newest"),
+            models.Index(fields=["thread_id", "-created_at"], name="run_thread_newest"),
+            # The sweep's queries: cost grows with the runs that are due, not with all runs.
+            models.Index(
+                fields=["last_activity_at"], name="run_running_by_activity",
+                condition=Q(status="running"),
+            ),
+            models.Index(
+                fields=["running_at"], name="run_running_by_start", condition=Q(status="running")
+            ),
+            models.Index(
+                fields=["created_at"], name="run_booting_by_created", condition=Q(status="booting")
+            ),
+            models.Index(fields=["workspace", "status"], name="run_ws_status"),
+        ]  # fmt: skip
+        constraints = [
+            models.UniqueConstraint(
+                fields=["workspace", "idempotency_key"],
+                condition=~Q(idempotency_key=""),
+                name="run_unique_idempotency_key",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"run {self.id} ({self.status})"
+
+    # --- derived ---------------------------------------------------------------------
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in ACTIVE_STATUSES
+
+    @property
+    def deadline(self) -> datetime:
+        """When the run must end by its max duration."""
+        return self.created_at + timedelta(milliseconds=self.max_duration_ms)
+
+    def remaining_s(self, now: datetime | None = None) -> float:
+        return max(0.0, (self.deadline - (now or timezone.now())).total_seconds())
+
+    @property
+    def sandbox_seconds(self) -> float:
+        start = self.running_at or (self.created_at if self.sandbox_id else None)
+        if start is None or self.finished_at is None:
+            return 0.0
+        return max(0.0, (self.finished_at - start).total_seconds())
+
+    # --- transitions: they change fields only; side effects live in services ------------
+
+    def _finish(self, *, reason: str, error: dict[str, str] | None, exit_code: int | None) -> None:
+        self.finished_at = timezone.now()
+        self.end_reason = reason
+        if error is not None:
+            self.error = error
+        if exit_code is not None:
+            self.exit_code = exit_code
+        self.cost_usd = compute_cost(
+            seconds=self.sandbox_seconds, cpu_count=self.cpu_count, memory_mb=self.memory_mb
+        )
+
+    @fsm_log_by
+    @fsm_log_description
+    @transition(field=status, source=RunStatus.BOOTING, target=RunStatus.RUNNING)
+    def mark_running(
+        self, *, sandbox_id: str, cpu_count: int | None, memory_mb: int | None, **log: Any
+    ) -> None:
+        now = timezone.now()
+        self.sandbox_id = sandbox_id
+        self.cpu_count = cpu_count
+        self.memory_mb = memory_mb
+        self.running_at = now
+        self.last_activity_at = now
+
+    @fsm_log_by
+    @fsm_log_description
+    @transition(field=status, source=RunStatus.RUNNING, target=RunStatus.SUCCEEDED)
+    def succeed(self, *, exit_code: int | None = None, **log: Any) -> None:
+        self._finish(reason=EndReason.COMPLETED, error=None, exit_code=exit_code)
+
+    @fsm_log_by
+    @fsm_log_description
+    @transition(field=status, source=ACTIVE_STATUSES, target=RunStatus.FAILED)
+    def fail(
+        self,
+        *,
+        reason: str,
+        error: dict[str, str] | None = None,
+        exit_code: int | None = None,
+        **log: Any,
+    ) -> None:
+        self._finish(reason=reason, error=error, exit_code=exit_code)
+
+    @fsm_log_by
+    @fsm_log_description
+    @transition(field=status, source=ACTIVE_STATUSES, target=RunStatus.CANCELED)
+    def cancel(self, *, reason: str = EndReason.CANCELED_BY_USER, **log: Any) -> None:
+        self._finish(reason=reason, error=None, exit_code=None)
+
+
+class TransitionLog(models.Model):
+    """Who moved which object from which state to which, written by django-fsm-log.
+
+    django-fsm-log's own StateLog keys objects by integer id; runs and artifacts have UUIDs,
+    so its storage backend (sandboxes.fsm_log.TransitionLogBackend) writes here instead."""
+
+    timestamp = models.DateTimeField(default=timezone.now, db_index=True)
+    content_type = models.ForeignKey(ContentType, on_delete=models.CASCADE)
+    object_id = models.CharField(max_length=64)
+    content_object = GenericForeignKey("content_type", "object_id")
+    transition = models.CharField(max_length=64)
+    source_state = models.CharField(max_length=32, blank=True)
+    state = models.CharField(max_length=32)
+    by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    actor = models.CharField(max_length=150, help_text="user:…, api_key:… or system:…")
+
+    class Meta:
+        ordering = ["timestamp", "id"]
+        indexes = [
+            models.Index(fields=["content_type", "object_id", "timestamp"], name="tlog_object")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.actor}: {self.source_state} → {self.state}"

@@ -1,0 +1,40 @@
+"""Celery tasks: thin. They take ids, call one service, and own the retry policy: retries
+only on TransientBackendError, with exponential backoff."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import shared_task
+
+from sandboxes import services
+from sandboxes.backends import TransientBackendError
+
+logger = logging.getLogger(__name__)
+
+START_MAX_RETRIES = 5
+
+
+def backoff_s(retries: int) -> int:
+    return int(min(60, 2 ** (retries + 1)))
+
+
+@shared_task(
+    bind=True, acks_late=True, soft_time_limit=150, time_limit=180, max_retries=START_MAX_RETRIES
+)
+def start_sandbox_run(self: Any, run_id: str) -> None:
+    try:
+        services.run_boot(run_id=run_id)
+    except TransientBackendError as exc:
+        if self.request.retries >= self.max_retries:
+            services.run_fail_boot(run_id=run_id, error=exc)
+            return
+        logger.info("boot of run %s hit %s; retry %d", run_id, exc, self.request.retries + 1)
+        raise self.retry(exc=exc, countdown=backoff_s(self.request.retries)) from exc
+
+
+# The time limits are set per call from the run's remaining duration (services._enqueue_command).
+@shared_task(acks_late=True)
+def execute_run_command(run_id: str) -> None:
+    services.run_execute_command(run_id=run_id)

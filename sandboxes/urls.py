@@ -1,0 +1,18 @@
+from django.urls import path
+
+from sandboxes import api
+
+urlpatterns = [
+    path(
+        "workspaces/<uuid:workspace_id>/runs/",
+        api.WorkspaceRunsView.as_view(),
+        name="workspace-runs",
+    ),
+    path("runs/", api.RunListView.as_view(), name="run-list"),
+    path("runs/<uuid:run_id>/", api.RunDetailView.as_view(), name="run-detail"),
+    path("runs/<uuid:run_id>/exec/", api.RunExecView.as_view(), name="run-exec"),
+    path("runs/<uuid:run_id>/files/", api.RunFilesView.as_view(), name="run-files"),
+    path("runs/<uuid:run_id>/files/list/", api.RunFileListView.as_view(), name="run-file-list"),
+    path("runs/<uuid:run_id>/complete/", api.RunCompleteView.as_view(), name="run-complete"),
+    path("runs/<uuid:run_id>/cancel/", api.RunCancelView.as_view(), name="run-cancel"),
+]

@@ -18,7 +18,7 @@ from config.api import StrictSerializer, page_of, paginate, validated
 from config.exceptions import InvalidInput, PermissionDenied
 from sandboxes import selectors, services
 from sandboxes.backends.base import SANDBOX_HOME
-from sandboxes.models import DEFAULT_OUTPUT_DIR, RunStatus, SandboxRun
+from sandboxes.models import DEFAULT_OUTPUT_DIR, EndReason, RunStatus, SandboxRun
 from workspaces.api import WorkspaceScopedView
 from workspaces.models import Role
 from workspaces.permissions import Actor
@@ -26,7 +26,15 @@ from workspaces.permissions import Actor
 MAX_TEXT = 100_000
 
 
+class BlankIsNullChoiceField(serializers.ChoiceField):
+    """A choice that is not made yet reads as null, not as an empty string."""
+
+    def to_representation(self, value: Any) -> Any:
+        return super().to_representation(value) if value else None
+
+
 class RunOut(serializers.ModelSerializer):
+    end_reason = BlankIsNullChoiceField(choices=EndReason.choices, allow_null=True)
     workspace_id = serializers.UUIDField(read_only=True)
     created_by_id = serializers.IntegerField(read_only=True)
     api_key_id = serializers.UUIDField(read_only=True, allow_null=True)

@@ -10,6 +10,8 @@ import pytest
 from rest_framework.test import APIClient
 
 from tests.factories import UserFactory, make_api_key, make_workspace
+from tests.fakes.fixtures import *  # noqa: F403
+from tests.sandboxes.backends.fixtures_local import *  # noqa: F403
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
@@ -21,6 +23,27 @@ def require_service(available: bool, reason: str) -> None:
     if IN_CI:
         pytest.fail(f"{reason} (CI=true: required services must be present)")
     pytest.skip(reason)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def celery_broker_env(tmp_path_factory: Any) -> dict[str, str]:
+    """Keep the test process's task messages out of var/: the embedded filesystem broker
+    moves to a temporary folder (Redis, when CELERY_BROKER_URL names it, stays). Returns the
+    environment a worker subprocess needs to consume the same queue."""
+    from config.celery import app
+
+    if not app.conf.broker_url.startswith("filesystem://"):
+        return {"CELERY_BROKER_URL": app.conf.broker_url}
+    base = tmp_path_factory.mktemp("celery-broker")
+    for sub in ("queue", "processed"):
+        (base / sub).mkdir()
+    app.conf.broker_transport_options = {
+        "data_folder_in": str(base / "queue"),
+        "data_folder_out": str(base / "queue"),
+        "processed_folder": str(base / "processed"),
+        "store_processed": False,
+    }
+    return {"CELERY_BROKER_URL": "filesystem://", "CELERY_FILESYSTEM_DIR": str(base)}
 
 
 @pytest.fixture(autouse=True)
@@ -121,8 +144,31 @@ def admin_key(workspace: Any) -> str:
 
 def client_as(api: SchemaCheckingClient, who: Any) -> SchemaCheckingClient:
     """Authenticate as a user (forced), as a raw API key string, or stay anonymous (None)."""
+    api.force_authenticate(user=None)
+    api.credentials()
     if isinstance(who, str):
         api.credentials(HTTP_AUTHORIZATION=f"Bearer {who}")
     elif who is not None:
         api.force_authenticate(user=who)
     return api
+
+
+@pytest.fixture
+def local_sandboxes(settings: Any, local_backend: Any) -> Any:
+    """Runs use real local bubblewrap sandboxes, configured the way production configures
+    a backend: through settings. Returns the backend, to look inside."""
+    settings.SANDBOX_BACKEND = "local"
+    settings.SANDBOX_LOCAL_ROOT = local_backend.root
+    return local_backend
+
+
+@pytest.fixture
+def e2b_sandboxes(settings: Any, e2b_server: Any, e2b_backend: Any) -> Any:
+    """Runs use the e2b backend (the real SDK) against the local E2B test double."""
+    from tests.fakes.e2b_server import FAKE_API_KEY
+
+    settings.SANDBOX_BACKEND = "e2b"
+    settings.E2B_API_KEY = FAKE_API_KEY
+    settings.E2B_API_URL = e2b_server.api_url
+    settings.E2B_SANDBOX_URL = e2b_server.sandbox_url
+    return e2b_backend

@@ -3,6 +3,7 @@ from __future__ import annotations
 import factory
 from django.contrib.auth import get_user_model
 
+from sandboxes.models import SandboxRun
 from workspaces import services
 from workspaces.models import ApiKey, Role, Workspace
 from workspaces.permissions import Actor
@@ -36,3 +37,25 @@ def make_api_key(
     return services.api_key_create(
         workspace=workspace, name=name, role=role, actor=Actor(user=workspace.owner)
     )
+
+
+def make_run(*, workspace: Workspace, status: str = "booting", **fields: object) -> SandboxRun:
+    """A run in any status, written directly: tests of the state machine need runs in states
+    that only a sandbox could otherwise produce."""
+    from django.utils import timezone
+
+    defaults: dict[str, object] = {
+        "thread_id": "thread-1",
+        "prompt": "do the thing",
+        "created_by": workspace.owner,
+        "max_duration_ms": 3_600_000,
+        "idle_timeout_ms": 900_000,
+    }
+    if status != "booting":
+        defaults.update(sandbox_id=f"sbx-{SandboxRun.objects.count()}", running_at=timezone.now())
+    run = SandboxRun(workspace=workspace, **{**defaults, **fields})
+    run.save()
+    if status != "booting":
+        SandboxRun.objects.filter(pk=run.pk).update(status=status)
+        run.refresh_from_db()
+    return run

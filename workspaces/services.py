@@ -51,7 +51,11 @@ def workspace_rename(*, workspace: Workspace, name: str, actor: Actor) -> Worksp
 
 
 def workspace_delete(*, workspace: Workspace, actor: Actor) -> None:
+    """Cancel the workspace's active runs (killing their sandboxes), then delete it all."""
+    from sandboxes.services import workspace_runs_cancel
+
     workspace_id = workspace.pk
+    workspace_runs_cancel(workspace=workspace, actor=actor)
     workspace.delete()
     logger.info("workspace deleted id=%s by=%s", workspace_id, actor)
 

@@ -1,0 +1,87 @@
+"""Runs in the admin: read-only, with a cancel action that goes through the service."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin
+from django.contrib.contenttypes.models import ContentType
+from django.db.models import QuerySet
+from django.http import HttpRequest
+from django.utils.html import format_html_join
+
+from config.exceptions import Conflict
+from sandboxes import services
+from sandboxes.models import ACTIVE_STATUSES, SandboxRun, TransitionLog
+from workspaces.admin import WorkspaceScopedAdmin
+from workspaces.permissions import Actor
+
+
+def transition_history(obj: Any) -> Any:
+    """The object's transitions, oldest first, as an HTML table (escaped)."""
+    rows = TransitionLog.objects.filter(
+        content_type=ContentType.objects.get_for_model(obj), object_id=str(obj.pk)
+    ).order_by("timestamp", "id")
+    if not rows:
+        return "—"
+    return format_html_join(
+        "",
+        "<div>{} · {} → {} · <code>{}</code> by {}</div>",
+        (
+            (
+                r.timestamp.strftime("%Y-%m-%d %H:%M:%S"),
+                r.source_state or "∅",
+                r.state,
+                r.transition,
+                r.actor,
+            )
+            for r in rows
+        ),
+    )
+
+
+@admin.register(SandboxRun)
+class SandboxRunAdmin(WorkspaceScopedAdmin):
+    list_display = [
+        "id", "workspace", "thread_id", "status", "end_reason", "created_by",
+        "created_at", "finished_at", "cost_usd",
+    ]  # fmt: skip
+    list_filter = ["status", "end_reason", "workspace"]
+    search_fields = ["=id", "thread_id", "sandbox_id", "prompt"]
+    list_select_related = ["workspace", "created_by"]
+    date_hierarchy = "created_at"
+    actions = ["cancel_runs"]
+    exclude = ["env", "files", "request_fingerprint"]
+    readonly_fields = ["history"]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        names = [f.name for f in SandboxRun._meta.fields if f.name not in self.exclude]
+        return [*names, "history"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # runs start through the API or `manage.py start_run`
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return self.has_module_permission(request)  # to run actions; every field is read-only
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.display(description="Timeline")
+    def history(self, obj: SandboxRun) -> Any:
+        return transition_history(obj)
+
+    @admin.action(description="Cancel selected runs (kills their sandboxes)")
+    def cancel_runs(self, request: HttpRequest, queryset: QuerySet[SandboxRun]) -> None:
+        actor = Actor(user=request.user)  # type: ignore[arg-type]
+        canceled = skipped = 0
+        for run in queryset:
+            if run.status not in ACTIVE_STATUSES:
+                skipped += 1
+                continue
+            try:
+                services.run_cancel(run=run, actor=actor)
+                canceled += 1
+            except Conflict:
+                skipped += 1
+        self.message_user(request, f"{canceled} canceled, {skipped} skipped (already ended).")

@@ -1,0 +1,417 @@
+"""Run routes: the role matrix, real sandboxes behind exec and files, and bad input."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from sandboxes.models import SandboxRun
+from tests.conftest import client_as
+from tests.factories import make_api_key, make_run, make_workspace
+from workspaces import services as workspace_services
+from workspaces.permissions import Actor
+from workspaces.selectors import api_key_find
+
+CALLERS = ["owner", "admin", "member", "outsider", "anonymous", "member_key", "admin_key", "revoked_key", "foreign_key"]  # fmt: skip
+RUN_BODY = {"thread_id": "t-1", "prompt": "say hi"}
+
+
+@pytest.fixture
+def keys(workspace: Any, outsider: Any) -> dict[str, str]:
+    member_key = make_api_key(workspace=workspace, role="member")
+    revoked = make_api_key(workspace=workspace, role="admin", name="old")
+    workspace_services.api_key_revoke(api_key=revoked[0], actor=Actor(user=workspace.owner))
+    foreign = make_workspace(owner=outsider, name="Elsewhere")
+    return {
+        "member_key": member_key[1],
+        "admin_key": make_api_key(workspace=workspace, role="admin", name="ops")[1],
+        "revoked_key": revoked[1],
+        "foreign_key": make_api_key(workspace=foreign, role="admin")[1],
+    }
+
+
+@pytest.fixture
+def as_caller(
+    api: Any, owner: Any, admin_user: Any, member: Any, outsider: Any, keys: dict[str, str]
+) -> Any:
+    people = {"owner": owner, "admin": admin_user, "member": member, "outsider": outsider}
+
+    def login(name: str) -> Any:
+        if name == "anonymous":
+            return client_as(api, None)
+        return client_as(api, people.get(name) or keys[name])
+
+    return login
+
+
+@pytest.fixture
+def sandbox_run(local_sandboxes: Any, workspace: Any) -> SandboxRun:
+    """A running run on a real local sandbox, started by the owner."""
+    info = local_sandboxes.create(template="", metadata={"app": "airlock"}, envs={}, timeout_s=600)
+    return make_run(workspace=workspace, status="running", sandbox_id=info.sandbox_id)
+
+
+def table(**codes: int) -> list[Any]:
+    base = {"outsider": 404, "anonymous": 401, "revoked_key": 401, "foreign_key": 404}
+    merged = {**base, **codes}
+    return [pytest.param(name, merged[name], id=name) for name in CALLERS]
+
+
+EVERYONE = dict(owner=200, admin=200, member=200, member_key=200, admin_key=200)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(("caller", "status"), table(**{k: 201 for k in EVERYONE}))
+def test_create_run(
+    as_caller: Any,
+    caller: str,
+    status: int,
+    workspace: Any,
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    with django_capture_on_commit_callbacks() as enqueued:
+        response = as_caller(caller).post(
+            f"/api/v1/workspaces/{workspace.pk}/runs/", RUN_BODY, format="json"
+        )
+    assert response.status_code == status
+    assert len(enqueued) == (1 if status == 201 else 0)
+    if status == 201:
+        body = response.json()
+        assert body["status"] == "booting"
+        assert "env" not in body
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(("caller", "status"), table(**EVERYONE))
+def test_view_run_and_lists(as_caller: Any, caller: str, status: int, workspace: Any) -> None:
+    run = make_run(workspace=workspace)
+    client = as_caller(caller)
+    assert client.get(f"/api/v1/runs/{run.pk}/").status_code == status
+    assert client.get(f"/api/v1/workspaces/{workspace.pk}/runs/").status_code == status
+    mine = client.get("/api/v1/runs/")
+    if caller in ("anonymous", "revoked_key"):
+        assert mine.status_code == 401
+    else:
+        ids = [r["id"] for r in mine.json()["results"]]
+        assert ids == ([] if status == 404 else [str(run.pk)])
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(("caller", "status"), table(**EVERYONE))
+def test_exec_in_a_running_sandbox(
+    as_caller: Any, caller: str, status: int, sandbox_run: SandboxRun
+) -> None:
+    response = as_caller(caller).post(
+        f"/api/v1/runs/{sandbox_run.pk}/exec/",
+        {"command": "echo out; echo err >&2; exit 4", "timeout_s": 10},
+        format="json",
+    )
+    assert response.status_code == status
+    if status == 200:
+        assert response.json() == {
+            "exit_code": 4, "stdout": "out\n", "stderr": "err\n", "truncated": False,
+            "timed_out": False, "duration_ms": response.json()["duration_ms"],
+        }  # fmt: skip
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("action", ["cancel", "complete"])
+@pytest.mark.parametrize(
+    ("caller", "status"), table(owner=200, admin=200, member=403, member_key=403, admin_key=200)
+)
+def test_ending_someone_elses_run(
+    as_caller: Any, caller: str, status: int, action: str, workspace: Any
+) -> None:
+    run = make_run(workspace=workspace, status="running")  # started by the owner
+    body = {"status": "succeeded"} if action == "complete" else None
+    response = as_caller(caller).post(f"/api/v1/runs/{run.pk}/{action}/", body, format="json")
+    assert response.status_code == status
+    run.refresh_from_db()
+    assert (run.status == "running") == (status != 200)
+
+
+@pytest.mark.django_db
+def test_a_member_ends_their_own_run_and_a_key_the_runs_it_started(
+    api: Any, workspace: Any, member: Any, keys: dict[str, str]
+) -> None:
+    own = make_run(workspace=workspace, status="running", created_by=member)
+    assert client_as(api, member).post(f"/api/v1/runs/{own.pk}/cancel/").status_code == 200
+    key = api_key_find(raw_key=keys["member_key"])
+    started = make_run(
+        workspace=workspace, status="running", created_by=key.created_by, api_key=key
+    )
+    other_key_api = client_as(api, keys["member_key"])
+    response = other_key_api.post(
+        f"/api/v1/runs/{started.pk}/complete/",
+        {"status": "failed", "error": {"code": "agent", "message": "gave up"}},
+        format="json",
+    )
+    assert response.status_code == 200
+    assert response.json()["error"] == {"code": "agent", "message": "gave up"}
+    assert response.json()["end_reason"] == "command_failed"
+
+
+@pytest.mark.django_db
+def test_cancel_kills_the_sandbox_and_is_idempotent(
+    api: Any, owner: Any, sandbox_run: SandboxRun, local_sandboxes: Any
+) -> None:
+    client = client_as(api, owner)
+    first = client.post(f"/api/v1/runs/{sandbox_run.pk}/cancel/")
+    assert (first.status_code, first.json()["status"], first.json()["end_reason"]) == (
+        200,
+        "canceled",
+        "canceled_by_user",
+    )
+    assert local_sandboxes.list_sandboxes({}) == []
+    again = client.post(f"/api/v1/runs/{sandbox_run.pk}/cancel/")
+    assert (again.status_code, again.json()["status"]) == (200, "canceled")
+
+
+@pytest.mark.django_db
+def test_cancel_works_while_booting(api: Any, owner: Any, workspace: Any) -> None:
+    run = make_run(workspace=workspace)
+    response = client_as(api, owner).post(f"/api/v1/runs/{run.pk}/cancel/")
+    assert (response.status_code, response.json()["status"]) == (200, "canceled")
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("status", ["succeeded", "failed"])
+def test_cancel_of_an_ended_run_is_a_409_naming_its_status(
+    api: Any, owner: Any, workspace: Any, status: str
+) -> None:
+    run = make_run(workspace=workspace, status=status)
+    response = client_as(api, owner).post(f"/api/v1/runs/{run.pk}/cancel/")
+    assert response.status_code == 409
+    assert response.json() == {"detail": f"The run is {status}.", "code": "invalid_state"}
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("status", ["booting", "succeeded", "canceled"])
+def test_exec_and_files_need_a_running_run(
+    api: Any, owner: Any, workspace: Any, status: str
+) -> None:
+    run = make_run(workspace=workspace, status=status)
+    client = client_as(api, owner)
+    assert (
+        client.post(f"/api/v1/runs/{run.pk}/exec/", {"command": "true"}, format="json").status_code
+        == 409
+    )
+    assert client.get(f"/api/v1/runs/{run.pk}/files/?path=/home/user/x").status_code == 409
+    assert client.get(f"/api/v1/runs/{run.pk}/files/list/").status_code == 409
+
+
+@pytest.mark.django_db
+def test_files_round_trip_through_the_sandbox(
+    api: Any, member: Any, sandbox_run: SandboxRun
+) -> None:
+    client = client_as(api, member)
+    url = f"/api/v1/runs/{sandbox_run.pk}/files/"
+    payload = bytes(range(256)) * 10
+    put = client.put(
+        f"{url}?path=/home/user/data/blob.bin", payload, content_type="application/octet-stream"
+    )
+    assert put.json() == {"path": "/home/user/data/blob.bin", "size": len(payload)}
+    got = client.get(f"{url}?path=/home/user/data/blob.bin")
+    assert got.status_code == 200
+    assert b"".join(got.streaming_content) == payload
+    assert got["Content-Disposition"] == 'attachment; filename="blob.bin"'
+    assert got["X-Content-Type-Options"] == "nosniff"
+    listing = client.get(f"{url}list/?path=/home/user/data").json()
+    assert listing["entries"] == [
+        {
+            "name": "blob.bin",
+            "path": "/home/user/data/blob.bin",
+            "type": "file",
+            "size": len(payload),
+        }
+    ]
+    missing = client.get(f"{url}?path=/home/user/nope")
+    assert (missing.status_code, missing.json()["code"]) == (404, "file_not_found")
+
+
+@pytest.mark.django_db
+def test_an_upload_over_the_limit_is_refused_whole(
+    api: Any, member: Any, sandbox_run: SandboxRun, settings: Any, local_sandboxes: Any
+) -> None:
+    settings.UPLOAD_MAX_BYTES = 1000
+    client = client_as(api, member)
+    response = client.put(
+        f"/api/v1/runs/{sandbox_run.pk}/files/?path=/home/user/big",
+        b"x" * 1001,
+        content_type="application/octet-stream",
+    )
+    assert (response.status_code, response.json()["code"]) == (413, "too_large")
+    listing = client.get(f"/api/v1/runs/{sandbox_run.pk}/files/list/").json()
+    assert "big" not in [e["name"] for e in listing["entries"]]
+
+
+@pytest.mark.django_db
+def test_every_call_on_a_run_records_activity(
+    api: Any, member: Any, sandbox_run: SandboxRun
+) -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    long_ago = timezone.now() - timedelta(minutes=10)
+    SandboxRun.objects.filter(pk=sandbox_run.pk).update(last_activity_at=long_ago)
+    client_as(api, member).get(f"/api/v1/runs/{sandbox_run.pk}/")
+    sandbox_run.refresh_from_db()
+    assert sandbox_run.last_activity_at > long_ago
+
+
+@pytest.mark.django_db
+def test_exec_output_is_bounded_and_flagged(
+    api: Any, member: Any, sandbox_run: SandboxRun, settings: Any
+) -> None:
+    settings.EXEC_MAX_OUTPUT_BYTES = 1024
+    response = client_as(api, member).post(
+        f"/api/v1/runs/{sandbox_run.pk}/exec/",
+        {"command": "head -c 100000 /dev/zero | tr '\\\\0' a"},
+        format="json",
+    )
+    body = response.json()
+    assert body["truncated"] is True
+    assert len(body["stdout"]) == 1024
+
+
+@pytest.mark.django_db
+def test_exec_that_times_out_says_so(api: Any, member: Any, sandbox_run: SandboxRun) -> None:
+    response = client_as(api, member).post(
+        f"/api/v1/runs/{sandbox_run.pk}/exec/",
+        {"command": "echo started; sleep 30", "timeout_s": 1},
+        format="json",
+    )
+    body = response.json()
+    assert (body["timed_out"], body["exit_code"], body["stdout"]) == (True, None, "started\n")
+
+
+# --- idempotency and limits ------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_an_idempotency_key_returns_the_same_run(api: Any, member: Any, workspace: Any) -> None:
+    client = client_as(api, member)
+    url = f"/api/v1/workspaces/{workspace.pk}/runs/"
+    first = client.post(url, RUN_BODY, format="json", HTTP_IDEMPOTENCY_KEY="abc")
+    second = client.post(url, RUN_BODY, format="json", HTTP_IDEMPOTENCY_KEY="abc")
+    assert (first.status_code, second.status_code) == (201, 200)
+    assert first.json()["id"] == second.json()["id"]
+    assert SandboxRun.objects.count() == 1
+    changed = client.post(
+        url, {**RUN_BODY, "prompt": "other"}, format="json", HTTP_IDEMPOTENCY_KEY="abc"
+    )
+    assert (changed.status_code, changed.json()["code"]) == (409, "idempotency_mismatch")
+
+
+@pytest.mark.django_db
+def test_the_active_run_limit_answers_429_with_retry_after(
+    api: Any, member: Any, workspace: Any, settings: Any
+) -> None:
+    settings.WORKSPACE_MAX_ACTIVE_RUNS = 2
+    make_run(workspace=workspace)
+    make_run(workspace=workspace, status="running")
+    make_run(workspace=workspace, status="succeeded")  # ended runs do not count
+    response = client_as(api, member).post(
+        f"/api/v1/workspaces/{workspace.pk}/runs/", RUN_BODY, format="json"
+    )
+    assert (response.status_code, response.json()["code"]) == (429, "too_many_active_runs")
+    assert 1 <= int(response["Retry-After"]) <= 60
+    assert SandboxRun.objects.count() == 3
+
+
+# --- bad input -------------------------------------------------------------------------
+
+BAD_RUNS = {
+    "unknown field": {**RUN_BODY, "colour": "red"},
+    "missing prompt": {"thread_id": "t"},
+    "thread id too long": {**RUN_BODY, "thread_id": "x" * 256},
+    "env not an object": {**RUN_BODY, "env": ["A=1"]},
+    "env bad name": {**RUN_BODY, "env": {"1BAD": "x"}},
+    "metadata too many keys": {**RUN_BODY, "metadata": {f"k{i}": i for i in range(17)}},
+    "metadata nested": {**RUN_BODY, "metadata": {"a": {"b": 1}}},
+    "relative file path": {**RUN_BODY, "files": {"rel.txt": "x"}},
+    "dotdot file path": {**RUN_BODY, "files": {"/home/user/../../etc/passwd": "x"}},
+    "nul in path": {**RUN_BODY, "output_dir": "/home/user/a\x00b"},
+    "path outside home": {**RUN_BODY, "output_dir": "/etc"},
+    "max duration too long": {**RUN_BODY, "max_duration_ms": 10**12},
+    "timeout wrong type": {**RUN_BODY, "idle_timeout_ms": "soon"},
+}
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("body", BAD_RUNS.values(), ids=BAD_RUNS.keys())
+def test_bad_run_input_is_a_400_and_creates_nothing(
+    api: Any, member: Any, workspace: Any, body: dict[str, Any]
+) -> None:
+    response = client_as(api, member).post(
+        f"/api/v1/workspaces/{workspace.pk}/runs/", body, format="json"
+    )
+    assert response.status_code == 400, response.json()
+    assert response.json()["code"] in ("invalid", "invalid_path", "too_many", "out_of_range")
+    assert SandboxRun.objects.count() == 0
+
+
+@pytest.mark.django_db
+def test_bad_exec_input(api: Any, member: Any, sandbox_run: SandboxRun) -> None:
+    client = client_as(api, member)
+    url = f"/api/v1/runs/{sandbox_run.pk}/exec/"
+    assert (
+        client.post(url, {"command": "true", "timeout_s": 10**7}, format="json").json()["code"]
+        == "timeout_too_long"
+    )
+    assert client.post(url, {"command": "true", "cwd": "../etc"}, format="json").status_code == 400
+    assert client.post(url, {"cmd": "true"}, format="json").status_code == 400
+    assert (
+        client.get(
+            f"/api/v1/runs/{sandbox_run.pk}/files/?path=/home/user/../../etc/shadow"
+        ).status_code
+        == 400
+    )
+    assert client.get(f"/api/v1/runs/{sandbox_run.pk}/files/").status_code == 400
+    assert client.get("/api/v1/runs/not-a-uuid/").status_code == 404
+
+
+@pytest.mark.django_db
+def test_the_run_lists_filter_by_status_and_thread(api: Any, owner: Any, workspace: Any) -> None:
+    make_run(workspace=workspace, thread_id="a")
+    done = make_run(workspace=workspace, thread_id="b", status="succeeded")
+    client = client_as(api, owner)
+    assert [r["id"] for r in client.get("/api/v1/runs/?thread_id=b").json()["results"]] == [
+        str(done.pk)
+    ]
+    assert [
+        r["id"]
+        for r in client.get(f"/api/v1/workspaces/{workspace.pk}/runs/?status=succeeded").json()[
+            "results"
+        ]
+    ] == [str(done.pk)]
+    assert client.get("/api/v1/runs/?status=bogus").status_code == 400
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("url", ["/api/v1/runs/", "/api/v1/workspaces/{ws}/runs/"])
+def test_run_lists_use_a_constant_number_of_queries(
+    api: Any, owner: Any, workspace: Any, url: str, django_assert_max_num_queries: Any
+) -> None:
+    client = client_as(api, owner)
+    url = url.format(ws=workspace.pk)
+    for _ in range(3):
+        make_run(workspace=workspace)
+    with django_assert_max_num_queries(4):
+        assert len(client.get(url).json()["results"]) == 3
+    for _ in range(40):
+        make_run(workspace=workspace)
+    with django_assert_max_num_queries(4):
+        assert len(client.get(url).json()["results"]) == 43
+
+
+@pytest.mark.django_db
+def test_deleting_a_workspace_cancels_its_runs_and_kills_their_sandboxes(
+    api: Any, owner: Any, sandbox_run: SandboxRun, local_sandboxes: Any
+) -> None:
+    response = client_as(api, owner).delete(f"/api/v1/workspaces/{sandbox_run.workspace_id}/")
+    assert response.status_code == 204
+    assert local_sandboxes.list_sandboxes({}) == []
+    assert not SandboxRun.objects.filter(pk=sandbox_run.pk).exists()

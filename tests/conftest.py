@@ -42,6 +42,7 @@ def celery_broker_env(tmp_path_factory: Any) -> dict[str, str]:
         "data_folder_out": str(base / "queue"),
         "processed_folder": str(base / "processed"),
         "store_processed": False,
+        "polling_interval": 0.05,
     }
     return {"CELERY_BROKER_URL": "filesystem://", "CELERY_FILESYSTEM_DIR": str(base)}
 

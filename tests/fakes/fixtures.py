@@ -1,0 +1,39 @@
+"""Pytest fixtures for the E2B test double. ``tests/conftest.py`` re-exports them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from sandboxes.backends.e2b import E2BBackend
+from tests.fakes.e2b_server import FAKE_API_KEY, FakeE2BServer
+
+__all__ = ["e2b_backend", "e2b_server", "e2b_server_session"]
+
+
+@pytest.fixture(scope="session")
+def e2b_server_session() -> Iterator[FakeE2BServer]:
+    """One double for the whole session: starting servers per test would only cost time."""
+    with FakeE2BServer() as server:
+        yield server
+
+
+@pytest.fixture
+def e2b_server(e2b_server_session: FakeE2BServer) -> Iterator[FakeE2BServer]:
+    """The double with empty state: no sandboxes, requests or faults from other tests."""
+    e2b_server_session.state.reset()
+    yield e2b_server_session
+    e2b_server_session.state.reset()  # kills what the test left running
+
+
+@pytest.fixture
+def e2b_backend(e2b_server: FakeE2BServer) -> E2BBackend:
+    """An E2BBackend pointed at the double, with its valid API key."""
+    return E2BBackend(
+        api_key=FAKE_API_KEY,
+        api_url=e2b_server.api_url,
+        sandbox_url=e2b_server.sandbox_url,
+        template="base",
+        request_timeout_s=10,
+    )

@@ -218,6 +218,11 @@ SANDBOX_LOCAL_CPU_SECONDS = env_int("SANDBOX_LOCAL_CPU_SECONDS", 600, min_value=
 SANDBOX_LOCAL_MEMORY_MB = env_int("SANDBOX_LOCAL_MEMORY_MB", 1024, min_value=64)
 SANDBOX_LOCAL_MAX_PROCESSES = env_int("SANDBOX_LOCAL_MAX_PROCESSES", 256, min_value=8)
 SANDBOX_LOCAL_MAX_FILE_MB = env_int("SANDBOX_LOCAL_MAX_FILE_MB", 2048, min_value=1)
+SANDBOX_LOCAL_TMP_MB = env_int("SANDBOX_LOCAL_TMP_MB", 512, min_value=1)
+SANDBOX_LOCAL_BWRAP = env_str("SANDBOX_LOCAL_BWRAP", "bwrap")
+# The host uid/gid sandboxes run as when the worker is root (default: nobody/nogroup).
+SANDBOX_LOCAL_UID = env_int("SANDBOX_LOCAL_UID", None, min_value=1)
+SANDBOX_LOCAL_GID = env_int("SANDBOX_LOCAL_GID", None, min_value=1)
 E2B_API_KEY = env_str("E2B_API_KEY", "")
 E2B_API_URL = env_str("E2B_API_URL", "") or None
 E2B_SANDBOX_URL = env_str("E2B_SANDBOX_URL", "") or None

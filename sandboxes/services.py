@@ -450,19 +450,25 @@ def _capture_outputs(run: SandboxRun, result: CommandResult | None) -> None:
 
 
 def run_touch(*, run: SandboxRun) -> None:
-    """Record activity, and push the sandbox's own deadline forward (throttled)."""
-    now = timezone.now()
+    """Record activity, and push the sandbox's own deadline forward (throttled).
+
+    Both are checked on the copy in hand first, so repeated touches within the throttles
+    cost no query; the conditional UPDATEs keep concurrent requests from pushing twice."""
     if run.status != RunStatus.RUNNING:
         return
+    now = timezone.now()
     if now - run.last_activity_at >= TOUCH_MIN_INTERVAL:
         SandboxRun.objects.filter(pk=run.pk, status=RunStatus.RUNNING).update(last_activity_at=now)
         run.last_activity_at = now
     keepalive = timedelta(seconds=settings.SANDBOX_KEEPALIVE_MIN_S)
+    if run.deadline_pushed_at is not None and now - run.deadline_pushed_at < keepalive:
+        return
     pushed = (
         SandboxRun.objects.filter(pk=run.pk, status=RunStatus.RUNNING)
         .filter(Q(deadline_pushed_at__isnull=True) | Q(deadline_pushed_at__lte=now - keepalive))
         .update(deadline_pushed_at=now)
     )
+    run.deadline_pushed_at = now
     if pushed and run.sandbox_id:
         try:
             get_backend().set_timeout(run.sandbox_id, provider_timeout_s(run))

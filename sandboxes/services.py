@@ -375,6 +375,7 @@ def run_fail_boot(*, run_id: str, error: Exception) -> None:
 # --- the command job -----------------------------------------------------------------
 
 SYSTEM_JOB = Actor.system("execute_run_command")
+MAX_DURATION_ERROR = {"code": "max_duration", "message": "The command ran past the run's max duration."}
 
 
 def run_execute_command(*, run_id: str) -> None:
@@ -409,10 +410,12 @@ def run_execute_command(*, run_id: str) -> None:
         )
     except CommandTimeout as exc:
         result = CommandResult(-1, exc.stdout, exc.stderr, False, int(run.remaining_s() * 1000))
-        error = {"code": "max_duration", "message": "The command ran past the run's max duration."}
-        outcome = _failing(EndReason.MAX_DURATION, error)
+        outcome = _failing(EndReason.MAX_DURATION, MAX_DURATION_ERROR)
     except SandboxNotFound as exc:
-        outcome = _failing(EndReason.SANDBOX_LOST, {"code": exc.code, "message": str(exc)})
+        if run.remaining_s() <= 0:  # the sandbox's own deadline, which is the run's, came first
+            outcome = _failing(EndReason.MAX_DURATION, MAX_DURATION_ERROR)
+        else:
+            outcome = _failing(EndReason.SANDBOX_LOST, {"code": exc.code, "message": str(exc)})
     except BackendError as exc:
         outcome = _failing(EndReason.COMMAND_FAILED, {"code": exc.code, "message": str(exc)})
     else:

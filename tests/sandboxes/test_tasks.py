@@ -215,7 +215,7 @@ def test_a_command_running_past_the_max_duration_fails_the_run(
     run = _boot(_create(workspace, command="sleep 30", max_duration_ms=2000))
     execute_run_command(str(run.pk))
     run.refresh_from_db()
-    assert (run.status, run.end_reason) == ("failed", "max_duration")
+    assert (run.status, run.end_reason) == ("failed", "max_duration"), run.error
     assert _tagged(local_sandboxes, run) == []
 
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from django.contrib.auth import get_user_model
+from django.core.exceptions import ValidationError
 from django.core.management.base import CommandError
 
-from config.exceptions import AirlockError
 from sandboxes.models import SandboxRun
 from workspaces.permissions import Actor
 
@@ -24,9 +24,7 @@ def actor_for(username: str | None, *, default_user: object | None = None) -> Ac
 def run_by_id(run_id: str) -> SandboxRun:
     try:
         return SandboxRun.objects.select_related("workspace").get(pk=run_id)
-    except (SandboxRun.DoesNotExist, ValueError, Exception) as exc:
-        if isinstance(exc, AirlockError):
-            raise
+    except (SandboxRun.DoesNotExist, ValidationError) as exc:
         raise CommandError(f"No run {run_id!r}.") from exc
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
 from config.exceptions import AirlockError
@@ -30,7 +31,7 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **o: Any) -> None:
         try:
             workspace = Workspace.objects.select_related("owner").get(pk=o["workspace"])
-        except (Workspace.DoesNotExist, ValueError) as exc:
+        except (Workspace.DoesNotExist, ValidationError) as exc:
             raise CommandError(f"No workspace {o['workspace']!r}.") from exc
         actor = actor_for(o["username"], default_user=workspace.owner)
         try:
@@ -57,12 +58,12 @@ class Command(BaseCommand):
     def _wait(self, run: SandboxRun, timeout: float, *, until_ended: bool) -> SandboxRun:
         """Until the run ends (a job) or is running (interactive): a worker must be up."""
         deadline = time.monotonic() + timeout
-        done = lambda r: (
-            r.status not in ACTIVE_STATUSES
-            or (  # noqa: E731
+
+        def done(r: SandboxRun) -> bool:
+            return r.status not in ACTIVE_STATUSES or (
                 not until_ended and r.status == RunStatus.RUNNING
             )
-        )
+
         while not done(run):
             if time.monotonic() > deadline:
                 raise CommandError(f"run {run.pk} is still {run.status} (is a worker running?)")

@@ -69,6 +69,9 @@ class Command(BaseCommand):
 
     def _print(self, c: dict[str, str], base_url: str) -> None:
         api = f"{base_url}/api/v1"
+        demo_run = json.dumps(
+            {"thread_id": "demo", "prompt": "print the answer", "command": 'python3 -c "print(42)"'}
+        )
         self.stdout.write(
             f"""
 Airlock is starting.
@@ -84,7 +87,7 @@ Start a sandbox run that prints 42:
 
   curl -s -X POST {api}/workspaces/{c["workspace_id"]}/runs/ \\
     -H 'Authorization: Bearer {c["api_key"]}' -H 'Content-Type: application/json' \\
-    -d '{{"thread_id": "demo", "prompt": "print the answer", "command": "python3 -c \\"print(42)\\""}}'
+    -d '{demo_run}'
 
 List your workspaces:
 

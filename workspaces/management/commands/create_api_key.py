@@ -3,6 +3,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib.auth import get_user_model
+from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
 from config.exceptions import AirlockError
@@ -25,13 +26,14 @@ class Command(BaseCommand):
     ) -> None:
         try:
             ws = Workspace.objects.select_related("owner").get(pk=workspace)
-        except (Workspace.DoesNotExist, ValueError) as exc:
+        except (Workspace.DoesNotExist, ValidationError) as exc:
             raise CommandError(f"No workspace {workspace!r}.") from exc
         user = ws.owner
         if username:
-            user = get_user_model().objects.filter(username=username).first()
-            if user is None:
+            named = get_user_model().objects.filter(username=username).first()
+            if named is None:
                 raise CommandError(f"No user {username!r}.")
+            user = named
         try:
             key, secret = services.api_key_create(
                 workspace=ws, name=name, role=role, actor=Actor(user=user)

@@ -49,16 +49,31 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _not_a_string(field: serializers.Field, value: Any) -> bool:
+    """DRF's CharField turns 123 into "123"; a strict API says the type is wrong instead."""
+    if value is None or isinstance(value, str):
+        return False
+    if isinstance(field, serializers.CharField):
+        return True
+    if isinstance(field, serializers.DictField) and isinstance(value, dict):
+        return isinstance(field.child, serializers.CharField) and any(
+            v is not None and not isinstance(v, str) for v in value.values()
+        )
+    return False
+
+
 class StrictSerializer(serializers.Serializer):
-    """Input serializer that refuses fields it does not know instead of dropping them."""
+    """Input serializer that refuses fields it does not know instead of dropping them, and
+    values of the wrong type instead of converting them."""
 
     def to_internal_value(self, data: Any) -> Any:
         if isinstance(data, dict):
-            unknown = sorted(set(data) - set(self.fields))
-            if unknown:
-                raise serializers.ValidationError(
-                    {name: ["Unknown field."] for name in unknown}, code="unknown_field"
-                )
+            errors = {name: ["Unknown field."] for name in sorted(set(data) - set(self.fields))}
+            for name, field in self.fields.items():
+                if name in data and not field.read_only and _not_a_string(field, data[name]):
+                    errors[name] = ["Not a valid string."]
+            if errors:
+                raise serializers.ValidationError(errors, code="invalid")
         return super().to_internal_value(data)
 
 
@@ -108,10 +123,10 @@ def _error(detail: str, code: str, status_code: int, **extra: Any) -> Response:
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     """Every error leaves as {"detail", "code"} (plus "errors" for field errors)."""
     if isinstance(exc, AirlockError):
-        response = _error(exc.detail, exc.code, exc.status_code)
+        error = _error(exc.detail, exc.code, exc.status_code)
         if isinstance(exc, LimitExceeded):
-            response["Retry-After"] = str(exc.retry_after_s)
-        return response
+            error["Retry-After"] = str(exc.retry_after_s)
+        return error
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
     elif isinstance(exc, DjangoPermissionDenied):
@@ -122,7 +137,7 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     # Imported here: rest_framework.views reads the DRF settings, which name this module.
     from rest_framework.views import exception_handler as drf_exception_handler
 
-    response = drf_exception_handler(exc, context)
+    response: Response | None = drf_exception_handler(exc, context)
     if response is None:
         return None
     if isinstance(exc, exceptions.ValidationError):

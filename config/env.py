@@ -17,15 +17,18 @@ _FALSE = {"0", "false", "no", "off"}
 _UNSET: Any = object()
 
 
-def _parse(name: str, default: Any, parse: Callable[[str], T]) -> T:
+def _parse(name: str, default: Any, parse: Callable[[str], T], *, secret: bool = False) -> T:
     raw = _env.str(name, default=None)
     if raw is None:
         if default is _UNSET:
             raise ImproperlyConfigured(f"Environment variable {name} is required but not set.")
-        return default  # type: ignore[no-any-return]
+        return default
     try:
         return parse(raw.strip())
     except (ValueError, InvalidOperation, ImproperlyConfigured) as exc:
+        if secret:
+            # The value may hold a password: name the variable, never echo it (logs, reports).
+            raise ImproperlyConfigured(f"Environment variable {name} is invalid: {exc}") from None
         raise ImproperlyConfigured(
             f"Environment variable {name}={raw!r} is invalid: {exc}"
         ) from exc
@@ -81,12 +84,19 @@ def env_list(name: str, default: Any = _UNSET) -> list[str]:
     )
 
 
+_DB_ENGINES = {"django.db.backends.postgresql", "django.db.backends.sqlite3"}
+
+
 def env_db(name: str, default: str) -> dict[str, Any]:
     def parse(raw: str) -> dict[str, Any]:
         try:
-            return dict(environ.Env.db_url_config(raw))
-        except (KeyError, ImproperlyConfigured) as exc:
-            raise ValueError(f"not a database URL ({exc})") from exc
+            config = dict(environ.Env.db_url_config(raw))
+        except (KeyError, ValueError, ImproperlyConfigured):
+            config = {}
+        # django-environ takes an unknown scheme ("nonsense://") for an engine's module path.
+        if config.get("ENGINE") not in _DB_ENGINES:
+            raise ValueError("expected a postgres://, postgresql:// or sqlite:/// URL")
+        return config
 
-    config = _parse(name, None, parse)
+    config = _parse(name, None, parse, secret=True)
     return config if config is not None else dict(environ.Env.db_url_config(default))

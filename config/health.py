@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.http import require_GET
@@ -9,6 +11,7 @@ from django.views.decorators.http import require_GET
 from config.celery import app as celery_app
 
 BROKER_CHECK_TIMEOUT_S = 2
+logger = logging.getLogger(__name__)
 
 
 @require_GET
@@ -21,16 +24,19 @@ def _check_database() -> str | None:
         with connection.cursor() as cursor:
             cursor.execute("SELECT 1")
     except Exception as exc:  # any failure means not ready; say which
-        return f"{type(exc).__name__}: {exc}"
+        logger.warning("readyz: database unavailable: %s", exc)
+        return f"unavailable ({type(exc).__name__})"
     return None
 
 
 def _check_broker() -> str | None:
     try:
-        with celery_app.connection_for_write() as conn:
-            conn.ensure_connection(max_retries=1, timeout=BROKER_CHECK_TIMEOUT_S)
+        # One bounded attempt: a probe that sleeps before a retry outlives its own timeout.
+        with celery_app.connection_for_write(connect_timeout=BROKER_CHECK_TIMEOUT_S) as conn:
+            conn.ensure_connection(max_retries=0, timeout=BROKER_CHECK_TIMEOUT_S)
     except Exception as exc:  # any failure means not ready; say which
-        return f"{type(exc).__name__}: {exc}"
+        logger.warning("readyz: broker unavailable: %s", exc)
+        return f"unavailable ({type(exc).__name__})"
     return None
 
 

@@ -22,6 +22,7 @@ ERROR_RESPONSES = {
     "405": "Method not allowed.",
     "409": "Conflict with the current state.",
     "413": "Body too large.",
+    "415": "Unsupported media type (send JSON).",
     "429": "A limit was reached; see Retry-After.",
     "503": "A backend is unavailable; retry later.",
 }

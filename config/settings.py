@@ -151,7 +151,7 @@ ALLOW_SELF_REVIEW = env_bool("ALLOW_SELF_REVIEW", False)
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "workspaces.authentication.ApiKeyAuthentication",
-        "rest_framework.authentication.TokenAuthentication",
+        "workspaces.authentication.TokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],

@@ -4,7 +4,7 @@ A staff user who is not a superuser sees only workspaces they own or administer.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from django.contrib import admin, messages
 from django.db.models import QuerySet
@@ -14,12 +14,16 @@ from workspaces import services
 from workspaces.models import ApiKey, Membership, Role, Workspace
 from workspaces.permissions import Actor
 
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User
 
-def administered_workspace_ids(request: HttpRequest) -> QuerySet[Membership] | None:
+
+def administered_workspace_ids(request: HttpRequest) -> QuerySet[Membership, Any] | None:
     """Ids of the workspaces the staff user administers; None for a superuser (all)."""
-    if request.user.is_superuser:
+    user = cast("User", request.user)  # the admin lets only signed-in staff this far
+    if user.is_superuser:
         return None
-    return Membership.objects.filter(user=request.user, role__in=[Role.OWNER, Role.ADMIN]).values(
+    return Membership.objects.filter(user=user, role__in=[Role.OWNER, Role.ADMIN]).values(
         "workspace_id"
     )
 
@@ -56,8 +60,18 @@ class MembershipInline(admin.TabularInline):
     readonly_fields = ["user", "role", "joined_at"]
     can_delete = False
 
+    # Shown to every staff user who may see the workspace (the parent admin scopes that), but
+    # never edited here: membership changes go through the services (owner protections).
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return bool(request.user.is_active and request.user.is_staff)
+
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        # Membership changes go through the services (owner protections), i.e. the API.
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
 
@@ -74,18 +88,27 @@ class WorkspaceAdmin(WorkspaceScopedAdmin):
         return bool(request.user.is_active and request.user.is_staff)
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return self.has_module_permission(request)
+        # Renaming is the owner's (SPEC §3): an admin sees the workspace read-only.
+        if obj is None or request.user.is_superuser:
+            return self.has_module_permission(request)
+        return self._is_owner(request, obj)
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         if obj is None or request.user.is_superuser:
             return bool(request.user.is_superuser)
-        return obj.owner_id == request.user.pk
+        return self._is_owner(request, obj)
 
-    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
-        return ["id", "created_at"] if obj is None else ["id", "owner", "created_at"]
+    @staticmethod
+    def _is_owner(request: HttpRequest, obj: Workspace) -> bool:
+        return bool(request.user.is_active and request.user.is_staff) and (
+            obj.owner_id == request.user.pk
+        )
 
-    def get_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
-        return ["name"] if obj is None else ["id", "name", "owner", "created_at"]
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> tuple[str, ...]:
+        return ("id", "created_at") if obj is None else ("id", "owner", "created_at")
+
+    def get_fields(self, request: HttpRequest, obj: Any = None) -> tuple[str, ...]:
+        return ("name",) if obj is None else ("id", "name", "owner", "created_at")
 
     def save_model(self, request: HttpRequest, obj: Workspace, form: Any, change: bool) -> None:
         actor = Actor(user=request.user)  # type: ignore[arg-type]
@@ -95,6 +118,12 @@ class WorkspaceAdmin(WorkspaceScopedAdmin):
             created = services.workspace_create(name=obj.name, owner=request.user)  # type: ignore[arg-type]
             obj.pk, obj.owner, obj.created_at = created.pk, created.owner, created.created_at
             obj._state.adding = False
+
+    def get_deleted_objects(self, objs: Any, request: HttpRequest) -> Any:
+        # A workspace takes its memberships and keys with it, as in the API. That the key
+        # admin never deletes a key on its own (keys are revoked) must not block this.
+        deleted, counts, perms_needed, protected = super().get_deleted_objects(objs, request)
+        return deleted, counts, perms_needed - {str(ApiKey._meta.verbose_name)}, protected
 
     def delete_model(self, request: HttpRequest, obj: Workspace) -> None:
         services.workspace_delete(workspace=obj, actor=Actor(user=request.user))  # type: ignore[arg-type]
@@ -129,16 +158,16 @@ class ApiKeyAdmin(WorkspaceScopedAdmin):
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False  # keys are revoked, never deleted: their runs keep pointing at them
 
-    def get_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+    def get_fields(self, request: HttpRequest, obj: Any = None) -> tuple[str, ...]:
         if obj is None:
-            return ["workspace", "name", "role"]
-        return [
+            return ("workspace", "name", "role")
+        return (
             "workspace", "name", "role", "prefix", "created_by",
             "created_at", "last_used_at", "revoked_at",
-        ]  # fmt: skip
+        )  # fmt: skip
 
-    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
-        return [] if obj is None else self.get_fields(request, obj)
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> tuple[str, ...]:
+        return () if obj is None else self.get_fields(request, obj)
 
     def save_model(self, request: HttpRequest, obj: ApiKey, form: Any, change: bool) -> None:
         key, secret = services.api_key_create(

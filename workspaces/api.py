@@ -67,8 +67,9 @@ class WorkspaceListView(APIView):
         actor = Actor.from_request(request)
         if actor.api_key is not None:
             raise PermissionDenied("API keys cannot create workspaces.")
+        assert actor.user is not None  # IsAuthenticated let the request in
         data = validated(WorkspaceIn, request)
-        workspace = services.workspace_create(name=data["name"], owner=request.user)
+        workspace = services.workspace_create(name=data["name"], owner=actor.user)
         workspace.my_role = Role.OWNER  # type: ignore[attr-defined]
         return Response(WorkspaceOut(workspace).data, status=status.HTTP_201_CREATED)
 
@@ -152,7 +153,11 @@ class MemberDetailView(WorkspaceScopedView):
 
     @extend_schema(responses={204: None})
     def delete(self, request: Request, workspace_id: str, user_id: int) -> Response:
-        leaving = self.actor.api_key is None and user_id == self.actor.user.pk
+        leaving = (
+            self.actor.api_key is None
+            and self.actor.user is not None
+            and user_id == self.actor.user.pk
+        )
         if not leaving:
             require_role(self.role, Role.ADMIN)
         membership = selectors.membership_get(workspace=self.workspace, user_id=user_id)

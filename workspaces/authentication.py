@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
@@ -42,7 +43,21 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
         return f'{self.keyword} realm="api"'
 
 
-class ApiKeyScheme(OpenApiAuthenticationExtension):  # type: ignore[no-untyped-call]
+# What rest_framework.authtoken makes: 20 random bytes in hex.
+_TOKEN_KEY = re.compile(r"[0-9a-f]{40}")
+
+
+class TokenAuthentication(authentication.TokenAuthentication):
+    """`Authorization: Token …` from auth/token/, refusing anything not shaped like a token
+    before the database sees it (PostgreSQL rejects strings holding NUL: a 500 otherwise)."""
+
+    def authenticate_credentials(self, key: str) -> tuple[Any, Any]:
+        if _TOKEN_KEY.fullmatch(key) is None:
+            raise exceptions.AuthenticationFailed("Invalid token.")
+        return super().authenticate_credentials(key)
+
+
+class ApiKeyScheme(OpenApiAuthenticationExtension):
     """Documents workspace API keys in the OpenAPI schema."""
 
     target_class = ApiKeyAuthentication

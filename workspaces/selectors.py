@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import uuid
 from typing import Any
 
@@ -77,12 +78,23 @@ def api_key_get(*, workspace: Workspace, key_id: uuid.UUID) -> ApiKey:
     return key
 
 
+# What services.api_key_create makes: "alk_", 8 hex digits, "_", a URL-safe secret.
+_RAW_KEY = re.compile(r"alk_(?P<prefix>[0-9a-f]{8})_[A-Za-z0-9_-]{16,128}")
+
+
 def api_key_find(*, raw_key: str) -> ApiKey | None:
-    """The key a raw secret belongs to, revoked or not; None when it matches nothing."""
-    parts = raw_key.split("_", 2)
-    if len(parts) != 3 or parts[0] != "alk":
+    """The key a raw secret belongs to, revoked or not; None when it matches nothing.
+
+    Anything not shaped like a key is refused before the database sees it (PostgreSQL rejects
+    strings holding NUL, which would otherwise be a 500 from a garbage header)."""
+    match = _RAW_KEY.fullmatch(raw_key)
+    if match is None:
         return None
-    key = ApiKey.objects.select_related("workspace", "created_by").filter(prefix=parts[1]).first()
+    key = (
+        ApiKey.objects.select_related("workspace", "created_by")
+        .filter(prefix=match["prefix"])
+        .first()
+    )
     if key is None:
         return None
     digest = hashlib.sha256(raw_key.encode()).hexdigest()

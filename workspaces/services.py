@@ -110,6 +110,9 @@ def api_key_create(
     """A new key and its secret. The secret is returned once and never stored."""
     if role not in ApiKeyRole.values:
         raise InvalidInput("An API key's role is member or admin.", code="invalid_choice")
+    if actor.user is None:
+        # A key acts for the person who made it (and stops when they are deactivated).
+        raise PermissionDenied("An API key is created by a person.", code="needs_user")
     prefix = secrets.token_hex(4)
     raw_key = f"alk_{prefix}_{secrets.token_urlsafe(32)}"
     key = ApiKey.objects.create(

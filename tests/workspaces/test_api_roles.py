@@ -21,7 +21,7 @@ CALLERS = [
 @pytest.fixture
 def target(workspace: Any) -> dict[str, Any]:
     """Things the routes act on: a second member to change/remove, a key to revoke, a newcomer."""
-    other = UserFactory(username="max")
+    other: Any = UserFactory(username="max")
     services.membership_add(
         workspace=workspace, user=other, role="member", actor=Actor(user=workspace.owner)
     )

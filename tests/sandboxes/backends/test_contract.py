@@ -1,0 +1,306 @@
+"""The sandbox backend contract: every backend passes this suite unchanged.
+
+Only behaviour every backend can honour is asserted here; what is particular to one backend
+(isolation for ``local``, SDK error mapping for ``e2b``) lives in its own test module.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from sandboxes.backends.base import (
+    CommandTimeout,
+    OutputStream,
+    SandboxBackend,
+    SandboxFileNotFound,
+    SandboxNotFound,
+)
+
+HOME = "/home/user"
+
+
+@pytest.fixture(params=[pytest.param("local_backend", marks=pytest.mark.bwrap), "e2b_backend"])
+def backend(request: pytest.FixtureRequest) -> SandboxBackend:
+    return request.getfixturevalue(request.param)
+
+
+@pytest.fixture
+def tag() -> str:
+    """Unique per test, so listings never pick up another test's sandboxes."""
+    return uuid.uuid4().hex
+
+
+@pytest.fixture
+def sandbox(backend: SandboxBackend, tag: str) -> Iterator[str]:
+    info = backend.create(
+        template="base", metadata={"suite": "contract", "tag": tag}, envs={}, timeout_s=300
+    )
+    yield info.sandbox_id
+    backend.kill(info.sandbox_id)
+
+
+def read_all(backend: SandboxBackend, sandbox_id: str, path: str) -> bytes:
+    return b"".join(backend.read_file(sandbox_id, path))
+
+
+# -- lifecycle ---------------------------------------------------------------------------------
+
+
+def test_create_returns_an_id_and_the_metadata(backend: SandboxBackend, tag: str) -> None:
+    info = backend.create(template="base", metadata={"tag": tag}, envs={}, timeout_s=120)
+    try:
+        assert isinstance(info.sandbox_id, str)
+        assert info.sandbox_id
+        assert info.metadata.items() >= {"tag": tag}.items()
+        assert backend.get_info(info.sandbox_id).sandbox_id == info.sandbox_id
+    finally:
+        backend.kill(info.sandbox_id)
+
+
+def test_each_sandbox_gets_its_own_id(backend: SandboxBackend, tag: str) -> None:
+    first = backend.create(template="base", metadata={"tag": tag}, envs={}, timeout_s=120)
+    second = backend.create(template="base", metadata={"tag": tag}, envs={}, timeout_s=120)
+    try:
+        assert first.sandbox_id != second.sandbox_id
+    finally:
+        backend.kill(first.sandbox_id)
+        backend.kill(second.sandbox_id)
+
+
+def test_list_sandboxes_matches_a_subset_of_the_metadata(backend: SandboxBackend, tag: str) -> None:
+    alpha = backend.create(
+        template="base", metadata={"group": tag, "role": "alpha"}, envs={}, timeout_s=120
+    )
+    beta = backend.create(
+        template="base", metadata={"group": tag, "role": "beta"}, envs={}, timeout_s=120
+    )
+    try:
+        in_group = {info.sandbox_id for info in backend.list_sandboxes({"group": tag})}
+        only_alpha = backend.list_sandboxes({"group": tag, "role": "alpha"})
+        other_group = backend.list_sandboxes({"group": uuid.uuid4().hex})
+
+        assert in_group == {alpha.sandbox_id, beta.sandbox_id}
+        assert [info.sandbox_id for info in only_alpha] == [alpha.sandbox_id]
+        assert only_alpha[0].metadata.items() >= {"group": tag, "role": "alpha"}.items()
+        assert other_group == []
+    finally:
+        backend.kill(alpha.sandbox_id)
+        backend.kill(beta.sandbox_id)
+
+
+def test_set_timeout_moves_the_end_shown_by_get_info(backend: SandboxBackend, sandbox: str) -> None:
+    backend.set_timeout(sandbox, 600)
+    later = backend.get_info(sandbox).end_at
+    backend.set_timeout(sandbox, 60)
+    sooner = backend.get_info(sandbox).end_at
+
+    assert later is not None
+    assert sooner is not None
+    expected = datetime.now(UTC) + timedelta(seconds=60)
+    assert abs((sooner - expected).total_seconds()) < 30
+    assert later - sooner > timedelta(seconds=400)
+
+
+def test_kill_ends_the_sandbox_for_every_call(backend: SandboxBackend, tag: str) -> None:
+    info = backend.create(template="base", metadata={"tag": tag}, envs={}, timeout_s=120)
+    sandbox_id = info.sandbox_id
+
+    assert backend.kill(sandbox_id) is True
+
+    with pytest.raises(SandboxNotFound):
+        backend.get_info(sandbox_id)
+    with pytest.raises(SandboxNotFound):
+        backend.run(sandbox_id, "true", timeout_s=10)
+    with pytest.raises(SandboxNotFound):
+        backend.set_timeout(sandbox_id, 60)
+    with pytest.raises(SandboxNotFound):
+        backend.write_file(sandbox_id, f"{HOME}/x.txt", b"x")
+    with pytest.raises(SandboxNotFound):
+        read_all(backend, sandbox_id, f"{HOME}/x.txt")
+    with pytest.raises(SandboxNotFound):
+        backend.list_files(sandbox_id, HOME)
+    assert backend.list_sandboxes({"tag": tag}) == []
+    assert backend.kill(sandbox_id) is False
+
+
+# -- commands ----------------------------------------------------------------------------------
+
+
+def test_run_returns_stdout_stderr_and_exit_code(backend: SandboxBackend, sandbox: str) -> None:
+    result = backend.run(sandbox, "echo out; echo err >&2", timeout_s=30)
+
+    assert result.exit_code == 0
+    assert result.stdout == "out\n"
+    assert result.stderr == "err\n"
+    assert result.truncated is False
+    assert result.duration_ms >= 0
+
+
+def test_a_non_zero_exit_is_a_result_not_an_error(backend: SandboxBackend, sandbox: str) -> None:
+    result = backend.run(sandbox, "echo partial; exit 7", timeout_s=30)
+
+    assert result.exit_code == 7
+    assert result.stdout == "partial\n"
+
+
+def test_run_passes_env_vars(backend: SandboxBackend, sandbox: str) -> None:
+    result = backend.run(
+        sandbox,
+        'printf "%s|%s" "$GREETING" "$EMPTY"',
+        timeout_s=30,
+        envs={"GREETING": "hi there", "EMPTY": ""},
+    )
+
+    assert result.stdout == "hi there|"
+
+
+def test_create_envs_reach_every_command(backend: SandboxBackend, tag: str) -> None:
+    info = backend.create(
+        template="base", metadata={"tag": tag}, envs={"SANDBOX_WIDE": "yes"}, timeout_s=120
+    )
+    try:
+        inherited = backend.run(info.sandbox_id, 'echo "$SANDBOX_WIDE"', timeout_s=30)
+        overridden = backend.run(
+            info.sandbox_id, 'echo "$SANDBOX_WIDE"', timeout_s=30, envs={"SANDBOX_WIDE": "run"}
+        )
+    finally:
+        backend.kill(info.sandbox_id)
+
+    assert inherited.stdout == "yes\n"
+    assert overridden.stdout == "run\n"
+
+
+def test_run_defaults_to_the_home_and_honours_cwd(backend: SandboxBackend, sandbox: str) -> None:
+    backend.write_file(sandbox, f"{HOME}/work/marker.txt", b"here")
+
+    default = backend.run(sandbox, "pwd", timeout_s=30)
+    inside = backend.run(sandbox, "pwd; ls", timeout_s=30, cwd=f"{HOME}/work")
+
+    assert default.stdout == f"{HOME}\n"
+    assert inside.stdout == f"{HOME}/work\nmarker.txt\n"
+
+
+def test_a_command_past_its_timeout_raises_command_timeout(
+    backend: SandboxBackend, sandbox: str
+) -> None:
+    started = time.monotonic()
+    with pytest.raises(CommandTimeout):
+        backend.run(sandbox, "sleep 30", timeout_s=1)
+
+    assert time.monotonic() - started < 15
+    # The sandbox itself survives a command's timeout.
+    assert backend.run(sandbox, "echo alive", timeout_s=30).stdout == "alive\n"
+
+
+def test_output_is_cut_at_max_output_bytes(backend: SandboxBackend, sandbox: str) -> None:
+    result = backend.run(
+        sandbox,
+        "head -c 100000 /dev/zero | tr '\\0' a; head -c 5000 /dev/zero | tr '\\0' b >&2",
+        timeout_s=30,
+        max_output_bytes=1000,
+    )
+
+    assert result.exit_code == 0
+    assert result.truncated is True
+    assert result.stdout == "a" * 1000
+    assert result.stderr == "b" * 1000
+
+
+def test_on_output_receives_both_streams(backend: SandboxBackend, sandbox: str) -> None:
+    received: list[tuple[OutputStream, str]] = []
+
+    result = backend.run(
+        sandbox,
+        "echo one; echo two >&2; echo three",
+        timeout_s=30,
+        on_output=lambda stream, text: received.append((stream, text)),
+    )
+
+    assert "".join(text for stream, text in received if stream == "stdout") == "one\nthree\n"
+    assert "".join(text for stream, text in received if stream == "stderr") == "two\n"
+    assert result.stdout == "one\nthree\n"
+
+
+def test_output_is_decoded_as_utf8_with_replacement(backend: SandboxBackend, sandbox: str) -> None:
+    result = backend.run(sandbox, "printf 'caf\\303\\251 \\377\\n'", timeout_s=30)
+
+    assert result.stdout == "café \ufffd\n"
+
+
+# -- files -------------------------------------------------------------------------------------
+
+
+def test_write_then_read_round_trips_binary_bytes(backend: SandboxBackend, sandbox: str) -> None:
+    data = bytes(range(256)) * 1024 + b"\0tail\0"
+
+    backend.write_file(sandbox, f"{HOME}/blob.bin", data)
+
+    assert read_all(backend, sandbox, f"{HOME}/blob.bin") == data
+
+
+def test_write_file_accepts_a_stream_and_replaces_the_file(
+    backend: SandboxBackend, sandbox: str
+) -> None:
+    backend.write_file(sandbox, f"{HOME}/notes.txt", b"first version, longer than the second")
+    backend.write_file(sandbox, f"{HOME}/notes.txt", io.BytesIO(b"second"))
+
+    assert read_all(backend, sandbox, f"{HOME}/notes.txt") == b"second"
+
+
+def test_write_file_creates_parent_directories(backend: SandboxBackend, sandbox: str) -> None:
+    backend.write_file(sandbox, f"{HOME}/a/b/c/deep.txt", b"deep")
+
+    assert read_all(backend, sandbox, f"{HOME}/a/b/c/deep.txt") == b"deep"
+    assert [(e.name, e.type) for e in backend.list_files(sandbox, f"{HOME}/a/b")] == [("c", "dir")]
+
+
+def test_files_are_shared_between_commands_and_file_calls(
+    backend: SandboxBackend, sandbox: str
+) -> None:
+    backend.write_file(sandbox, f"{HOME}/shared.txt", b"from the host\n")
+
+    result = backend.run(
+        sandbox,
+        "cat shared.txt; echo 'from a command' >> shared.txt; echo made > made.txt",
+        timeout_s=30,
+    )
+
+    assert result.stdout == "from the host\n"
+    assert read_all(backend, sandbox, f"{HOME}/shared.txt") == b"from the host\nfrom a command\n"
+    assert read_all(backend, sandbox, f"{HOME}/made.txt") == b"made\n"
+
+
+def test_reading_a_missing_file_raises_file_not_found(
+    backend: SandboxBackend, sandbox: str
+) -> None:
+    with pytest.raises(SandboxFileNotFound):
+        read_all(backend, sandbox, f"{HOME}/nope.txt")
+    with pytest.raises(SandboxFileNotFound):
+        read_all(backend, sandbox, f"{HOME}/no/such/dir/file.txt")
+
+
+def test_list_files_shows_files_and_directories(backend: SandboxBackend, sandbox: str) -> None:
+    backend.write_file(sandbox, f"{HOME}/listing/report.txt", b"12345")
+    backend.run(sandbox, "mkdir -p listing/sub", timeout_s=30)
+
+    entries = {entry.name: entry for entry in backend.list_files(sandbox, f"{HOME}/listing")}
+
+    assert set(entries) == {"report.txt", "sub"}
+    assert entries["report.txt"].type == "file"
+    assert entries["report.txt"].path == f"{HOME}/listing/report.txt"
+    assert entries["report.txt"].size == 5
+    assert entries["sub"].type == "dir"
+    assert entries["sub"].path == f"{HOME}/listing/sub"
+
+
+def test_listing_a_missing_directory_raises_file_not_found(
+    backend: SandboxBackend, sandbox: str
+) -> None:
+    with pytest.raises(SandboxFileNotFound):
+        backend.list_files(sandbox, f"{HOME}/missing")

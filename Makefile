@@ -31,9 +31,10 @@ $(STAMP): requirements-dev.lock pyproject.toml
 	$(BIN)/pip install --quiet --require-hashes --no-deps -r requirements-dev.lock
 	touch $(STAMP)
 
+# web, worker, beat, and `ready`, which creates the demo user, workspace and key and prints
+# them once the web server answers. One Ctrl-C stops them all.
 run: setup
 	$(BIN)/python manage.py migrate --noinput
-	$(BIN)/python manage.py bootstrap_demo
 	$(BIN)/honcho start -f Procfile
 
 test: setup

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import secrets
+import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,18 @@ from workspaces.models import Workspace
 from workspaces.permissions import Actor
 
 DEMO_USERNAME = "demo"
+READY_TIMEOUT_S = 60
 DEMO_WORKSPACE = "Demo workspace"
+
+
+def _wait_for(url: str) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2):  # noqa: S310 (our own local URL)
+                return
+        except OSError:
+            time.sleep(0.5)
 
 
 class Command(BaseCommand):
@@ -28,8 +41,15 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("--base-url", default="http://127.0.0.1:8000")
+        parser.add_argument(
+            "--when-ready",
+            action="store_true",
+            help="wait until the web server answers /healthz before printing (make run)",
+        )
 
-    def handle(self, *args: Any, base_url: str, **options: Any) -> None:
+    def handle(self, *args: Any, base_url: str, when_ready: bool, **options: Any) -> None:
+        if when_ready:
+            _wait_for(f"{base_url}/healthz")
         path = Path(settings.VAR_DIR) / "demo_credentials.json"
         saved = json.loads(path.read_text()) if path.exists() else {}
         with transaction.atomic():
@@ -74,7 +94,7 @@ class Command(BaseCommand):
         )
         self.stdout.write(
             f"""
-Airlock is starting.
+Airlock is running.
 
   Admin:        {base_url}/admin/
   Username:     {c["username"]}

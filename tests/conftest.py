@@ -35,16 +35,31 @@ def celery_broker_env(tmp_path_factory: Any) -> dict[str, str]:
     if not app.conf.broker_url.startswith("filesystem://"):
         return {"CELERY_BROKER_URL": app.conf.broker_url}
     base = tmp_path_factory.mktemp("celery-broker")
-    for sub in ("queue", "processed"):
+    for sub in ("queue", "processed", "control"):
         (base / sub).mkdir()
     app.conf.broker_transport_options = {
         "data_folder_in": str(base / "queue"),
         "data_folder_out": str(base / "queue"),
         "processed_folder": str(base / "processed"),
+        "control_folder": str(base / "control"),
         "store_processed": False,
         "polling_interval": 0.05,
     }
     return {"CELERY_BROKER_URL": "filesystem://", "CELERY_FILESYSTEM_DIR": str(base)}
+
+
+@pytest.fixture(autouse=True)
+def media(settings: Any, tmp_path: Any) -> Any:
+    """Artifacts are stored under the test's own directory, never var/media."""
+    root = tmp_path / "media"
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "default": {
+            "BACKEND": "django.core.files.storage.FileSystemStorage",
+            "OPTIONS": {"location": str(root)},
+        },
+    }
+    return root
 
 
 @pytest.fixture(autouse=True)

@@ -51,12 +51,17 @@ def workspace_rename(*, workspace: Workspace, name: str, actor: Actor) -> Worksp
 
 
 def workspace_delete(*, workspace: Workspace, actor: Actor) -> None:
-    """Cancel the workspace's active runs (killing their sandboxes), then delete it all."""
+    """Cancel the workspace's active runs (killing their sandboxes), then delete it all,
+    artifact files in storage included."""
     from sandboxes.services import workspace_runs_cancel
+
+    from artifacts.services import workspace_artifact_files_delete
 
     workspace_id = workspace.pk
     workspace_runs_cancel(workspace=workspace, actor=actor)
-    workspace.delete()
+    with transaction.atomic():
+        workspace_artifact_files_delete(workspace=workspace)  # the stored bytes, on commit
+        workspace.delete()
     logger.info("workspace deleted id=%s by=%s", workspace_id, actor)
 
 

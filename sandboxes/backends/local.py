@@ -772,9 +772,8 @@ class LocalBackend(SandboxBackend):
                 raise _path_error(path, exc) from None
             finally:
                 os.close(dir_fd)
-        # A file object, so the descriptor is closed even if the iterator is never started.
-        file = os.fdopen(fd, "rb", buffering=0)
         try:
+            # Checked on the descriptor before wrapping it: fdopen refuses a directory.
             mode = os.fstat(fd).st_mode
             if stat.S_ISDIR(mode):
                 raise BackendError(f"{path}: is a directory")
@@ -783,9 +782,10 @@ class LocalBackend(SandboxBackend):
             os.set_blocking(fd, True)
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
         except BaseException:
-            file.close()
+            os.close(fd)
             raise
-        return _stream(file, chunk_size)
+        # A file object, so the descriptor is closed even if the iterator is never started.
+        return _stream(os.fdopen(fd, "rb", buffering=0), chunk_size)
 
     def list_files(self, sandbox_id: str, path: str) -> list[FileEntry]:
         parts = _home_parts(path)

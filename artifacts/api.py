@@ -1,0 +1,176 @@
+"""Artifact routes (SPEC §4): capture, list, read, download, review.
+
+Thin: validate → service/selector → serialize. Every call that names a run or an artifact
+records activity on its run."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import django_filters
+from django.http import StreamingHttpResponse
+from django_filters.rest_framework import DjangoFilterBackend
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema
+from rest_framework import generics, serializers, status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from artifacts import downloads, selectors, services
+from artifacts.models import REVIEW_COMMENT_MAX_CHARS, Artifact, ArtifactType, ReviewState
+from config.api import StrictSerializer, page_of, paginate, validated
+from sandboxes.api import RunScopedView
+from sandboxes.services import PATH_MAX_LENGTH, run_touch
+from workspaces.models import Role
+from workspaces.permissions import Actor
+
+
+class ArtifactOut(serializers.ModelSerializer):
+    run_id = serializers.UUIDField(read_only=True)
+    workspace_id = serializers.UUIDField(read_only=True)
+    reviewed_by_id = serializers.IntegerField(read_only=True, allow_null=True)
+    preview_text = serializers.SerializerMethodField(
+        help_text="The start of a text file; null until approved unless you review here."
+    )
+
+    class Meta:
+        model = Artifact
+        fields = [
+            "id", "run_id", "workspace_id", "thread_id", "type", "title", "content_type",
+            "size", "sha256", "sandbox_path", "preview_text", "review_state",
+            "reviewed_by_id", "reviewed_at", "review_comment", "created_at",
+        ]  # fmt: skip
+        read_only_fields = fields
+
+    def get_preview_text(self, artifact: Artifact) -> str | None:
+        # Set by every selector: a member sees what is in the airlock only once it is out.
+        return artifact.preview_text if getattr(artifact, "content_visible", False) else None
+
+
+class CaptureIn(StrictSerializer):
+    path = serializers.CharField(max_length=PATH_MAX_LENGTH, trim_whitespace=False)
+    type = serializers.ChoiceField(choices=ArtifactType.choices, required=False)
+    title = serializers.CharField(max_length=services.TITLE_MAX_CHARS, required=False)
+
+
+class ReviewIn(StrictSerializer):
+    decision = serializers.ChoiceField(choices=["approve", "reject"])
+    comment = serializers.CharField(
+        max_length=REVIEW_COMMENT_MAX_CHARS,
+        required=False,
+        allow_blank=True,
+        help_text="Required to reject.",
+    )
+
+
+class ArtifactFilter(django_filters.FilterSet):
+    review_state = django_filters.ChoiceFilter(choices=ReviewState.choices)
+    type = django_filters.ChoiceFilter(choices=ArtifactType.choices)
+    thread_id = django_filters.CharFilter()
+    run = django_filters.UUIDFilter(field_name="run_id")
+    workspace = django_filters.UUIDFilter(field_name="workspace_id")
+
+    class Meta:
+        model = Artifact
+        fields = ["review_state", "type", "thread_id", "run", "workspace"]
+
+
+class RunArtifactsView(RunScopedView, generics.GenericAPIView):
+    filter_backends = [DjangoFilterBackend]
+    filterset_class = ArtifactFilter
+    queryset = Artifact.objects.none()
+
+    @extend_schema(responses=page_of(ArtifactOut), operation_id="runs_artifacts_list")
+    def get(self, request: Request, run_id: str) -> Response:
+        artifacts = selectors.artifact_list(actor=self.actor, run=self.run)
+        return paginate(self, request, self.filter_queryset(artifacts), ArtifactOut, "-created_at")
+
+    @extend_schema(
+        request=CaptureIn,
+        responses={201: ArtifactOut},
+        description="Copy a file of the running sandbox into storage as a pending artifact. "
+        "409 unless the run is running, 413 past ARTIFACT_MAX_BYTES.",
+    )
+    def post(self, request: Request, run_id: str) -> Response:
+        data = validated(CaptureIn, request)
+        artifact = services.artifact_capture(run=self.run, actor=self.actor, **data)
+        artifact.content_visible = True  # type: ignore[attr-defined] # the capturer has the bytes
+        return Response(ArtifactOut(artifact).data, status=status.HTTP_201_CREATED)
+
+
+class ArtifactListView(generics.GenericAPIView):
+    filter_backends = [DjangoFilterBackend]
+    filterset_class = ArtifactFilter
+    queryset = Artifact.objects.none()
+
+    @extend_schema(responses=page_of(ArtifactOut), operation_id="artifacts_list")
+    def get(self, request: Request) -> Response:
+        artifacts = selectors.artifact_list(actor=Actor.from_request(request))
+        return paginate(self, request, self.filter_queryset(artifacts), ArtifactOut, "-created_at")
+
+
+class ArtifactScopedView(APIView):
+    """Base of every `artifacts/{id}/…` route: resolves the artifact once (404 for outsiders),
+    checks the role for the method, and records activity on its run."""
+
+    minimum_role: ClassVar[dict[str, Role]] = {}
+    needs_content = False  # the bytes: members only once approved
+    artifact: Artifact
+    role: Role
+    actor: Actor
+
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        super().initial(request, *args, **kwargs)
+        self.actor = Actor.from_request(request)
+        self.artifact, self.role = selectors.artifact_get(
+            actor=self.actor,
+            artifact_id=kwargs["artifact_id"],
+            minimum=self.minimum_role.get(request.method or "GET", Role.MEMBER),
+            content=self.needs_content,
+        )
+        run_touch(run=self.artifact.run)
+
+
+class ArtifactDetailView(ArtifactScopedView):
+    @extend_schema(
+        responses=ArtifactOut,
+        description="One artifact's metadata; `preview_text` is null for members until it is "
+        "approved.",
+    )
+    def get(self, request: Request, artifact_id: str) -> Response:
+        return Response(ArtifactOut(self.artifact).data)
+
+
+class ArtifactContentView(ArtifactScopedView):
+    needs_content = True
+
+    @extend_schema(
+        responses={(200, "application/octet-stream"): OpenApiTypes.BINARY},
+        description="The artifact's bytes, always as an attachment with nosniff; HTML, SVG, "
+        "XML and scripts leave as application/octet-stream. Members get 404 until it is "
+        "approved; admins and owners get any.",
+    )
+    def get(self, request: Request, artifact_id: str) -> StreamingHttpResponse:
+        return downloads.attachment_response(self.artifact)
+
+
+class ArtifactReviewView(ArtifactScopedView):
+    minimum_role: ClassVar[dict[str, Role]] = {"POST": Role.ADMIN}
+
+    @extend_schema(
+        request=ReviewIn,
+        responses=ArtifactOut,
+        description="Approve or reject a pending artifact (admin or owner). A reject needs a "
+        "comment; reviewing artifacts of your own run is refused unless ALLOW_SELF_REVIEW; "
+        "a decided artifact is final (409).",
+    )
+    def post(self, request: Request, artifact_id: str) -> Response:
+        data = validated(ReviewIn, request)
+        artifact = services.artifact_review(
+            artifact=self.artifact,
+            actor=self.actor,
+            decision=data["decision"],
+            comment=data.get("comment", ""),
+        )
+        return Response(ArtifactOut(artifact).data)

@@ -1,0 +1,132 @@
+"""Reads of artifacts, always scoped to what the actor may see.
+
+Members see every artifact's metadata, but its content (the bytes and the text preview) only
+once it is approved; admins and owners see everything in their workspaces."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from django.conf import settings
+from django.db.models import BooleanField, Case, Q, QuerySet, Value, When
+
+from artifacts.models import Artifact, ReviewState
+from config.exceptions import NotFound
+from sandboxes.models import RunStatus, SandboxRun
+from workspaces.models import Membership, Role
+from workspaces.permissions import Actor, effective_role, has_role, require_role
+from workspaces.selectors import workspace_ids_visible
+
+ARTIFACT_RELATED = ("workspace", "run", "reviewed_by")
+
+
+def _reviewable_workspace_ids(actor: Actor) -> Any:
+    """Workspaces where the actor is admin or owner; None means every workspace."""
+    if actor.is_superuser:
+        return None
+    if actor.api_key is not None:
+        role = Role(actor.api_key.role)
+        return [actor.api_key.workspace_id] if has_role(role, Role.ADMIN) else []
+    return Membership.objects.filter(user=actor.user, role__in=[Role.ADMIN, Role.OWNER]).values(
+        "workspace_id"
+    )
+
+
+def _with_content_visibility(queryset: QuerySet[Artifact], actor: Actor) -> QuerySet[Artifact]:
+    """Annotates `content_visible`: approved, or the actor reviews in that workspace."""
+    reviewable = _reviewable_workspace_ids(actor)
+    if reviewable is None:
+        return queryset.annotate(content_visible=Value(True, output_field=BooleanField()))
+    return queryset.annotate(
+        content_visible=Case(
+            When(Q(review_state=ReviewState.APPROVED) | Q(workspace__in=reviewable), then=True),
+            default=False,
+            output_field=BooleanField(),
+        )
+    )
+
+
+def artifact_list(
+    *, actor: Actor, workspace: Any = None, run: SandboxRun | None = None
+) -> QuerySet[Artifact]:
+    """Artifacts of one run, one workspace, or of every workspace the actor belongs to.
+
+    Callers pass a run or workspace they already resolved through a scoped selector."""
+    queryset = Artifact.objects.select_related(*ARTIFACT_RELATED)
+    if run is not None:
+        queryset = queryset.filter(run=run)
+    elif workspace is not None:
+        queryset = queryset.filter(workspace=workspace)
+    else:
+        visible = workspace_ids_visible(actor=actor)
+        if visible is not None:
+            queryset = queryset.filter(workspace__in=visible)
+    return _with_content_visibility(queryset, actor)
+
+
+def artifact_role(*, actor: Actor, artifact: Artifact) -> Role | None:
+    """The actor's role in the artifact's workspace; None for an outsider."""
+    membership_role: Any = None
+    if actor.user is not None and actor.api_key is None:
+        membership_role = (
+            Membership.objects.filter(workspace_id=artifact.workspace_id, user=actor.user)
+            .values_list("role", flat=True)
+            .first()
+        )
+    return effective_role(actor, artifact.workspace_id, membership_role)
+
+
+def artifact_get(
+    *,
+    actor: Actor,
+    artifact_id: uuid.UUID | str,
+    minimum: Role = Role.MEMBER,
+    content: bool = False,
+) -> tuple[Artifact, Role]:
+    """The artifact and the actor's role in its workspace: 404 for outsiders, 403 below
+    `minimum`. With `content`, also 404 when the actor may not have its bytes: a member
+    is not told, byte-wise, what waits in the airlock."""
+    artifact = Artifact.objects.select_related(*ARTIFACT_RELATED).filter(pk=artifact_id).first()
+    role = artifact_role(actor=actor, artifact=artifact) if artifact is not None else None
+    role = require_role(role, minimum, what="artifact")
+    assert artifact is not None
+    visible = artifact.review_state == ReviewState.APPROVED or has_role(role, Role.ADMIN)
+    if content and not visible:
+        raise NotFound("No such artifact.")
+    artifact.content_visible = visible
+    return artifact, role
+
+
+def artifact_review_refusal(*, artifact: Artifact, actor: Actor, role: Role | None) -> str | None:
+    """Why the actor may not review this artifact, or None when they may (state aside)."""
+    if role is None:
+        return "not_found"
+    if not has_role(role, Role.ADMIN):
+        return "role"
+    is_own_run = actor.user is not None and artifact.run.created_by_id == actor.user.pk
+    if is_own_run and not settings.ALLOW_SELF_REVIEW:
+        return "self_review"
+    return None
+
+
+def review_queue(*, workspace_ids: Any = None) -> QuerySet[Artifact]:
+    """Pending artifacts, oldest first; `workspace_ids` None means every workspace (for
+    superusers and operators)."""
+    queryset = Artifact.objects.filter(review_state=ReviewState.PENDING).select_related(
+        *ARTIFACT_RELATED
+    )
+    if workspace_ids is not None:
+        queryset = queryset.filter(workspace__in=workspace_ids)
+    return queryset.order_by("created_at", "id")
+
+
+def review_console_counts(*, workspace_ids: Any = None) -> dict[str, int]:
+    """What the admin index shows: pending reviews and running sandboxes."""
+    runs = SandboxRun.objects.filter(status=RunStatus.RUNNING)
+    if workspace_ids is not None:
+        runs = runs.filter(workspace__in=workspace_ids)
+    return {
+        "pending_reviews": review_queue(workspace_ids=workspace_ids).count(),
+        "running_sandboxes": runs.count(),
+    }

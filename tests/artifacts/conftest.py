@@ -1,0 +1,133 @@
+"""Artifact fixtures: storage in a temporary directory, a running run on a real local sandbox,
+files planted in its home the way a sandboxed program would leave them, and artifacts made
+directly for the console and API tests."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
+from django.utils.text import get_valid_filename
+
+from artifacts import content
+from artifacts.models import Artifact, ReviewState
+from sandboxes.models import SandboxRun
+from tests.conftest import client_as
+from tests.factories import make_api_key, make_run, make_workspace
+from workspaces import services as workspace_services
+from workspaces.permissions import Actor
+
+PNG = (
+    b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x06\x00\x00\x00"
+    b"\x1f\x15\xc4\x89\x00\x00\x00\rIDATx\x9cc\xf8\xcf\xc0\xf0\x1f\x00\x05\x00\x01\xff\x89\x99"
+    b"=\x1d\x00\x00\x00\x00IEND\xaeB`\x82"
+)
+XSS = "<script>alert(1)</script>"
+
+
+def stored_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
+
+
+@pytest.fixture
+def sandbox_run(local_sandboxes: Any, workspace: Any) -> SandboxRun:
+    """A running run on a real local sandbox, started by the owner."""
+    info = local_sandboxes.create(template="", metadata={"app": "airlock"}, envs={}, timeout_s=600)
+    return make_run(workspace=workspace, status="running", sandbox_id=info.sandbox_id)
+
+
+def home_of(backend: Any, run: SandboxRun) -> Path:
+    return Path(backend.root) / run.sandbox_id / "home"
+
+
+def plant(backend: Any, run: SandboxRun, relative: str, data: bytes) -> str:
+    """Leave a file in the sandbox home; returns its path inside the sandbox."""
+    path = home_of(backend, run) / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return f"/home/user/{relative}"
+
+
+def make_artifact(
+    run: SandboxRun,
+    *,
+    title: str = "notes.txt",
+    data: bytes = b"hello\n",
+    state: str = ReviewState.PENDING,
+    reviewer: Any = None,
+    type: str | None = None,
+    **fields: Any,
+) -> Artifact:
+    """An artifact stored and written directly: for tests about reading and reviewing, where
+    a capture from a sandbox would only be slower."""
+    name = get_valid_filename(title)[-50:]
+    key = default_storage.save(f"artifacts/{run.workspace_id}/test/{name}", ContentFile(data))
+    content_type = content.guess_content_type(title, data[:8192])
+    artifact = Artifact.objects.create(
+        run=run,
+        workspace_id=run.workspace_id,
+        thread_id=run.thread_id,
+        type=type or content.infer_type(title, content_type),
+        title=title,
+        file=key,
+        content_type=content_type,
+        size=len(data),
+        sha256=hashlib.sha256(data).hexdigest(),
+        sandbox_path=f"/home/user/artifacts/{title}",
+        preview_text=content.preview(data) if content.is_text_type(content_type) else "",
+        **fields,
+    )
+    if state != ReviewState.PENDING:
+        change = artifact.approve if state == ReviewState.APPROVED else artifact.reject
+        change(
+            reviewer=reviewer or run.workspace.owner, comment="test", by=None, description="test"
+        )
+        artifact.save()
+    return artifact
+
+
+# --- callers of the API, by role ------------------------------------------------------------
+
+CALLERS = [
+    "owner", "admin", "member", "outsider", "anonymous",
+    "member_key", "admin_key", "revoked_key", "foreign_key",
+]  # fmt: skip
+
+
+def table(**codes: int) -> list[Any]:
+    """One pytest param per caller; outsiders 404, no credentials 401, unless overridden."""
+    base = {"outsider": 404, "anonymous": 401, "revoked_key": 401, "foreign_key": 404}
+    merged = {**base, **codes}
+    return [pytest.param(name, merged[name], id=name) for name in CALLERS]
+
+
+@pytest.fixture
+def keys(workspace: Any, outsider: Any) -> dict[str, str]:
+    """Keys are created by the owner, so they act for the owner (self-review included)."""
+    revoked = make_api_key(workspace=workspace, role="admin", name="old")
+    workspace_services.api_key_revoke(api_key=revoked[0], actor=Actor(user=workspace.owner))
+    foreign = make_workspace(owner=outsider, name="Elsewhere")
+    return {
+        "member_key": make_api_key(workspace=workspace, role="member")[1],
+        "admin_key": make_api_key(workspace=workspace, role="admin", name="ops")[1],
+        "revoked_key": revoked[1],
+        "foreign_key": make_api_key(workspace=foreign, role="admin")[1],
+    }
+
+
+@pytest.fixture
+def as_caller(
+    api: Any, owner: Any, admin_user: Any, member: Any, outsider: Any, keys: dict[str, str]
+) -> Any:
+    people = {"owner": owner, "admin": admin_user, "member": member, "outsider": outsider}
+
+    def login(name: str) -> Any:
+        if name == "anonymous":
+            return client_as(api, None)
+        return client_as(api, people.get(name) or keys[name])
+
+    return login

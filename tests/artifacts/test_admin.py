@@ -1,0 +1,478 @@
+"""The review console (artifacts/admin.py) with Django's test client: the pending queue, bulk
+approve and reject through the services, transition buttons, safe previews, scoping of staff
+users, escaping everywhere, and a constant number of queries."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.contrib.contenttypes.models import ContentType
+from django.contrib.messages import get_messages
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from artifacts.models import Artifact
+from sandboxes.models import SandboxRun, TransitionLog
+from tests.artifacts.conftest import PNG, XSS, make_artifact
+from tests.factories import make_run, make_workspace
+
+CHANGELIST = "/admin/artifacts/artifact/"
+ESCAPED_XSS = "&lt;script&gt;alert(1)&lt;/script&gt;"
+# Session, user, the user's permissions (2, for the sidebar), the workspace filter's choices,
+# the two counts and the page itself: nothing per row. 50 rows must not need one more.
+QUERIES_FOR_THE_CHANGELIST = 8
+
+
+def _change(artifact: Artifact) -> str:
+    return f"{CHANGELIST}{artifact.pk}/change/"
+
+
+def _messages(response: Any) -> list[str]:
+    return [str(m) for m in get_messages(response.wsgi_request)]
+
+
+def _listed(response: Any) -> list[str]:
+    assert response.status_code == 200
+    return [a.title for a in response.context["cl"].result_list]
+
+
+def _state(artifact: Artifact) -> str:
+    artifact.refresh_from_db()
+    return artifact.review_state
+
+
+@pytest.fixture
+def reviewer(admin_user: Any) -> Any:
+    """Adam: staff, admin of the workspace (whose runs the owner starts)."""
+    admin_user.is_staff = True
+    admin_user.save(update_fields=["is_staff"])
+    return admin_user
+
+
+@pytest.fixture
+def superuser(django_user_model: Any) -> Any:
+    return django_user_model.objects.create_superuser("root", "root@example.com", "pw")
+
+
+@pytest.fixture
+def run(workspace: Any) -> SandboxRun:
+    return make_run(workspace=workspace, status="running", thread_id="thread-a")
+
+
+@pytest.fixture
+def elsewhere(outsider: Any, reviewer: Any) -> dict[str, SandboxRun]:
+    """Runs in a workspace where the reviewer is a plain member, and in one they are not in."""
+    beta = make_workspace(owner=outsider, name="Beta", members={reviewer: "member"})
+    gamma = make_workspace(owner=outsider, name="Gamma")
+    return {
+        "beta": make_run(workspace=beta, status="running", thread_id="thread-b"),
+        "gamma": make_run(workspace=gamma, status="running", thread_id="thread-g"),
+    }
+
+
+def _aged(artifact: Artifact, minutes: int) -> Artifact:
+    Artifact.objects.filter(pk=artifact.pk).update(
+        created_at=timezone.now() - timedelta(minutes=minutes)
+    )
+    return artifact
+
+
+# --- the queue -------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_the_console_opens_on_the_pending_queue_oldest_first(
+    client: Any, reviewer: Any, run: SandboxRun
+) -> None:
+    _aged(make_artifact(run, title="newest"), 1)
+    _aged(make_artifact(run, title="oldest"), 30)
+    _aged(make_artifact(run, title="middle"), 10)
+    make_artifact(run, title="decided", state="approved")
+    client.force_login(reviewer)
+
+    response = client.get(CHANGELIST)
+
+    assert _listed(response) == ["oldest", "middle", "newest"]
+    html = response.content.decode()
+    assert "Pending (queue)" in html
+    assert "6\xa0bytes" in html  # size, human-readable
+    assert "30\xa0minutes" in html  # age
+
+
+@pytest.mark.django_db
+def test_filters_and_search(client: Any, reviewer: Any, run: SandboxRun, workspace: Any) -> None:
+    other_run = make_run(workspace=workspace, status="running", thread_id="thread-z")
+    text = _aged(make_artifact(run, title="report.txt"), 5)
+    image = _aged(make_artifact(other_run, title="chart.png", data=PNG), 4)
+    done = _aged(make_artifact(run, title="done.txt", state="approved"), 60)
+    client.force_login(reviewer)
+
+    assert _listed(client.get(f"{CHANGELIST}?review_state=approved")) == [done.title]
+    # All states: still the queue first, then the decided ones.
+    all_states = _listed(client.get(f"{CHANGELIST}?review_state=all"))
+    assert all_states == [text.title, image.title, done.title]
+    assert _listed(client.get(f"{CHANGELIST}?type__exact=image")) == [image.title]
+    assert _listed(client.get(f"{CHANGELIST}?workspace__id__exact={workspace.pk}")) == [
+        text.title,
+        image.title,
+    ]
+    assert _listed(client.get(f"{CHANGELIST}?q=report")) == [text.title]
+    assert _listed(client.get(f"{CHANGELIST}?q=thread-z")) == [image.title]
+    assert _listed(client.get(f"{CHANGELIST}?q={other_run.pk}")) == [image.title]
+    assert _listed(client.get(f"{CHANGELIST}?q={text.pk}")) == [text.title]
+    # NUL, which PostgreSQL text cannot hold: the admin's search form refuses the term.
+    assert _listed(client.get(CHANGELIST, {"q": "rep\x00ort"})) == [text.title, image.title]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("rows", [5, 50])
+def test_the_changelist_uses_a_constant_number_of_queries(
+    client: Any,
+    reviewer: Any,
+    run: SandboxRun,
+    workspace: Any,
+    rows: int,
+    django_assert_max_num_queries: Any,
+) -> None:
+    client.force_login(reviewer)
+    other_run = make_run(workspace=workspace, status="running")
+    for n in range(rows):
+        make_artifact(run if n % 2 else other_run, title=f"a{n}.txt")
+        make_artifact(run, title=f"done{n}.txt", state="approved", reviewer=reviewer)
+    client.get(CHANGELIST)  # warm caches (content types, sessions) outside the count
+
+    with django_assert_max_num_queries(QUERIES_FOR_THE_CHANGELIST):
+        assert len(_listed(client.get(CHANGELIST))) == rows
+    with django_assert_max_num_queries(QUERIES_FOR_THE_CHANGELIST):
+        assert len(_listed(client.get(f"{CHANGELIST}?review_state=all"))) == min(2 * rows, 50)
+
+
+@pytest.mark.django_db
+def test_the_run_page_with_its_artifacts_inline_uses_a_constant_number_of_queries(
+    client: Any, reviewer: Any, run: SandboxRun
+) -> None:
+    client.force_login(reviewer)
+    url = f"/admin/sandboxes/sandboxrun/{run.pk}/change/"
+    counts = []
+    for total in (5, 50):
+        while Artifact.objects.count() < total:
+            make_artifact(run)
+        client.get(url)
+        with CaptureQueriesContext(connection) as queries:
+            assert client.get(url).status_code == 200
+        counts.append(len(queries))
+    assert counts[0] == counts[1]
+
+
+# --- scoping ---------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_staff_see_and_act_only_in_workspaces_they_administer(
+    client: Any, reviewer: Any, run: SandboxRun, elsewhere: dict[str, SandboxRun]
+) -> None:
+    mine = make_artifact(run, title="mine", data=PNG)
+    beta = make_artifact(elsewhere["beta"], title="beta", data=PNG)
+    gamma = make_artifact(elsewhere["gamma"], title="gamma", data=PNG)
+    client.force_login(reviewer)
+
+    assert _listed(client.get(f"{CHANGELIST}?review_state=all")) == ["mine"]
+    for hidden in (beta, gamma):
+        assert client.get(_change(hidden)).status_code == 302  # "does not exist" → index
+        assert client.get(f"{CHANGELIST}{hidden.pk}/image/").status_code == 404
+        assert client.get(f"{CHANGELIST}{hidden.pk}/download/").status_code == 404
+        assert client.get(f"{CHANGELIST}{hidden.pk}/transition/reject/").status_code == 302
+        client.post(_change(hidden), {"_fsm_transition_to": "approve"})
+
+    client.post(
+        CHANGELIST,
+        {"action": "approve_selected", "_selected_action": [mine.pk, beta.pk, gamma.pk]},
+    )
+
+    assert [_state(a) for a in (mine, beta, gamma)] == ["approved", "pending", "pending"]
+    assert client.get(f"{CHANGELIST}{mine.pk}/image/").status_code == 200
+
+
+@pytest.mark.django_db
+def test_a_superuser_sees_every_workspace(
+    client: Any, superuser: Any, run: SandboxRun, elsewhere: dict[str, SandboxRun]
+) -> None:
+    for key, other in elsewhere.items():
+        make_artifact(other, title=key)
+    make_artifact(run, title="mine")
+    client.force_login(superuser)
+    assert sorted(_listed(client.get(CHANGELIST))) == ["beta", "gamma", "mine"]
+
+
+@pytest.mark.django_db
+def test_the_index_counts_pending_reviews_and_running_sandboxes_in_scope(
+    client: Any, reviewer: Any, superuser: Any, run: SandboxRun, elsewhere: dict[str, SandboxRun]
+) -> None:
+    make_artifact(run)
+    make_artifact(run)
+    make_artifact(run, state="approved")
+    make_artifact(elsewhere["gamma"])
+    make_run(workspace=run.workspace, status="succeeded")
+
+    client.force_login(reviewer)
+    html = client.get("/admin/").content.decode()
+    assert '<td id="pending-reviews">2</td>' in html
+    assert '<td id="running-sandboxes">1</td>' in html
+
+    client.force_login(superuser)
+    html = client.get("/admin/").content.decode()
+    assert '<td id="pending-reviews">3</td>' in html
+    assert '<td id="running-sandboxes">3</td>' in html
+
+
+# --- bulk decisions --------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_bulk_approve_goes_through_the_service_and_counts(
+    client: Any, reviewer: Any, run: SandboxRun
+) -> None:
+    first, second = make_artifact(run), make_artifact(run)
+    decided = make_artifact(run, state="rejected")
+    client.force_login(reviewer)
+
+    response = client.post(
+        f"{CHANGELIST}?review_state=all",
+        {"action": "approve_selected", "_selected_action": [first.pk, second.pk, decided.pk]},
+        follow=True,
+    )
+
+    assert "2 approved, 1 skipped (already decided)." in _messages(response)
+    assert [_state(a) for a in (first, second, decided)] == ["approved", "approved", "rejected"]
+    rows = TransitionLog.objects.filter(object_id__in=[str(first.pk), str(second.pk)])
+    assert {(r.actor, r.by_id, r.state) for r in rows} == {("user:adam", reviewer.pk, "approved")}
+
+
+@pytest.mark.django_db
+def test_bulk_reject_asks_for_a_comment_first(client: Any, reviewer: Any, run: SandboxRun) -> None:
+    first, second = make_artifact(run, title="one"), make_artifact(run, title="two")
+    selected = {"action": "reject_selected", "_selected_action": [first.pk, second.pk]}
+    client.force_login(reviewer)
+
+    page = client.post(CHANGELIST, selected)
+    assert page.status_code == 200
+    assert page.templates[0].name == "admin/artifacts/artifact/reject_selected.html"
+    assert [_state(a) for a in (first, second)] == ["pending", "pending"]
+
+    empty = client.post(CHANGELIST, {**selected, "apply": "yes", "comment": "  "})
+    assert empty.status_code == 200
+    assert "This field is required." in empty.content.decode()
+
+    done = client.post(
+        CHANGELIST, {**selected, "apply": "yes", "comment": "leaks a key"}, follow=True
+    )
+    assert "2 rejected, 0 skipped (already decided)." in _messages(done)
+    for artifact in (first, second):
+        artifact.refresh_from_db()
+        assert (artifact.review_state, artifact.review_comment) == ("rejected", "leaks a key")
+
+
+@pytest.mark.django_db
+def test_bulk_actions_report_refusals(client: Any, owner: Any, run: SandboxRun) -> None:
+    owner.is_staff = True
+    owner.save(update_fields=["is_staff"])
+    own = make_artifact(run, title="own run")
+    client.force_login(owner)
+
+    response = client.post(
+        CHANGELIST, {"action": "approve_selected", "_selected_action": [own.pk]}, follow=True
+    )
+
+    assert "0 approved, 0 skipped (already decided)." in _messages(response)
+    assert any("1 refused" in m and "own run" in m for m in _messages(response))
+    assert _state(own) == "pending"
+
+
+# --- the change page -------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_approve_with_the_transition_button(client: Any, reviewer: Any, run: SandboxRun) -> None:
+    artifact = make_artifact(run)
+    client.force_login(reviewer)
+
+    page = client.get(_change(artifact)).content.decode()
+    assert 'name="_fsm_transition_to"' in page
+    assert 'value="approve"' in page
+    assert 'value="reject"' in page
+
+    client.post(_change(artifact), {"_fsm_transition_to": "approve"})
+
+    artifact.refresh_from_db()
+    assert (artifact.review_state, artifact.reviewed_by) == ("approved", reviewer)
+    page = client.get(_change(artifact)).content.decode()
+    assert 'name="_fsm_transition_to"' not in page
+    assert "Decided: this is final." in page
+    assert "pending → approved · <code>approve</code> by user:adam" in page
+
+
+@pytest.mark.django_db
+def test_reject_with_the_transition_button_asks_for_a_comment(
+    client: Any, reviewer: Any, run: SandboxRun
+) -> None:
+    artifact = make_artifact(run)
+    client.force_login(reviewer)
+    form_url = f"{CHANGELIST}{artifact.pk}/transition/reject/"
+
+    response = client.post(_change(artifact), {"_fsm_transition_to": "reject"})
+    assert response.status_code == 302
+    assert response["Location"] == form_url
+    assert _state(artifact) == "pending"
+
+    assert client.post(form_url, {"comment": ""}).status_code == 200
+    assert _state(artifact) == "pending"
+
+    client.post(form_url, {"comment": "wrong customer data"})
+    artifact.refresh_from_db()
+    assert (artifact.review_state, artifact.review_comment) == ("rejected", "wrong customer data")
+    log = TransitionLog.objects.get(
+        content_type=ContentType.objects.get_for_model(Artifact), object_id=str(artifact.pk)
+    )
+    assert (log.transition, log.actor) == ("reject", "user:adam")
+
+
+@pytest.mark.django_db
+def test_no_buttons_for_your_own_run_and_posting_anyway_changes_nothing(
+    client: Any, owner: Any, run: SandboxRun
+) -> None:
+    owner.is_staff = True
+    owner.save(update_fields=["is_staff"])
+    artifact = make_artifact(run)
+    client.force_login(owner)
+
+    page = client.get(_change(artifact)).content.decode()
+    assert 'name="_fsm_transition_to"' not in page
+    assert "You started this run: someone else must review its artifacts." in page
+
+    response = client.post(_change(artifact), {"_fsm_transition_to": "approve"}, follow=True)
+    assert "You started this run; someone else must review its artifacts." in _messages(response)
+    assert _state(artifact) == "pending"
+
+
+@pytest.mark.django_db
+def test_only_the_review_transitions_can_be_posted(
+    client: Any, reviewer: Any, run: SandboxRun
+) -> None:
+    artifact = make_artifact(run)
+    client.force_login(reviewer)
+    for name in ("delete", "save", "_decide", "approve_"):
+        response = client.post(_change(artifact), {"_fsm_transition_to": name}, follow=True)
+        assert response.status_code == 200
+        assert "Unknown transition." in _messages(response)
+        assert client.get(f"{CHANGELIST}{artifact.pk}/transition/{name}/").status_code == 404
+    assert Artifact.objects.filter(pk=artifact.pk).exists()
+    assert _state(artifact) == "pending"
+
+
+@pytest.mark.django_db
+def test_the_state_cannot_be_edited_only_transitioned(
+    client: Any, reviewer: Any, run: SandboxRun
+) -> None:
+    artifact = make_artifact(run)
+    client.force_login(reviewer)
+    client.post(_change(artifact), {"review_state": "approved", "title": "renamed", "_save": "1"})
+    artifact.refresh_from_db()
+    assert (artifact.review_state, artifact.title) == ("pending", "notes.txt")
+    assert not TransitionLog.objects.filter(object_id=str(artifact.pk)).exists()
+
+
+@pytest.mark.django_db
+def test_the_change_page_shows_the_run_context_and_a_download(
+    client: Any, reviewer: Any, workspace: Any
+) -> None:
+    run = make_run(
+        workspace=workspace, status="running", prompt="Summarise Q3", command="python make.py"
+    )
+    artifact = make_artifact(run, title="report.py", data=b"def main():\n    return 42\n")
+    client.force_login(reviewer)
+
+    page = client.get(_change(artifact)).content.decode()
+
+    assert "Summarise Q3" in page
+    assert "python make.py" in page
+    assert f"/admin/sandboxes/sandboxrun/{run.pk}/change/" in page
+    assert f"{CHANGELIST}{artifact.pk}/download/" in page
+    assert '<div class="highlight"' in page  # Pygments highlighting of the code preview
+    download = client.get(f"{CHANGELIST}{artifact.pk}/download/")
+    assert download["Content-Disposition"].startswith("attachment")
+    assert download["X-Content-Type-Options"] == "nosniff"
+    assert b"".join(download.streaming_content) == b"def main():\n    return 42\n"
+
+
+@pytest.mark.django_db
+def test_raster_images_are_shown_inline_and_nothing_else_is(
+    client: Any, reviewer: Any, run: SandboxRun
+) -> None:
+    image = make_artifact(run, title="chart.png", data=PNG)
+    svg = make_artifact(
+        run, title="logo.svg", data=b'<svg xmlns="http://www.w3.org/2000/svg" onload="x()"/>'
+    )
+    client.force_login(reviewer)
+
+    page = client.get(_change(image)).content.decode()
+    assert f'<img src="{CHANGELIST}{image.pk}/image/"' in page
+    shown = client.get(f"{CHANGELIST}{image.pk}/image/")
+    assert (shown["Content-Type"], shown["X-Content-Type-Options"]) == ("image/png", "nosniff")
+    assert b"".join(shown.streaming_content) == PNG
+
+    page = client.get(_change(svg)).content.decode()
+    assert "<img" not in page.split('id="content-main"')[1]
+    assert 'onload="x()"' not in page
+    assert "&lt;svg" in page  # shown as text
+    assert client.get(f"{CHANGELIST}{svg.pk}/image/").status_code == 404
+
+
+@pytest.mark.django_db
+def test_the_run_admin_lists_its_artifacts(client: Any, reviewer: Any, run: SandboxRun) -> None:
+    make_artifact(run, title="inline-one.txt")
+    make_artifact(run, title="inline-two.txt", state="approved")
+    client.force_login(reviewer)
+    page = client.get(f"/admin/sandboxes/sandboxrun/{run.pk}/change/").content.decode()
+    assert "inline-one.txt" in page
+    assert "inline-two.txt" in page
+
+
+# --- escaping everywhere ---------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_hostile_titles_and_contents_are_escaped_on_every_page(
+    client: Any, reviewer: Any, workspace: Any
+) -> None:
+    run = make_run(workspace=workspace, status="running", thread_id=XSS, prompt=XSS, command=XSS)
+    html_file = make_artifact(run, title=XSS, data=f"<html><body>{XSS}</body></html>".encode())
+    js_file = make_artifact(run, title=f"{XSS}.js", data=f"document.write('{XSS}')".encode())
+    client.force_login(reviewer)
+
+    pages = {
+        "changelist": client.get(CHANGELIST),
+        "search": client.get(CHANGELIST, {"q": XSS}),
+        "change (html)": client.get(_change(html_file)),
+        "change (js)": client.get(_change(js_file)),
+        "reject form": client.get(f"{CHANGELIST}{html_file.pk}/transition/reject/"),
+        "bulk reject": client.post(
+            CHANGELIST,
+            {"action": "reject_selected", "_selected_action": [html_file.pk, js_file.pk]},
+        ),
+        "run": client.get(f"/admin/sandboxes/sandboxrun/{run.pk}/change/"),
+    }
+    for name, response in pages.items():
+        assert response.status_code == 200, name
+        html = response.content.decode()
+        assert XSS not in html, name
+        assert "alert(1)" in html, name  # it is shown, escaped, not dropped
+    for name in ("changelist", "change (html)", "bulk reject", "reject form"):
+        assert ESCAPED_XSS in pages[name].content.decode(), name
+
+    download = client.get(f"{CHANGELIST}{html_file.pk}/download/")
+    assert download["Content-Type"] == "application/octet-stream"
+    assert download["Content-Disposition"].startswith("attachment")
+    assert download["X-Content-Type-Options"] == "nosniff"

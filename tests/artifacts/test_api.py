@@ -1,0 +1,344 @@
+"""Artifact routes: the airlock rules across roles and key roles, capture errors, downloads
+that are always attachments, review rules, filters. Every JSON response is checked against
+the OpenAPI schema by the `api` client."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.utils import timezone
+
+from artifacts.models import Artifact
+from sandboxes.models import SandboxRun
+from tests.artifacts.conftest import PNG, XSS, home_of, make_artifact, plant, table
+from tests.conftest import client_as
+from tests.factories import make_run, make_workspace
+
+MEMBERS = dict(owner=200, admin=200, member=200, member_key=200, admin_key=200)
+REVIEWERS = dict(owner=200, admin=200, admin_key=200, member=404, member_key=404)
+
+
+def _content(response: Any) -> bytes:
+    return b"".join(response.streaming_content)
+
+
+# --- capture ---------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(("caller", "status"), table(**{k: 201 for k in MEMBERS}))
+def test_every_member_can_capture_and_the_artifact_waits_for_review(
+    as_caller: Any, caller: str, status: int, local_sandboxes: Any, sandbox_run: SandboxRun
+) -> None:
+    path = plant(local_sandboxes, sandbox_run, "artifacts/out.txt", b"result\n")
+
+    response = as_caller(caller).post(
+        f"/api/v1/runs/{sandbox_run.pk}/artifacts/", {"path": path}, format="json"
+    )
+
+    assert response.status_code == status
+    if status == 201:
+        body = response.json()
+        assert body["review_state"] == "pending"
+        assert (body["title"], body["type"], body["size"]) == ("out.txt", "file", 7)
+        assert body["preview_text"] == "result\n"  # the caller just had the bytes anyway
+    else:
+        assert Artifact.objects.count() == 0
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        ({}, 400, "invalid"),
+        ({"path": "a.txt"}, 400, "invalid_path"),
+        ({"path": "/home/user/../etc/passwd"}, 400, "invalid_path"),
+        ({"path": "/home/user/a\x00b"}, 400, "invalid"),
+        ({"path": "/home/user/a.txt", "type": "movie"}, 400, "invalid"),
+        ({"path": "/home/user/a.txt", "title": ""}, 400, "invalid"),
+        ({"path": "/home/user/a.txt", "colour": "red"}, 400, "invalid"),
+        ({"path": "/home/user/missing.txt"}, 404, "file_not_found"),
+        ({"path": "/home/user/link"}, 400, "backend_error"),
+        ({"path": "/home/user/big.bin"}, 413, "artifact_too_large"),
+    ],
+)
+def test_bad_captures_are_clear_4xx_and_store_nothing(
+    api: Any,
+    member: Any,
+    local_sandboxes: Any,
+    sandbox_run: SandboxRun,
+    settings: Any,
+    body: dict[str, str],
+    status: int,
+    code: str,
+) -> None:
+    settings.ARTIFACT_MAX_BYTES = 100
+    plant(local_sandboxes, sandbox_run, "a.txt", b"a")
+    plant(local_sandboxes, sandbox_run, "big.bin", b"b" * 101)
+    (home_of(local_sandboxes, sandbox_run) / "link").symlink_to("/etc/hostname")
+
+    response = client_as(api, member).post(
+        f"/api/v1/runs/{sandbox_run.pk}/artifacts/", body, format="json"
+    )
+
+    assert (response.status_code, response.json()["code"]) == (status, code)
+    assert Artifact.objects.count() == 0
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("status", ["booting", "succeeded", "canceled"])
+def test_capture_needs_a_running_run(api: Any, member: Any, workspace: Any, status: str) -> None:
+    run = make_run(workspace=workspace, status=status)
+    response = client_as(api, member).post(
+        f"/api/v1/runs/{run.pk}/artifacts/", {"path": "/home/user/a.txt"}, format="json"
+    )
+    assert (response.status_code, response.json()["code"]) == (409, "invalid_state")
+
+
+@pytest.mark.django_db
+def test_artifact_calls_record_activity_on_the_run(
+    api: Any, member: Any, local_sandboxes: Any, sandbox_run: SandboxRun
+) -> None:
+    path = plant(local_sandboxes, sandbox_run, "a.txt", b"a")
+    client = client_as(api, member)
+    long_ago = timezone.now() - timedelta(minutes=10)
+
+    for call in (
+        lambda: client.post(
+            f"/api/v1/runs/{sandbox_run.pk}/artifacts/", {"path": path}, format="json"
+        ),
+        lambda: client.get(f"/api/v1/runs/{sandbox_run.pk}/artifacts/"),
+        lambda: client.get(f"/api/v1/artifacts/{Artifact.objects.get().pk}/"),
+    ):
+        SandboxRun.objects.filter(pk=sandbox_run.pk).update(last_activity_at=long_ago)
+        assert call().status_code in (200, 201)
+        sandbox_run.refresh_from_db()
+        assert sandbox_run.last_activity_at > long_ago
+
+
+# --- reading -------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(("caller", "status"), table(**MEMBERS))
+def test_every_member_sees_artifact_metadata_and_outsiders_nothing(
+    as_caller: Any, caller: str, status: int, sandbox_run: SandboxRun, outsider: Any
+) -> None:
+    artifact = make_artifact(sandbox_run)
+    elsewhere = make_run(workspace=make_workspace(owner=outsider, name="Other"))
+    make_artifact(elsewhere, title="not yours")
+    client = as_caller(caller)
+
+    assert client.get(f"/api/v1/artifacts/{artifact.pk}/").status_code == status
+    assert client.get(f"/api/v1/runs/{sandbox_run.pk}/artifacts/").status_code == status
+    mine = client.get("/api/v1/artifacts/")
+    if caller in ("anonymous", "revoked_key"):
+        assert mine.status_code == 401
+    elif caller == "outsider":  # their own workspace's, nothing of ours
+        assert [a["title"] for a in mine.json()["results"]] == ["not yours"]
+    elif caller == "foreign_key":
+        assert mine.json()["results"] == []
+    else:
+        assert [a["id"] for a in mine.json()["results"]] == [str(artifact.pk)]
+
+
+@pytest.mark.django_db
+def test_members_see_no_preview_until_approval_reviewers_always(
+    api: Any, member: Any, admin_user: Any, sandbox_run: SandboxRun
+) -> None:
+    artifact = make_artifact(sandbox_run, data=b"secret-ish output")
+    url = f"/api/v1/artifacts/{artifact.pk}/"
+
+    assert client_as(api, member).get(url).json()["preview_text"] is None
+    assert (
+        client_as(api, member).get("/api/v1/artifacts/").json()["results"][0]["preview_text"]
+        is None
+    )
+    assert client_as(api, admin_user).get(url).json()["preview_text"] == "secret-ish output"
+
+    client_as(api, admin_user).post(f"{url}review/", {"decision": "approve"}, format="json")
+    assert client_as(api, member).get(url).json()["preview_text"] == "secret-ish output"
+
+
+@pytest.mark.django_db
+def test_the_list_filters(api: Any, owner: Any, workspace: Any) -> None:
+    first = make_run(workspace=workspace, thread_id="t-1")
+    second = make_run(workspace=workspace, thread_id="t-2")
+    text = make_artifact(first, title="a.txt")
+    image = make_artifact(second, title="b.png", data=PNG, state="approved")
+    client = client_as(api, owner)
+
+    def titles(query: str) -> list[str]:
+        response = client.get(f"/api/v1/artifacts/?{query}")
+        assert response.status_code == 200
+        return sorted(a["title"] for a in response.json()["results"])
+
+    assert titles("") == ["a.txt", "b.png"]
+    assert titles("review_state=pending") == [text.title]
+    assert titles("review_state=approved") == [image.title]
+    assert titles("type=image") == [image.title]
+    assert titles("thread_id=t-1") == [text.title]
+    assert titles(f"run={second.pk}") == [image.title]
+    assert titles(f"workspace={workspace.pk}&type=file") == [text.title]
+    for bad in ("review_state=maybe", "type=movie", "run=not-a-uuid", "thread_id=%00"):
+        assert client.get(f"/api/v1/artifacts/?{bad}").status_code == 400
+    per_run = client.get(f"/api/v1/runs/{first.pk}/artifacts/?review_state=approved").json()
+    assert per_run["results"] == []
+
+
+@pytest.mark.django_db
+def test_artifact_lists_use_a_constant_number_of_queries(
+    api: Any, member: Any, sandbox_run: SandboxRun, django_assert_max_num_queries: Any
+) -> None:
+    client = client_as(api, member)
+    for _ in range(3):
+        make_artifact(sandbox_run)
+    with django_assert_max_num_queries(5):
+        assert len(client.get("/api/v1/artifacts/").json()["results"]) == 3
+    for _ in range(40):
+        make_artifact(sandbox_run, state="approved")
+    with django_assert_max_num_queries(5):
+        assert len(client.get("/api/v1/artifacts/?page_size=100").json()["results"]) == 43
+
+
+# --- the bytes -------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(("caller", "status"), table(**REVIEWERS))
+def test_pending_bytes_are_for_reviewers_only(
+    as_caller: Any, caller: str, status: int, sandbox_run: SandboxRun
+) -> None:
+    artifact = make_artifact(sandbox_run, data=b"pending bytes")
+    response = as_caller(caller).get(f"/api/v1/artifacts/{artifact.pk}/content/")
+    assert response.status_code == status
+    if status == 200:
+        assert _content(response) == b"pending bytes"
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(("caller", "status"), table(**MEMBERS))
+def test_approved_bytes_are_for_every_member(
+    as_caller: Any, caller: str, status: int, sandbox_run: SandboxRun
+) -> None:
+    artifact = make_artifact(sandbox_run, data=b"approved bytes", state="approved")
+    response = as_caller(caller).get(f"/api/v1/artifacts/{artifact.pk}/content/")
+    assert response.status_code == status
+    if status == 200:
+        assert _content(response) == b"approved bytes"
+
+
+@pytest.mark.django_db
+def test_rejected_bytes_stay_with_reviewers(
+    api: Any, member: Any, admin_user: Any, sandbox_run: SandboxRun
+) -> None:
+    artifact = make_artifact(sandbox_run, state="rejected")
+    url = f"/api/v1/artifacts/{artifact.pk}/content/"
+    assert client_as(api, member).get(url).status_code == 404
+    assert client_as(api, admin_user).get(url).status_code == 200
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("title", "data", "served_as"),
+    [
+        ("page.html", f"<html>{XSS}</html>".encode(), "application/octet-stream"),
+        ("img.svg", b'<svg xmlns="http://www.w3.org/2000/svg" onload="alert(1)"/>',
+         "application/octet-stream"),
+        ("app.js", XSS.encode(), "application/octet-stream"),
+        ("feed.xml", b"<?xml version='1.0'?><a/>", "application/octet-stream"),
+        ("disguised.txt", f"<!doctype html>{XSS}".encode(), "application/octet-stream"),
+        ("notes.txt", b"plain", "text/plain; charset=utf-8"),
+        ("chart.png", PNG, "image/png"),
+    ],
+)  # fmt: skip
+def test_bytes_are_always_an_attachment_with_nosniff_and_a_safe_type(
+    api: Any, owner: Any, sandbox_run: SandboxRun, title: str, data: bytes, served_as: str
+) -> None:
+    artifact = make_artifact(sandbox_run, title=title, data=data)
+
+    response = client_as(api, owner).get(f"/api/v1/artifacts/{artifact.pk}/content/")
+
+    assert response.status_code == 200
+    assert response["Content-Type"] == served_as
+    assert response["Content-Disposition"].startswith("attachment; filename=")
+    assert response["X-Content-Type-Options"] == "nosniff"
+    assert response["Content-Length"] == str(len(data))
+    assert _content(response) == data
+
+
+@pytest.mark.django_db
+def test_a_hostile_title_never_reaches_a_header(
+    api: Any, owner: Any, sandbox_run: SandboxRun
+) -> None:
+    artifact = make_artifact(sandbox_run, title="a.txt")
+    Artifact.objects.filter(pk=artifact.pk).update(title='x"\r\nSet-Cookie: a=b; <script>')
+    response = client_as(api, owner).get(f"/api/v1/artifacts/{artifact.pk}/content/")
+    assert response["Content-Disposition"] == 'attachment; filename="a.txt"'
+    assert "Set-Cookie" not in response
+
+
+# --- review ----------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("caller", "status"),
+    table(owner=200, admin=200, admin_key=200, member=403, member_key=403),
+)
+def test_reviewing_needs_the_admin_role(
+    as_caller: Any, caller: str, status: int, workspace: Any, member: Any
+) -> None:
+    artifact = make_artifact(make_run(workspace=workspace, created_by=member))
+
+    response = as_caller(caller).post(
+        f"/api/v1/artifacts/{artifact.pk}/review/", {"decision": "approve"}, format="json"
+    )
+
+    assert response.status_code == status
+    artifact.refresh_from_db()
+    assert artifact.review_state == ("approved" if status == 200 else "pending")
+
+
+@pytest.mark.django_db
+def test_review_rules(api: Any, admin_user: Any, owner: Any, sandbox_run: SandboxRun) -> None:
+    artifact = make_artifact(sandbox_run)
+    url = f"/api/v1/artifacts/{artifact.pk}/review/"
+    client = client_as(api, admin_user)
+
+    def review(body: dict[str, Any]) -> tuple[int, str]:
+        response = client.post(url, body, format="json")
+        return response.status_code, response.json().get("code", "")
+
+    assert review({"decision": "reject"}) == (400, "comment_required")
+    assert review({"decision": "reject", "comment": "  "}) == (400, "comment_required")
+    assert review({"decision": "maybe"}) == (400, "invalid")
+    assert review({"decision": "approve", "extra": 1}) == (400, "invalid")
+    assert review({"decision": "approve", "comment": "x" * 2001}) == (400, "invalid")
+
+    response = client.post(url, {"decision": "reject", "comment": "has a token"}, format="json")
+    assert response.status_code == 200
+    body = response.json()
+    assert (body["review_state"], body["review_comment"]) == ("rejected", "has a token")
+    assert body["reviewed_by_id"] == admin_user.pk
+
+    assert review({"decision": "approve"}) == (409, "already_reviewed")
+    assert review({"decision": "reject", "comment": "again"}) == (409, "already_reviewed")
+
+
+@pytest.mark.django_db
+def test_self_review_is_a_403_unless_allowed(
+    api: Any, owner: Any, admin_key: str, sandbox_run: SandboxRun, settings: Any
+) -> None:
+    artifact = make_artifact(sandbox_run)  # the owner started the run; the key is the owner's
+    url = f"/api/v1/artifacts/{artifact.pk}/review/"
+
+    for who in (owner, admin_key):
+        response = client_as(api, who).post(url, {"decision": "approve"}, format="json")
+        assert (response.status_code, response.json()["code"]) == (403, "self_review")
+
+    settings.ALLOW_SELF_REVIEW = True
+    response = client_as(api, owner).post(url, {"decision": "approve"}, format="json")
+    assert response.status_code == 200

@@ -3,6 +3,7 @@ and an API client that checks every response against the OpenAPI schema."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any
 
@@ -23,6 +24,18 @@ def require_service(available: bool, reason: str) -> None:
     if IN_CI:
         pytest.fail(f"{reason} (CI=true: required services must be present)")
     pytest.skip(reason)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remove_sqlite_sidecars() -> Any:
+    """pytest-django drops the file test database but not SQLite's WAL side files."""
+    yield
+    from django.db import connection
+
+    if connection.vendor == "sqlite":
+        for suffix in ("-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(str(connection.settings_dict["TEST"]["NAME"]) + suffix)
 
 
 @pytest.fixture(scope="session", autouse=True)

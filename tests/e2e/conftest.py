@@ -95,7 +95,9 @@ def celery_env(celery_broker_env: dict[str, str], settings: Any) -> dict[str, st
 
 
 @pytest.fixture
-def start_celery(celery_env: dict[str, str]) -> Iterator[Callable[..., CeleryProcess]]:
+def start_celery(
+    celery_env: dict[str, str], tmp_path: Path
+) -> Iterator[Callable[..., CeleryProcess]]:
     """start_celery("worker") / start_celery("beat", SANDBOX_SWEEP_INTERVAL_S="1")."""
     started: list[CeleryProcess] = []
 
@@ -106,7 +108,7 @@ def start_celery(celery_env: dict[str, str]) -> Iterator[Callable[..., CeleryPro
                     "--without-mingle", "--without-heartbeat"]  # fmt: skip
             proc = CeleryProcess(args, env, ready_marker="ready.")
         else:
-            schedule = Path(env["AIRLOCK_VAR_DIR"]) / f"beat-{os.getpid()}-{len(started)}"
+            schedule = tmp_path / f"beat-schedule-{len(started)}"
             args = ["beat", "--loglevel", "INFO", "--schedule", str(schedule)]
             proc = CeleryProcess(args, env, ready_marker="beat: Starting")
         started.append(proc)

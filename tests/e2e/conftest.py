@@ -72,7 +72,7 @@ class CeleryProcess:
 
 
 @pytest.fixture
-def celery_env(celery_broker_env: dict[str, str], settings: Any) -> dict[str, str]:
+def celery_env(celery_broker_env: dict[str, str], settings: Any, tmp_path: Path) -> dict[str, str]:
     """What a worker process needs to see the test's database, broker and sandboxes."""
     from config.celery import app
 
@@ -88,7 +88,8 @@ def celery_env(celery_broker_env: dict[str, str], settings: Any) -> dict[str, st
         "E2B_API_URL": settings.E2B_API_URL or "",
         "E2B_SANDBOX_URL": settings.E2B_SANDBOX_URL or "",
         "DEPLOY_ENV": django_settings.DEPLOY_ENV,
-        "AIRLOCK_VAR_DIR": str(django_settings.VAR_DIR),
+        # The worker's var/ is the test's tmp_path: its media folder is the `media` fixture's.
+        "AIRLOCK_VAR_DIR": str(tmp_path),
         "PYTHONUNBUFFERED": "1",
     }
     return env

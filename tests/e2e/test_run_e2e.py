@@ -42,4 +42,13 @@ def test_a_run_goes_from_post_to_succeeded_through_a_real_worker(
     )
     assert api.get(f"/api/v1/runs/{run_id}/").json()["status"] == "succeeded"
     assert local_sandboxes.list_sandboxes({"run_id": run_id}) == []  # killed when it ended
-    assert f"Task sandboxes.tasks.start_sandbox_run[" in worker.log()
+    assert "Task sandboxes.tasks.start_sandbox_run[" in worker.log()
+
+    # Its output waits behind the airlock: listed, pending, not downloadable by a member key.
+    [log] = api.get(f"/api/v1/runs/{run_id}/artifacts/").json()["results"]
+    assert (log["type"], log["review_state"]) == ("log", "pending")
+    assert api.get(f"/api/v1/artifacts/{log['id']}/content/").status_code == 404
+    owner = APIClient()
+    owner.force_authenticate(workspace.owner)
+    content = owner.get(f"/api/v1/artifacts/{log['id']}/content/")
+    assert b"42\n" in content.getvalue()

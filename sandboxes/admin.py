@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from django.contrib import admin
 from django.contrib.contenttypes.models import ContentType
 from django.db.models import QuerySet
 from django.http import HttpRequest
-from django.utils.html import format_html_join
+from django.utils import timezone
+from django.utils.html import format_html, format_html_join
 
+from artifacts.inlines import ArtifactInline
 from config.exceptions import Conflict
-from sandboxes import services
+from sandboxes import selectors, services
 from sandboxes.models import ACTIVE_STATUSES, SandboxRun, TransitionLog
 from workspaces.admin import WorkspaceScopedAdmin
 from workspaces.permissions import Actor
@@ -40,6 +43,25 @@ def transition_history(obj: Any) -> Any:
     )
 
 
+USAGE_SUMMARY_DAYS = 30
+
+
+def workspace_usage_summary(workspace: Any) -> Any:
+    """The workspace admin's usage line: active runs now, and the last 30 days' runs,
+    sandbox-hours and cost (the same figures as the usage API)."""
+    end = timezone.localdate()
+    start = end - timedelta(days=USAGE_SUMMARY_DAYS - 1)
+    usage = selectors.run_usage(workspace=workspace, start=start, end=end)
+    return format_html(
+        "{} active now · last {} days: {} runs, {} sandbox-hours, ${}",
+        selectors.active_run_count(workspace=workspace),
+        USAGE_SUMMARY_DAYS,
+        usage.runs,
+        f"{usage.sandbox_seconds / 3600:.2f}",
+        usage.cost_usd,
+    )
+
+
 @admin.register(SandboxRun)
 class SandboxRunAdmin(WorkspaceScopedAdmin):
     list_display = [
@@ -53,6 +75,7 @@ class SandboxRunAdmin(WorkspaceScopedAdmin):
     actions = ["cancel_runs"]
     exclude = ["env", "files", "request_fingerprint"]
     readonly_fields = ["history"]
+    inlines = [ArtifactInline]
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
         names = [f.name for f in SandboxRun._meta.fields if f.name not in self.exclude]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any, ClassVar
 
 import django_filters
 from django.http import StreamingHttpResponse
+from django.utils import timezone
 from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
@@ -130,6 +132,79 @@ class WorkspaceRunsView(WorkspaceScopedView, generics.GenericAPIView):
         return Response(RunOut(run).data, status=201 if created else 200)
 
 
+class UsageTotalsOut(serializers.Serializer):
+    runs = serializers.IntegerField()
+    sandbox_seconds = serializers.FloatField(help_text="Including runs still running, so far.")
+    cost_usd = serializers.DecimalField(
+        max_digits=20, decimal_places=6, help_text="Of runs that have ended."
+    )
+
+
+class UsageByStatusOut(serializers.Serializer):
+    def get_fields(self) -> dict[str, serializers.Field]:
+        return {status: UsageTotalsOut() for status in RunStatus.values}
+
+
+class UsageByDayOut(UsageTotalsOut):
+    day = serializers.DateField()
+
+
+class UsageOut(UsageTotalsOut):
+    by_status = UsageByStatusOut(help_text="One entry per run status.")
+    by_day = UsageByDayOut(many=True)
+
+    def get_fields(self) -> dict[str, serializers.Field]:
+        # "from" is a Python keyword: these fields cannot be declared as class attributes.
+        fields = super().get_fields()
+        fields["from"] = serializers.DateField(source="start")
+        fields["to"] = serializers.DateField(source="end")
+        return fields
+
+
+USAGE_DEFAULT_DAYS = 30
+
+
+class UsageQuery(serializers.Serializer):
+    def get_fields(self) -> dict[str, serializers.Field]:
+        return {
+            "from": serializers.DateField(required=False),
+            "to": serializers.DateField(required=False),
+        }
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        end = attrs.get("to") or timezone.localdate()
+        start = attrs.get("from") or end - timedelta(days=USAGE_DEFAULT_DAYS - 1)
+        if start > end:
+            raise serializers.ValidationError({"from": ["`from` is after `to`."]})
+        if (end - start).days + 1 > selectors.USAGE_MAX_DAYS:
+            raise serializers.ValidationError(
+                {"from": [f"The period is longer than {selectors.USAGE_MAX_DAYS} days."]}
+            )
+        return {"start": start, "end": end}
+
+
+class WorkspaceUsageView(WorkspaceScopedView):
+    minimum_role: ClassVar[dict[str, Role]] = {"GET": Role.ADMIN}
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("from", OpenApiTypes.DATE, description="Default: 29 days before `to`"),
+            OpenApiParameter("to", OpenApiTypes.DATE, description="Default: today"),
+        ],
+        responses=UsageOut,
+        description=(
+            "Runs started from `from` to `to` (whole days in UTC, both included, at most "
+            f"{selectors.USAGE_MAX_DAYS}): how many, their sandbox-seconds and cost, in total, "
+            "by status and by day. Admins and owners."
+        ),
+    )
+    def get(self, request: Request, workspace_id: str) -> Response:
+        query = UsageQuery(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        usage = selectors.run_usage(workspace=self.workspace, **query.validated_data)
+        return Response(UsageOut(usage).data)
+
+
 class RunListView(generics.GenericAPIView):
     filter_backends = [DjangoFilterBackend]
     filterset_class = RunFilter
@@ -221,7 +296,7 @@ class RunFilesView(RunScopedView):
         parameters=[PATH_PARAM],
         request={"application/octet-stream": OpenApiTypes.BINARY},
         responses=UploadOut,
-        description="Write the raw request body to `path` (parents created, replaced if it exists).",
+        description="Write the raw request body to `path` (parents created, replaced if there).",
     )
     def put(self, request: Request, run_id: str) -> Response:
         path = _path(request)

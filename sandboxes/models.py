@@ -84,6 +84,12 @@ class SandboxRun(ConcurrentTransitionMixin, models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
     last_activity_at = models.DateTimeField(default=timezone.now)
     deadline_pushed_at = models.DateTimeField(null=True, blank=True)
+    # When the sweep ends this running run unless activity comes first (`sweep_due`): kept
+    # in a column so the sweep finds due runs with one index range scan, whatever each run's
+    # own timeouts. The sweep re-checks every candidate against the fields it derives from.
+    expires_at = models.DateTimeField(null=True, blank=True)
+    # A sweep's claim on the run while it kills the sandbox: overlapping sweeps skip it.
+    sweep_claimed_at = models.DateTimeField(null=True, blank=True)
     max_duration_ms = models.PositiveBigIntegerField()
     idle_timeout_ms = models.PositiveBigIntegerField()
     exit_code = models.IntegerField(null=True, blank=True)
@@ -110,6 +116,9 @@ class SandboxRun(ConcurrentTransitionMixin, models.Model):
                 fields=["created_at"], name="run_booting_by_created", condition=Q(status="booting")
             ),
             models.Index(fields=["workspace", "status"], name="run_ws_status"),
+            models.Index(
+                fields=["expires_at"], name="run_running_by_expiry", condition=Q(status="running")
+            ),
         ]  # fmt: skip
         constraints = [
             models.UniqueConstraint(
@@ -135,6 +144,15 @@ class SandboxRun(ConcurrentTransitionMixin, models.Model):
 
     def remaining_s(self, now: datetime | None = None) -> float:
         return max(0.0, (self.deadline - (now or timezone.now())).total_seconds())
+
+    def sweep_due(self) -> tuple[datetime, str]:
+        """When the sweep must end this running run unless activity comes first, and why:
+        whichever of the idle and max-duration deadlines comes first. A run whose command
+        job has started is never idle: the job holds it until the max duration."""
+        idle_end = self.last_activity_at + timedelta(milliseconds=self.idle_timeout_ms)
+        if self.command_started_at is None and idle_end < self.deadline:
+            return idle_end, EndReason.IDLE_TIMEOUT
+        return self.deadline, EndReason.MAX_DURATION
 
     @property
     def sandbox_seconds(self) -> float:
@@ -168,6 +186,7 @@ class SandboxRun(ConcurrentTransitionMixin, models.Model):
         self.memory_mb = memory_mb
         self.running_at = now
         self.last_activity_at = now
+        self.expires_at = self.sweep_due()[0]
 
     @fsm_log_by
     @fsm_log_description

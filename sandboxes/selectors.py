@@ -3,11 +3,28 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta
+from decimal import Decimal
 from typing import Any
 
-from django.db.models import QuerySet
+from django.db.models import (
+    Case,
+    Count,
+    DateTimeField,
+    DurationField,
+    ExpressionWrapper,
+    F,
+    Q,
+    QuerySet,
+    Sum,
+    Value,
+    When,
+)
+from django.db.models.functions import Coalesce, TruncDate
+from django.utils import timezone
 
-from sandboxes.models import ACTIVE_STATUSES, SandboxRun
+from sandboxes.models import ACTIVE_STATUSES, RunStatus, SandboxRun
 from workspaces.models import Membership, Role, Workspace
 from workspaces.permissions import Actor, effective_role, has_role, require_role
 from workspaces.selectors import workspace_ids_visible
@@ -56,3 +73,86 @@ def run_is_controlled_by(*, run: SandboxRun, actor: Actor, role: Role) -> bool:
 
 def active_run_count(*, workspace: Workspace) -> int:
     return SandboxRun.objects.filter(workspace=workspace, status__in=ACTIVE_STATUSES).count()
+
+
+# --- usage ---------------------------------------------------------------------------
+
+USAGE_MAX_DAYS = 366
+COST_PRECISION = Decimal("0.000001")  # cost_usd's decimal places
+
+
+@dataclass(frozen=True)
+class UsageTotals:
+    runs: int
+    sandbox_seconds: float
+    cost_usd: Decimal
+
+
+@dataclass(frozen=True)
+class UsageByDay(UsageTotals):
+    day: date
+
+
+@dataclass(frozen=True)
+class Usage(UsageTotals):
+    start: date
+    end: date
+    by_status: dict[str, UsageTotals]  # every RunStatus
+    by_day: list[UsageByDay]
+
+
+def run_usage(*, workspace: Workspace, start: date, end: date) -> Usage:
+    """Runs started from `start` to `end` (whole days, inclusive, in TIME_ZONE): how many,
+    their sandbox-seconds (so far, for runs still running) and their cost (runs that have
+    ended: the cost is set when a run ends), in total, by status and by day. Every status
+    and every day of the period is listed, zeros included. Three aggregate queries."""
+    zone = timezone.get_current_timezone()
+    runs = SandboxRun.objects.filter(
+        workspace=workspace,
+        created_at__gte=datetime.combine(start, time.min, tzinfo=zone),
+        created_at__lt=datetime.combine(end + timedelta(days=1), time.min, tzinfo=zone),
+    )
+    sums = {
+        "n": Count("id"),
+        "seconds": Sum(_sandbox_time(timezone.now())),
+        "cost": Sum("cost_usd"),
+    }
+    total = runs.aggregate(**sums)
+    by_status = {row["status"]: row for row in runs.values("status").annotate(**sums)}
+    by_day = {
+        row["day"]: row
+        for row in runs.annotate(day=TruncDate("created_at", tzinfo=zone))
+        .values("day")
+        .annotate(**sums)
+    }
+    days = [start + timedelta(days=i) for i in range((end - start).days + 1)]
+    return Usage(
+        **_totals(total),
+        start=start,
+        end=end,
+        by_status={s: UsageTotals(**_totals(by_status.get(s))) for s in RunStatus.values},
+        by_day=[UsageByDay(**_totals(by_day.get(d)), day=d) for d in days],
+    )
+
+
+def _sandbox_time(now: datetime) -> ExpressionWrapper:
+    """How long a run's sandbox has lived: from running (or, for a sandbox that never got
+    that far, from the run's start if it had one) to the run's end, or to now."""
+    started = Case(
+        When(running_at__isnull=False, then=F("running_at")),
+        When(~Q(sandbox_id=""), then=F("created_at")),
+        default=None,
+        output_field=DateTimeField(),
+    )
+    ended = Coalesce(F("finished_at"), Value(now, output_field=DateTimeField()))
+    return ExpressionWrapper(ended - started, output_field=DurationField())
+
+
+def _totals(row: dict[str, Any] | None) -> dict[str, Any]:
+    row = row or {}
+    seconds = row.get("seconds") or timedelta(0)
+    return {
+        "runs": row.get("n") or 0,
+        "sandbox_seconds": round(seconds.total_seconds(), 3),
+        "cost_usd": (row.get("cost") or Decimal(0)).quantize(COST_PRECISION),
+    }

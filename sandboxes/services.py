@@ -3,6 +3,7 @@ transactions; state changes go through the SandboxRun transitions and are logged
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -14,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import IO, Any
+from typing import Any, BinaryIO, Protocol
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -168,9 +169,19 @@ def _kill_quietly(run: SandboxRun) -> bool:
 
 
 def provider_timeout_s(run: SandboxRun) -> int:
-    """The sandbox's own deadline: the idle timeout, never past the run's max duration."""
-    seconds = min(run.idle_timeout_ms / 1000, run.remaining_s())
-    return max(1, math.ceil(seconds))
+    """How long the sandbox may live from now, its own deadline at the provider: the idle
+    timeout plus the push throttle (SANDBOX_KEEPALIVE_MIN_S), never past the run's max
+    duration (rounded up to a whole second: providers take whole seconds).
+
+    The margin: activity moves the run's idle deadline on every touch but the sandbox's
+    only once per throttle interval; without it a sandbox in use could die before its run
+    is idle, and the run would end as sandbox_lost instead of being swept as idle. While
+    its command job runs a run is never idle: its sandbox lives until the max duration."""
+    remaining = math.ceil(run.remaining_s())
+    if run.command_started_at is not None:
+        return max(1, remaining)
+    idle = math.ceil(run.idle_timeout_ms / 1000 + settings.SANDBOX_KEEPALIVE_MIN_S)
+    return max(1, min(idle, remaining))
 
 
 # --- create --------------------------------------------------------------------------
@@ -275,7 +286,7 @@ def _enqueue_command(run: SandboxRun) -> None:
 
     limit = math.ceil(run.remaining_s())
     execute_run_command.apply_async(
-        args=[str(run.pk)], soft_time_limit=limit + 60, time_limit=limit + 120
+        args=(str(run.pk),), soft_time_limit=limit + 60, time_limit=limit + 120
     )
 
 
@@ -375,7 +386,10 @@ def run_fail_boot(*, run_id: str, error: Exception) -> None:
 # --- the command job -----------------------------------------------------------------
 
 SYSTEM_JOB = Actor.system("execute_run_command")
-MAX_DURATION_ERROR = {"code": "max_duration", "message": "The command ran past the run's max duration."}
+MAX_DURATION_ERROR = {
+    "code": "max_duration",
+    "message": "The command ran past the run's max duration.",
+}
 
 
 def run_execute_command(*, run_id: str) -> None:
@@ -396,6 +410,15 @@ def run_execute_command(*, run_id: str) -> None:
         return
     run = SandboxRun.objects.get(pk=run_id)
     backend = get_backend()
+    # From here the job holds the run until its max duration: neither the sweep's idle check
+    # nor the sandbox's own idle deadline may end it while the command runs.
+    SandboxRun.objects.filter(pk=run_id).update(
+        expires_at=run.sweep_due()[0], deadline_pushed_at=now
+    )
+    try:
+        backend.set_timeout(run.sandbox_id, provider_timeout_s(run))
+    except BackendError as exc:
+        logger.warning("deadline push before the command failed run=%s: %s", run_id, exc)
     result: CommandResult | None = None
     outcome: Callable[[SandboxRun], None]
     try:
@@ -461,8 +484,10 @@ def run_touch(*, run: SandboxRun) -> None:
         return
     now = timezone.now()
     if now - run.last_activity_at >= TOUCH_MIN_INTERVAL:
-        SandboxRun.objects.filter(pk=run.pk, status=RunStatus.RUNNING).update(last_activity_at=now)
         run.last_activity_at = now
+        SandboxRun.objects.filter(pk=run.pk, status=RunStatus.RUNNING).update(
+            last_activity_at=now, expires_at=run.sweep_due()[0]
+        )
     keepalive = timedelta(seconds=settings.SANDBOX_KEEPALIVE_MIN_S)
     if run.deadline_pushed_at is not None and now - run.deadline_pushed_at < keepalive:
         return
@@ -486,7 +511,7 @@ def _require_running(run: SandboxRun) -> None:
 
 def _lost(run: SandboxRun, exc: SandboxNotFound) -> Conflict:
     """The sandbox vanished under a running run: the run fails as sandbox_lost."""
-    try:
+    with contextlib.suppress(Conflict):  # it ended otherwise meanwhile
         _transition(
             run.pk,
             lambda r: r.fail(
@@ -495,8 +520,6 @@ def _lost(run: SandboxRun, exc: SandboxNotFound) -> Conflict:
                 **_log(Actor.system("sandbox_lost")),
             ),
         )
-    except Conflict:
-        pass
     return Conflict("The sandbox is gone; the run has failed.", code="sandbox_lost")
 
 
@@ -569,7 +592,11 @@ def run_exec(
     )
 
 
-def spool_upload(stream: IO[bytes], *, limit: int) -> IO[bytes]:
+class Readable(Protocol):
+    def read(self, size: int = ..., /) -> bytes: ...
+
+
+def spool_upload(stream: Readable, *, limit: int) -> BinaryIO:
     """Read an upload fully before it reaches the sandbox, so an oversized body is refused
     whole (413) instead of leaving half a file behind. Memory is bounded: big bodies spool
     to a temporary file."""
@@ -582,10 +609,10 @@ def spool_upload(stream: IO[bytes], *, limit: int) -> IO[bytes]:
             raise TooLarge(f"The upload is larger than {limit} bytes.")
         spool.write(chunk)
     spool.seek(0)
-    return spool  # type: ignore[return-value]
+    return spool  # type: ignore[return-value]  # a SpooledTemporaryFile reads like one
 
 
-def run_upload_file(*, run: SandboxRun, actor: Actor, path: str, stream: IO[bytes]) -> int:
+def run_upload_file(*, run: SandboxRun, actor: Actor, path: str, stream: Readable) -> int:
     _require_running(run)
     path = clean_sandbox_path(path)
     spool = spool_upload(stream, limit=settings.UPLOAD_MAX_BYTES)
@@ -658,9 +685,7 @@ def workspace_runs_cancel(*, workspace: Workspace, actor: Actor) -> int:
     """Cancel every active run of a workspace (before the workspace is deleted)."""
     canceled = 0
     for run in SandboxRun.objects.filter(workspace=workspace, status__in=ACTIVE_STATUSES):
-        try:
+        with contextlib.suppress(Conflict):  # it may have ended on its own meanwhile
             run_cancel(run=run, actor=actor)
             canceled += 1
-        except Conflict:
-            pass  # it ended on its own meanwhile
     return canceled

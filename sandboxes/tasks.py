@@ -8,7 +8,7 @@ from typing import Any
 
 from celery import shared_task
 
-from sandboxes import services
+from sandboxes import services, sweep
 from sandboxes.backends import TransientBackendError
 
 logger = logging.getLogger(__name__)
@@ -38,3 +38,16 @@ def start_sandbox_run(self: Any, run_id: str) -> None:
 @shared_task(acks_late=True)
 def execute_run_command(run_id: str) -> None:
     services.run_execute_command(run_id=run_id)
+
+
+# Periodic (config/celery.py). No retries: the next beat is the retry, and both are safe to
+# run concurrently with themselves. The soft limit leaves the sweep's time budget
+# (sweep.TIME_BUDGET_S) room to finish the batch in flight.
+@shared_task(acks_late=True, soft_time_limit=240, time_limit=300)
+def sweep_sandboxes() -> dict[str, int]:
+    return sweep.sandboxes_sweep().as_dict()
+
+
+@shared_task(acks_late=True, soft_time_limit=240, time_limit=300)
+def reconcile_sandboxes() -> dict[str, int]:
+    return sweep.sandboxes_reconcile().as_dict()

@@ -8,6 +8,11 @@ urlpatterns = [
         api.WorkspaceRunsView.as_view(),
         name="workspace-runs",
     ),
+    path(
+        "workspaces/<uuid:workspace_id>/usage/",
+        api.WorkspaceUsageView.as_view(),
+        name="workspace-usage",
+    ),
     path("runs/", api.RunListView.as_view(), name="run-list"),
     path("runs/<uuid:run_id>/", api.RunDetailView.as_view(), name="run-detail"),
     path("runs/<uuid:run_id>/exec/", api.RunExecView.as_view(), name="run-exec"),

@@ -105,10 +105,16 @@ class WorkspaceAdmin(WorkspaceScopedAdmin):
         )
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> tuple[str, ...]:
-        return ("id", "created_at") if obj is None else ("id", "owner", "created_at")
+        return ("id", "created_at") if obj is None else ("id", "owner", "created_at", "usage")
 
     def get_fields(self, request: HttpRequest, obj: Any = None) -> tuple[str, ...]:
-        return ("name",) if obj is None else ("id", "name", "owner", "created_at")
+        return ("name",) if obj is None else ("id", "name", "owner", "created_at", "usage")
+
+    @admin.display(description="Usage")
+    def usage(self, obj: Workspace) -> Any:
+        from sandboxes.admin import workspace_usage_summary  # sandboxes builds on workspaces
+
+        return workspace_usage_summary(obj)
 
     def save_model(self, request: HttpRequest, obj: Workspace, form: Any, change: bool) -> None:
         actor = Actor(user=request.user)  # type: ignore[arg-type]

@@ -53,9 +53,8 @@ def workspace_rename(*, workspace: Workspace, name: str, actor: Actor) -> Worksp
 def workspace_delete(*, workspace: Workspace, actor: Actor) -> None:
     """Cancel the workspace's active runs (killing their sandboxes), then delete it all,
     artifact files in storage included."""
-    from sandboxes.services import workspace_runs_cancel
-
     from artifacts.services import workspace_artifact_files_delete
+    from sandboxes.services import workspace_runs_cancel
 
     workspace_id = workspace.pk
     workspace_runs_cancel(workspace=workspace, actor=actor)

@@ -125,7 +125,9 @@ class SandboxBackend(abc.ABC):
         """Create or replace a file, creating parent directories."""
 
     @abc.abstractmethod
-    def read_file(self, sandbox_id: str, path: str, *, chunk_size: int = 64 * 1024) -> Iterator[bytes]:
+    def read_file(
+        self, sandbox_id: str, path: str, *, chunk_size: int = 64 * 1024
+    ) -> Iterator[bytes]:
         """Stream a file's bytes. Raises SandboxFileNotFound before the first chunk."""
 
     @abc.abstractmethod

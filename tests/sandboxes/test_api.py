@@ -13,7 +13,10 @@ from workspaces import services as workspace_services
 from workspaces.permissions import Actor
 from workspaces.selectors import api_key_find
 
-CALLERS = ["owner", "admin", "member", "outsider", "anonymous", "member_key", "admin_key", "revoked_key", "foreign_key"]  # fmt: skip
+CALLERS = [
+    "owner", "admin", "member", "outsider", "anonymous",
+    "member_key", "admin_key", "revoked_key", "foreign_key",
+]  # fmt: skip
 RUN_BODY = {"thread_id": "t-1", "prompt": "say hi"}
 
 
@@ -138,6 +141,7 @@ def test_a_member_ends_their_own_run_and_a_key_the_runs_it_started(
     own = make_run(workspace=workspace, status="running", created_by=member)
     assert client_as(api, member).post(f"/api/v1/runs/{own.pk}/cancel/").status_code == 200
     key = api_key_find(raw_key=keys["member_key"])
+    assert key is not None
     started = make_run(
         workspace=workspace, status="running", created_by=key.created_by, api_key=key
     )
@@ -214,7 +218,7 @@ def test_files_round_trip_through_the_sandbox(
     assert put.json() == {"path": "/home/user/data/blob.bin", "size": len(payload)}
     got = client.get(f"{url}?path=/home/user/data/blob.bin")
     assert got.status_code == 200
-    assert b"".join(got.streaming_content) == payload
+    assert got.getvalue() == payload
     assert got["Content-Disposition"] == 'attachment; filename="blob.bin"'
     assert got["X-Content-Type-Options"] == "nosniff"
     listing = client.get(f"{url}list/?path=/home/user/data").json()

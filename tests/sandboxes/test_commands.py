@@ -34,7 +34,7 @@ def test_start_run_creates_a_booting_run_and_enqueues_it(
 
 @pytest.mark.django_db
 def test_start_run_wait_gives_up_clearly_without_a_worker(workspace: Any) -> None:
-    with pytest.raises(CommandError, match="still booting .is a worker running"):
+    with pytest.raises(CommandError, match=r"still booting \(is a worker running"):
         _call("start_run", str(workspace.pk), "--prompt", "p", "--wait", "--wait-timeout", "0.3")
 
 

@@ -76,6 +76,7 @@ def test_every_transition_is_logged_with_its_actor(workspace: Any, member_key: s
     from workspaces.selectors import api_key_find
 
     key = api_key_find(raw_key=member_key)
+    assert key is not None
     run = make_run(workspace=workspace)
     services._transition(
         run.pk,
@@ -104,9 +105,14 @@ def test_a_stale_copy_cannot_overwrite_a_newer_transition(workspace: Any) -> Non
     stale = SandboxRun.objects.get(pk=run.pk)
     run.cancel()
     run.save()
-    with pytest.raises(ConcurrentTransition), transaction.atomic():
-        stale.succeed(exit_code=0)
-        stale.save()
+
+    def lose_the_race() -> None:
+        with transaction.atomic():
+            stale.succeed(exit_code=0)
+            stale.save()
+
+    with pytest.raises(ConcurrentTransition):
+        lose_the_race()
     run.refresh_from_db()
     assert run.status == "canceled"
     # The loser's log row rolled back with its save: only the cancel is recorded.

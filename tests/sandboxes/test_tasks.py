@@ -125,6 +125,7 @@ def test_a_permanent_boot_failure_fails_the_run_with_its_error(
 
     run.refresh_from_db()
     assert (run.status, run.end_reason) == ("failed", "boot_error")
+    assert run.error is not None
     assert run.error["code"] == BackendError.code
     assert "API key" in run.error["message"]
     assert e2b_server.state.live_sandboxes() == []
@@ -139,7 +140,7 @@ def test_a_transient_boot_failure_is_retried_and_then_succeeds(
     e2b_server.state.fail_next(503, times=4, method="POST", path=r"/v2/sandboxes")
     monkeypatch.setattr("sandboxes.tasks.backoff_s", lambda retries: 0)
 
-    result = start_sandbox_run.apply(args=[str(run.pk)])
+    result = start_sandbox_run.apply(args=(str(run.pk),))
 
     assert result.successful(), result.traceback
     run.refresh_from_db()
@@ -157,10 +158,11 @@ def test_a_boot_that_stays_transient_fails_after_the_last_retry(
     monkeypatch.setattr("sandboxes.tasks.backoff_s", lambda retries: 0)
     e2b_server.state.fail_next(503, times=100, method="POST", path=r"/v2/sandboxes")
 
-    start_sandbox_run.apply(args=[str(run.pk)])
+    start_sandbox_run.apply(args=(str(run.pk),))
 
     run.refresh_from_db()
     assert (run.status, run.end_reason) == ("failed", "boot_error")
+    assert run.error is not None
     assert run.error["code"] == TransientBackendError.code
 
 
@@ -228,4 +230,4 @@ def test_a_repeated_command_message_does_not_run_the_command_twice(
     execute_run_command(str(run.pk))  # another delivery already claimed it: nothing happens
     run.refresh_from_db()
     assert run.status == "running"
-    assert not local_sandboxes.run(run.sandbox_id, "test -e count", timeout_s=10).exit_code == 0
+    assert local_sandboxes.run(run.sandbox_id, "test -e count", timeout_s=10).exit_code != 0

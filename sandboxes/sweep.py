@@ -1,0 +1,495 @@
+"""Cost control (SPEC §6): the sweep ends runs that are idle, past their max duration or stuck
+booting; reconcile matches the backend's sandboxes against the runs.
+
+Both run from beat (config/celery.py) through thin tasks, and from the operator commands,
+which are dry runs unless told otherwise. Calls to the backend happen outside database
+transactions, on a bounded thread pool; the worker threads only ever talk to the backend,
+never to the database, so every query runs on the calling thread's connection. Every state
+change goes through the SandboxRun transitions and is logged as `system:sweep` or
+`system:reconcile`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Q, QuerySet
+from django.utils import timezone
+from django_fsm import TransitionNotAllowed
+
+from config.exceptions import Conflict
+from sandboxes.backends import (
+    SandboxBackend,
+    SandboxInfo,
+    SandboxNotFound,
+    get_backend,
+)
+from sandboxes.backends.local import LocalBackend
+from sandboxes.models import TERMINAL_STATUSES, EndReason, RunStatus, SandboxRun
+from sandboxes.services import _log, _transition
+from workspaces.permissions import Actor
+
+logger = logging.getLogger(__name__)
+
+SYSTEM_SWEEP = Actor.system("sweep")
+SYSTEM_RECONCILE = Actor.system("reconcile")
+
+# Runs claimed per round trip. Each batch is killed before the next is claimed, so a sweep
+# never holds more claims than it is about to act on.
+BATCH_SIZE = 1000
+# How long a claim stands. A failed kill releases its claim at once; this only matters when
+# the sweeping worker died mid-batch, and then the next sweep after it takes over.
+CLAIM_LEASE = timedelta(minutes=10)
+# Killed runs ended per transaction.
+ENDING_BATCH_SIZE = 100
+# A sweep stops claiming new batches after this long (its task's soft time limit is longer):
+# what is left is the next sweep's, and the beat schedule runs one every interval.
+TIME_BUDGET_S = 120.0
+
+# Only the fields the sweep reads: the rows are never saved (transitions reload their run).
+_SWEEP_FIELDS = (
+    "id", "status", "sandbox_id", "created_at", "max_duration_ms", "last_activity_at",
+    "idle_timeout_ms", "command_started_at", "expires_at", "sweep_claimed_at",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Action:
+    """What the sweep or reconcile did (or, in a dry run, would do) to one run or sandbox."""
+
+    outcome: str  # killed, failed, lost, error, skipped, or "would …" in a dry run
+    reason: str  # an EndReason, or why a sandbox is an orphan
+    run_id: str = ""
+    sandbox_id: str = ""
+    detail: str = ""
+
+    def __str__(self) -> str:
+        parts = [self.outcome, self.reason]
+        if self.run_id:
+            parts.append(f"run={self.run_id}")
+        if self.sandbox_id:
+            parts.append(f"sandbox={self.sandbox_id}")
+        if self.detail:
+            parts.append(f"({self.detail})")
+        return " ".join(parts)
+
+
+@dataclass
+class SweepReport:
+    """`killed`: running runs ended after their sandbox was killed or found gone (idle →
+    canceled, max duration → failed). `failed`: booting runs failed by the boot timeout.
+    `errors`: kills that failed (the run stays running, claimed by nobody, for the next
+    sweep) and sandboxes of boot-timed-out runs that could not be killed (reconcile will)."""
+
+    killed: int = 0
+    failed: int = 0
+    errors: int = 0
+    reaped: int = 0  # local sandboxes the backend destroyed because their own timeout passed
+    actions: list[Action] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, int]:
+        return {"killed": self.killed, "failed": self.failed, "errors": self.errors}
+
+
+@dataclass
+class ReconcileReport:
+    """`killed`: orphan sandboxes killed (their run is terminal, unknown, or uses another
+    sandbox). `lost`: running runs whose sandbox is gone, now failed as sandbox_lost.
+    `errors`: kills or checks that failed; the next reconcile tries again."""
+
+    killed: int = 0
+    lost: int = 0
+    errors: int = 0
+    actions: list[Action] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, int]:
+        return {"killed": self.killed, "lost": self.lost, "errors": self.errors}
+
+
+def app_tags() -> dict[str, str]:
+    """The tags of every sandbox this deployment owns (backends.sandbox_tags minus the run)."""
+    return {"app": "airlock", "env": settings.DEPLOY_ENV}
+
+
+# --- sweep ---------------------------------------------------------------------------
+
+
+def sandboxes_sweep(*, dry_run: bool = False) -> SweepReport:
+    """End what is due: running runs idle past their own idle timeout (kill → canceled /
+    idle_timeout) or past their max duration (kill → failed / max_duration), and booting runs
+    past SANDBOX_BOOT_TIMEOUT_S (→ failed / boot_timeout, and any sandbox made for them
+    killed). Safe to run concurrently with itself: a run is claimed before its sandbox is
+    killed, and overlapping sweeps skip claimed runs."""
+    now = timezone.now()
+    report = SweepReport()
+    if dry_run:
+        _plan_sweep(now, report)
+        return report
+    backend = get_backend()
+    if isinstance(backend, LocalBackend):
+        # Local sandboxes have no provider to end them at their own timeout: the sweep is it.
+        report.reaped = backend.reap_expired()
+    started = time.monotonic()
+    with _pool() as pool:
+        _fail_stuck_boots(now, backend, pool, report)
+        while time.monotonic() - started < TIME_BUDGET_S:
+            claimed, seen = _claim_due_runs(now)
+            _end_due_runs(claimed, backend, pool, report)
+            if seen < BATCH_SIZE:
+                break
+    logger.info(
+        "sweep: killed=%d failed=%d errors=%d reaped=%d",
+        report.killed, report.failed, report.errors, report.reaped,
+    )  # fmt: skip
+    return report
+
+
+def _due_running(now: datetime) -> QuerySet[SandboxRun]:
+    """Running runs past their `expires_at` that no live sweep has claimed: one range scan
+    of the partial index run_running_by_expiry, so the cost follows the runs that are due."""
+    claimable = Q(sweep_claimed_at__isnull=True) | Q(sweep_claimed_at__lt=now - CLAIM_LEASE)
+    return (
+        SandboxRun.objects.filter(status=RunStatus.RUNNING, expires_at__lt=now)
+        .filter(claimable)
+        .order_by("expires_at")
+        .only(*_SWEEP_FIELDS)
+    )
+
+
+def _stuck_booting(now: datetime) -> QuerySet[SandboxRun]:
+    cutoff = now - timedelta(seconds=settings.SANDBOX_BOOT_TIMEOUT_S)
+    return SandboxRun.objects.filter(status=RunStatus.BOOTING, created_at__lt=cutoff).order_by(
+        "created_at"
+    )
+
+
+def _claim_due_runs(now: datetime) -> tuple[list[tuple[SandboxRun, str]], int]:
+    """Claim the next batch of due runs. Returns the claimed runs with why each is due, and
+    how many candidates the batch looked at.
+
+    `expires_at` is only where to look: each candidate is checked against the fields it is
+    derived from, and one that is not due after all (a writer that moved last_activity_at
+    without it) gets it corrected instead. Row locks with SKIP LOCKED make overlapping sweeps
+    take disjoint batches on PostgreSQL; SQLite has no row locks but its IMMEDIATE
+    transactions run one at a time, and a committed claim is filtered out by the next."""
+    claimed: list[tuple[SandboxRun, str]] = []
+    with transaction.atomic():
+        candidates = list(_due_running(now).select_for_update(skip_locked=True)[:BATCH_SIZE])
+        for run in candidates:
+            expires_at, reason = run.sweep_due()
+            if expires_at < now:
+                claimed.append((run, reason))
+            else:
+                SandboxRun.objects.filter(pk=run.pk).update(expires_at=expires_at)
+        SandboxRun.objects.filter(pk__in=[run.pk for run, _ in claimed]).update(
+            sweep_claimed_at=now
+        )
+    for run, _ in claimed:
+        run.sweep_claimed_at = now
+    return claimed, len(candidates)
+
+
+def _end_due_runs(
+    claimed: list[tuple[SandboxRun, str]],
+    backend: SandboxBackend,
+    pool: ThreadPoolExecutor,
+    report: SweepReport,
+) -> None:
+    """Kill the claimed runs' sandboxes concurrently; end the runs in batches as their kills
+    return, while the other kills go on."""
+    futures = {
+        pool.submit(_kill, backend, run.sandbox_id): (run, reason) for run, reason in claimed
+    }
+    killed: list[tuple[SandboxRun, str]] = []
+    for future in as_completed(futures):
+        run, reason = futures[future]
+        error = future.exception()
+        if error is None:
+            killed.append((run, reason))
+            if len(killed) == ENDING_BATCH_SIZE:
+                _end_killed(killed, report)
+                killed = []
+            continue
+        # Not ended: released so that the next sweep tries again.
+        SandboxRun.objects.filter(pk=run.pk, sweep_claimed_at=run.sweep_claimed_at).update(
+            sweep_claimed_at=None
+        )
+        report.errors += 1
+        report.actions.append(Action("error", reason, str(run.pk), run.sandbox_id, str(error)))
+        logger.warning("sweep: kill failed run=%s sandbox=%s: %s", run.pk, run.sandbox_id, error)
+    _end_killed(killed, report)
+
+
+def _end_killed(killed: list[tuple[SandboxRun, str]], report: SweepReport) -> None:
+    """End runs whose sandboxes are gone: each through its state-machine transition, logged
+    as system:sweep, under a row lock (services._transition, batched: one transaction and
+    one locking query for the batch rather than per run, which is what a sweep of thousands
+    of runs spends its time on). A run that ended meanwhile (a cancel, its command job) is
+    left as it is."""
+    if not killed:
+        return
+    with transaction.atomic():
+        locked = (
+            SandboxRun.objects.select_for_update()
+            .order_by("pk")
+            .in_bulk([run.pk for run, _ in killed])
+        )
+        for run, reason in killed:
+            current = locked.get(run.pk)  # None: deleted with its workspace meanwhile
+            try:
+                if current is None:
+                    raise TransitionNotAllowed("the run was deleted")
+                _ending(reason, run)(current)
+            except TransitionNotAllowed as exc:
+                detail = str(exc)
+                report.actions.append(
+                    Action("skipped", reason, str(run.pk), run.sandbox_id, detail)
+                )
+                continue
+            current.save()
+            report.killed += 1
+            report.actions.append(Action("killed", reason, str(run.pk), run.sandbox_id))
+            logger.info("sweep: ended run=%s sandbox=%s (%s)", run.pk, run.sandbox_id, reason)
+
+
+def _ending(reason: str, run: SandboxRun) -> Callable[[SandboxRun], None]:
+    """The transition that ends a run the sweep killed: a run that was due when claimed is
+    ended even if activity arrived since, because its sandbox is gone by now."""
+    if reason == EndReason.IDLE_TIMEOUT:
+        return lambda r: r.cancel(reason=EndReason.IDLE_TIMEOUT, **_log(SYSTEM_SWEEP))
+    error = {
+        "code": "max_duration",
+        "message": f"The run passed its max duration of {run.max_duration_ms / 1000:g} s.",
+    }
+    return lambda r: r.fail(reason=EndReason.MAX_DURATION, error=error, **_log(SYSTEM_SWEEP))
+
+
+def _fail_stuck_boots(
+    now: datetime, backend: SandboxBackend, pool: ThreadPoolExecutor, report: SweepReport
+) -> None:
+    """Booting past the boot timeout → failed / boot_timeout. The transition comes first:
+    a boot still under way then loses its race to mark the run running and kills what it
+    made; whatever it made before is found by the run_id tag and killed here."""
+    boot_error = {
+        "code": "boot_timeout",
+        "message": f"The sandbox did not start within {settings.SANDBOX_BOOT_TIMEOUT_S} s.",
+    }
+
+    def fail_if_booting(run: SandboxRun) -> None:
+        if run.status != RunStatus.BOOTING:  # it started meanwhile: no longer a boot timeout
+            raise TransitionNotAllowed(f"the run is {run.status}")
+        run.fail(reason=EndReason.BOOT_TIMEOUT, error=boot_error, **_log(SYSTEM_SWEEP))
+
+    while True:
+        run_ids = list(_stuck_booting(now).values_list("pk", flat=True)[:BATCH_SIZE])
+        futures: dict[Future[int], str] = {}
+        for run_id in run_ids:
+            try:
+                _transition(run_id, fail_if_booting)
+            except Conflict:
+                continue  # another sweep, a cancel or the boot got there first
+            report.failed += 1
+            report.actions.append(Action("failed", EndReason.BOOT_TIMEOUT, str(run_id)))
+            futures[pool.submit(_kill_tagged, backend, str(run_id))] = str(run_id)
+        for future in as_completed(futures):
+            if (error := future.exception()) is not None:
+                report.errors += 1
+                detail = f"cleanup failed, reconcile will retry: {error}"
+                report.actions.append(
+                    Action("error", EndReason.BOOT_TIMEOUT, futures[future], "", detail)
+                )
+        if len(run_ids) < BATCH_SIZE:
+            return
+
+
+def _plan_sweep(now: datetime, report: SweepReport) -> None:
+    """What a sweep would do now, without claiming, killing or changing anything."""
+    for run_id in _stuck_booting(now).values_list("pk", flat=True):
+        report.actions.append(Action("would fail", EndReason.BOOT_TIMEOUT, str(run_id)))
+    for run in _due_running(now).iterator():
+        expires_at, reason = run.sweep_due()
+        if expires_at < now:
+            verb = "would cancel" if reason == EndReason.IDLE_TIMEOUT else "would fail"
+            report.actions.append(Action(f"{verb} and kill", reason, str(run.pk), run.sandbox_id))
+
+
+# --- reconcile -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _RunState:
+    status: str
+    sandbox_id: str
+
+
+def sandboxes_reconcile(*, dry_run: bool = False) -> ReconcileReport:
+    """Match the backend's sandboxes (only those tagged with this app and DEPLOY_ENV) against
+    the runs: kill sandboxes whose run is terminal or unknown (orphans, e.g. of a worker that
+    died between creating a sandbox and saving its id), and fail running runs whose sandbox
+    is gone (sandbox_lost). Booting runs are left to the boot and its timeout: their sandbox
+    id is not saved yet."""
+    report = ReconcileReport()
+    backend = get_backend()
+    tags = app_tags()
+    # Taken before listing: a run that became running later may own a sandbox the listing
+    # could not include, so only runs running before this moment can be judged lost.
+    listed_at = timezone.now()
+    # The filter is checked again here: never touch another deployment's sandboxes, even if
+    # a backend ignored part of the query.
+    listed = [
+        info
+        for info in backend.list_sandboxes(tags)
+        if all(info.metadata.get(key) == value for key, value in tags.items())
+    ]
+    orphans = _orphans(listed)
+    suspects = _runs_missing_their_sandbox({info.sandbox_id for info in listed}, listed_at)
+
+    with _pool() as pool:
+        checks = {pool.submit(_sandbox_exists, backend, run.sandbox_id): run for run in suspects}
+        kills: dict[Future[Any], tuple[SandboxInfo, str]] = {}
+        if not dry_run:
+            kills = {
+                pool.submit(_kill, backend, info.sandbox_id): (info, why) for info, why in orphans
+            }
+        else:
+            for info, why in orphans:
+                report.actions.append(Action("would kill", why, _run_id(info), info.sandbox_id))
+        for future in as_completed([*checks, *kills]):
+            if future in kills:
+                info, why = kills[future]
+                _record_kill(future, info, why, report)
+            else:
+                _judge_lost(future, checks[future], dry_run, report)
+    logger.info("reconcile: killed=%d lost=%d errors=%d", report.killed, report.lost, report.errors)
+    return report
+
+
+def _run_id(info: SandboxInfo) -> str:
+    return info.metadata.get("run_id", "")
+
+
+def _orphans(listed: list[SandboxInfo]) -> list[tuple[SandboxInfo, str]]:
+    """Listed sandboxes no run owns, with why."""
+    runs = _run_states(_run_id(info) for info in listed)
+    orphans = []
+    for info in listed:
+        run = runs.get(_run_id(info))
+        if run is None:
+            orphans.append((info, "unknown run"))
+        elif run.status in TERMINAL_STATUSES:
+            orphans.append((info, f"run {run.status}"))
+        elif run.status == RunStatus.RUNNING and run.sandbox_id != info.sandbox_id:
+            orphans.append((info, "not the run's sandbox"))  # a duplicate the boot never used
+    return orphans
+
+
+def _run_states(run_ids: Iterable[str]) -> dict[str, _RunState]:
+    valid = set()
+    for run_id in run_ids:
+        try:
+            valid.add(uuid.UUID(run_id))
+        except (ValueError, TypeError):
+            continue  # not a run id at all: the sandbox is an orphan
+    rows = SandboxRun.objects.filter(pk__in=valid).values_list("pk", "status", "sandbox_id")
+    return {str(pk): _RunState(status, sandbox_id) for pk, status, sandbox_id in rows}
+
+
+def _runs_missing_their_sandbox(listed_ids: set[str], listed_at: datetime) -> list[SandboxRun]:
+    running = (
+        SandboxRun.objects.filter(status=RunStatus.RUNNING, running_at__lt=listed_at)
+        .exclude(sandbox_id="")
+        .only("id", "status", "sandbox_id")
+    )
+    return [run for run in running.iterator() if run.sandbox_id not in listed_ids]
+
+
+def _sandbox_exists(backend: SandboxBackend, sandbox_id: str) -> bool:
+    """Asked once more, by id: a listing may lag behind a sandbox that just started."""
+    try:
+        backend.get_info(sandbox_id)
+    except SandboxNotFound:
+        return False
+    return True
+
+
+def _record_kill(future: Future[Any], info: SandboxInfo, why: str, report: ReconcileReport) -> None:
+    error = future.exception()
+    if error is not None:
+        report.errors += 1
+        report.actions.append(Action("error", why, _run_id(info), info.sandbox_id, str(error)))
+        logger.warning("reconcile: kill of orphan %s failed: %s", info.sandbox_id, error)
+        return
+    report.killed += 1
+    report.actions.append(Action("killed", why, _run_id(info), info.sandbox_id))
+    logger.info(
+        "reconcile: killed orphan sandbox=%s run=%s (%s)", info.sandbox_id, _run_id(info), why
+    )
+
+
+def _judge_lost(
+    future: Future[bool], run: SandboxRun, dry_run: bool, report: ReconcileReport
+) -> None:
+    error = future.exception()
+    if error is not None:
+        report.errors += 1
+        report.actions.append(
+            Action("error", EndReason.SANDBOX_LOST, str(run.pk), run.sandbox_id, str(error))
+        )
+        return
+    if future.result():
+        return  # alive after all: the listing missed it
+    if dry_run:
+        report.actions.append(
+            Action("would fail", EndReason.SANDBOX_LOST, str(run.pk), run.sandbox_id)
+        )
+        return
+    error_body = {"code": "sandbox_not_found", "message": "The run's sandbox is gone."}
+
+    def fail_if_same_sandbox(current: SandboxRun) -> None:
+        if current.status != RunStatus.RUNNING or current.sandbox_id != run.sandbox_id:
+            raise TransitionNotAllowed(f"the run is {current.status}")
+        current.fail(reason=EndReason.SANDBOX_LOST, error=error_body, **_log(SYSTEM_RECONCILE))
+
+    try:
+        _transition(run.pk, fail_if_same_sandbox)
+    except Conflict:
+        return  # ended meanwhile
+    report.lost += 1
+    report.actions.append(Action("lost", EndReason.SANDBOX_LOST, str(run.pk), run.sandbox_id))
+    logger.warning("reconcile: run=%s lost its sandbox %s", run.pk, run.sandbox_id)
+
+
+# --- shared --------------------------------------------------------------------------
+
+
+def _pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(
+        max_workers=settings.SANDBOX_SWEEP_CONCURRENCY, thread_name_prefix="sweep"
+    )
+
+
+def _kill(backend: SandboxBackend, sandbox_id: str) -> None:
+    """Kill one sandbox; one that is already gone counts as killed. Runs on a pool thread."""
+    if not sandbox_id:
+        return
+    # False or SandboxNotFound: already gone, which is what the kill was for.
+    with contextlib.suppress(SandboxNotFound):
+        backend.kill(sandbox_id)
+
+
+def _kill_tagged(backend: SandboxBackend, run_id: str) -> int:
+    """Kill every sandbox made for a run, found by its tag. Runs on a pool thread."""
+    found = backend.list_sandboxes({**app_tags(), "run_id": run_id})
+    for info in found:
+        _kill(backend, info.sandbox_id)
+    return len(found)

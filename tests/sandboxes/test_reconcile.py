@@ -1,0 +1,202 @@
+"""Reconcile (sandboxes/sweep.py): orphan sandboxes are killed, runs whose sandbox is gone fail
+as sandbox_lost, and nothing of another deployment or app is ever touched."""
+
+from __future__ import annotations
+
+import uuid
+from io import StringIO
+from typing import Any
+
+import pytest
+from django.core.management import call_command
+
+from sandboxes import services
+from sandboxes.backends import SandboxInfo, SandboxNotFound, TransientBackendError
+from sandboxes.models import SandboxRun, TransitionLog
+from sandboxes.sweep import app_tags, sandboxes_reconcile
+from sandboxes.tasks import reconcile_sandboxes
+from tests.sandboxes.fake_backend import FakeBackend, fake_backend_fixture, start_run  # noqa: F401
+from workspaces.models import Workspace
+from workspaces.permissions import Actor
+
+pytestmark = pytest.mark.django_db
+
+
+def _tags(run_id: str) -> dict[str, str]:
+    return {**app_tags(), "run_id": run_id, "workspace_id": str(uuid.uuid4())}
+
+
+def _booting(workspace: Workspace) -> SandboxRun:
+    return SandboxRun.objects.create(
+        workspace=workspace, created_by=workspace.owner, thread_id="t", prompt="p",
+        max_duration_ms=3_600_000, idle_timeout_ms=900_000,
+    )  # fmt: skip
+
+
+def test_the_sandbox_of_an_ended_run_is_killed(
+    workspace: Workspace, fake_backend: FakeBackend
+) -> None:
+    run = start_run(workspace=workspace)
+    # The cancel's own kill failed: the run is canceled, its sandbox still up.
+    fake_backend.fail_next_kill(run.sandbox_id, TransientBackendError("E2B is busy"))
+    services.run_cancel(run=run, actor=Actor(user=workspace.owner))
+    assert run.sandbox_id in fake_backend.live_ids()
+
+    report = sandboxes_reconcile()
+
+    assert report.as_dict() == {"killed": 1, "lost": 0, "errors": 0}
+    assert fake_backend.live_ids() == set()
+    assert [(a.outcome, a.reason) for a in report.actions] == [("killed", "run canceled")]
+
+
+def test_sandboxes_of_unknown_runs_are_killed(
+    workspace: Workspace, fake_backend: FakeBackend
+) -> None:
+    fake_backend.add(_tags(str(uuid.uuid4())))  # a run id no run has (e.g. its database was reset)
+    fake_backend.add(_tags("not-a-run-id"))
+    fake_backend.add(app_tags())  # no run id at all
+
+    report = sandboxes_reconcile()
+
+    assert report.as_dict() == {"killed": 3, "lost": 0, "errors": 0}
+    assert fake_backend.live_ids() == set()
+
+
+def test_a_second_sandbox_tagged_for_a_running_run_is_killed_and_its_own_kept(
+    workspace: Workspace, fake_backend: FakeBackend
+) -> None:
+    run = start_run(workspace=workspace)
+    duplicate = fake_backend.add(_tags(str(run.pk)))
+
+    report = sandboxes_reconcile()
+
+    assert report.killed == 1
+    assert fake_backend.live_ids() == {run.sandbox_id}
+    assert fake_backend.kills == [duplicate.sandbox_id]
+    run.refresh_from_db()
+    assert run.status == "running"
+
+
+def test_sandboxes_of_another_deployment_or_app_are_never_touched(
+    workspace: Workspace, fake_backend: FakeBackend, monkeypatch: Any
+) -> None:
+    elsewhere = {
+        fake_backend.add({**_tags(str(uuid.uuid4())), "env": "staging"}).sandbox_id,
+        fake_backend.add({**_tags(str(uuid.uuid4())), "app": "other-app"}).sandbox_id,
+        fake_backend.add({"purpose": "check"}).sandbox_id,
+    }
+    # Even from a backend that ignores the metadata filter and lists everything.
+    monkeypatch.setattr(
+        fake_backend, "list_sandboxes", lambda metadata: list(fake_backend.sandboxes.values())
+    )
+
+    report = sandboxes_reconcile()
+
+    assert report.as_dict() == {"killed": 0, "lost": 0, "errors": 0}
+    assert fake_backend.live_ids() == elsewhere
+    assert fake_backend.kills == []
+
+
+def test_a_running_run_whose_sandbox_is_gone_fails_as_lost(
+    workspace: Workspace, fake_backend: FakeBackend
+) -> None:
+    run = start_run(workspace=workspace)
+    kept = start_run(workspace=workspace)
+    fake_backend.kill(run.sandbox_id)  # the provider ended it (its deadline, an outage)
+
+    report = sandboxes_reconcile()
+
+    assert report.as_dict() == {"killed": 0, "lost": 1, "errors": 0}
+    run.refresh_from_db()
+    assert (run.status, run.end_reason) == ("failed", "sandbox_lost")
+    assert run.error is not None and run.error["code"] == "sandbox_not_found"
+    last = TransitionLog.objects.filter(object_id=str(run.pk)).last()
+    assert last is not None and last.actor == "system:reconcile"
+    kept.refresh_from_db()
+    assert kept.status == "running"
+
+
+def test_a_sandbox_the_listing_missed_is_asked_for_by_id_before_its_run_is_failed(
+    workspace: Workspace, fake_backend: FakeBackend, monkeypatch: Any
+) -> None:
+    run = start_run(workspace=workspace)
+    monkeypatch.setattr(fake_backend, "list_sandboxes", lambda metadata: [])  # a lagging list
+
+    assert sandboxes_reconcile().as_dict() == {"killed": 0, "lost": 0, "errors": 0}
+    run.refresh_from_db()
+    assert run.status == "running"
+
+
+def test_a_run_that_starts_while_the_sandboxes_are_listed_is_not_lost(
+    workspace: Workspace, fake_backend: FakeBackend, monkeypatch: Any
+) -> None:
+    run = _booting(workspace)
+    listing = fake_backend.list_sandboxes
+
+    def list_then_the_boot_finishes(metadata: dict[str, str]) -> list[SandboxInfo]:
+        listed = listing(metadata)
+        if "run_id" not in metadata:  # the reconcile's listing, not the boot's own
+            monkeypatch.setattr(fake_backend, "list_sandboxes", listing)
+            services.run_boot(run_id=str(run.pk))
+            monkeypatch.setattr(fake_backend, "get_info", _gone)  # a lagging get_info too
+        return listed
+
+    monkeypatch.setattr(fake_backend, "list_sandboxes", list_then_the_boot_finishes)
+    report = sandboxes_reconcile()
+
+    run.refresh_from_db()
+    assert run.status == "running"
+    assert report.as_dict() == {"killed": 0, "lost": 0, "errors": 0}
+
+
+def _gone(sandbox_id: str) -> SandboxInfo:
+    raise SandboxNotFound(sandbox_id)
+
+
+def test_the_sandbox_of_a_booting_run_is_left_to_the_boot(
+    workspace: Workspace, fake_backend: FakeBackend
+) -> None:
+    run = _booting(workspace)
+    made = fake_backend.add(_tags(str(run.pk)))  # created, id not saved yet
+
+    assert sandboxes_reconcile().as_dict() == {"killed": 0, "lost": 0, "errors": 0}
+    assert fake_backend.live_ids() == {made.sandbox_id}
+
+    services.run_boot(run_id=str(run.pk))  # the boot adopts it
+    run.refresh_from_db()
+    assert (run.status, run.sandbox_id) == ("running", made.sandbox_id)
+
+
+def test_a_failed_kill_is_counted_and_retried_by_the_next_reconcile(
+    workspace: Workspace, fake_backend: FakeBackend
+) -> None:
+    orphan = fake_backend.add(_tags(str(uuid.uuid4())))
+    fake_backend.fail_next_kill(orphan.sandbox_id, TransientBackendError("E2B is busy"))
+
+    assert sandboxes_reconcile().as_dict() == {"killed": 0, "lost": 0, "errors": 1}
+    assert orphan.sandbox_id in fake_backend.live_ids()
+    assert reconcile_sandboxes() == {"killed": 1, "lost": 0, "errors": 0}
+    assert fake_backend.live_ids() == set()
+
+
+def test_the_command_is_a_dry_run_unless_told_otherwise(
+    workspace: Workspace, fake_backend: FakeBackend
+) -> None:
+    orphan = fake_backend.add(_tags(str(uuid.uuid4())))
+    lost = start_run(workspace=workspace)
+    fake_backend.kill(lost.sandbox_id)
+
+    out = StringIO()
+    call_command("reconcile_sandboxes", stdout=out)
+    assert "would kill unknown run" in out.getvalue()
+    assert f"would fail sandbox_lost run={lost.pk}" in out.getvalue()
+    assert orphan.sandbox_id in fake_backend.live_ids()
+    lost.refresh_from_db()
+    assert lost.status == "running"
+
+    out = StringIO()
+    call_command("reconcile_sandboxes", "--for-real", stdout=out)
+    assert "killed 1 orphans, failed 1 lost runs, errors 0" in out.getvalue()
+    assert fake_backend.live_ids() == set()
+    lost.refresh_from_db()
+    assert (lost.status, lost.end_reason) == ("failed", "sandbox_lost")

@@ -106,10 +106,6 @@ class SandboxRun(ConcurrentTransitionMixin, models.Model):
             models.Index(fields=["thread_id", "-created_at"], name="run_thread_newest"),
             # The sweep's queries: cost grows with the runs that are due, not with all runs.
             models.Index(
-                fields=["last_activity_at"], name="run_running_by_activity",
-                condition=Q(status="running"),
-            ),
-            models.Index(
                 fields=["running_at"], name="run_running_by_start", condition=Q(status="running")
             ),
             models.Index(

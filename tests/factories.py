@@ -57,6 +57,8 @@ def make_run(*, workspace: Workspace, status: str = "booting", **fields: object)
     if status != "booting":
         defaults.update(sandbox_id=f"sbx-{SandboxRun.objects.count()}", running_at=timezone.now())
     run = SandboxRun(workspace=workspace, **{**defaults, **fields})
+    if status == "running" and "expires_at" not in fields:
+        run.expires_at = run.sweep_due()[0]  # as mark_running sets it
     run.save()
     if status != "booting":
         SandboxRun.objects.filter(pk=run.pk).update(status=status)

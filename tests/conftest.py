@@ -201,3 +201,56 @@ def e2b_sandboxes(settings: Any, e2b_server: Any, e2b_backend: Any) -> Any:
     settings.E2B_API_URL = e2b_server.api_url
     settings.E2B_SANDBOX_URL = e2b_server.sandbox_url
     return e2b_backend
+
+
+# --- the role matrix: every kind of caller of a workspace's routes --------------------------
+
+CALLERS = [
+    "owner", "admin", "member", "outsider", "anonymous",
+    "member_key", "admin_key", "revoked_key", "foreign_key",
+]  # fmt: skip
+
+
+def table(**codes: int) -> list[Any]:
+    """One pytest param per caller; outsiders 404, no credentials 401, unless overridden."""
+    base = {"outsider": 404, "anonymous": 401, "revoked_key": 401, "foreign_key": 404}
+    merged = {**base, **codes}
+    return [pytest.param(name, merged[name], id=name) for name in CALLERS]
+
+
+@pytest.fixture
+def keys(workspace: Any, outsider: Any) -> dict[str, str]:
+    """Raw API keys per caller kind. Keys are created by the owner, so they act for the owner
+    (self-review included); the foreign key belongs to the outsider's own workspace."""
+    from workspaces import services as workspace_services
+    from workspaces.permissions import Actor
+
+    revoked = make_api_key(workspace=workspace, role="admin", name="old")
+    workspace_services.api_key_revoke(api_key=revoked[0], actor=Actor(user=workspace.owner))
+    foreign = make_workspace(owner=outsider, name="Elsewhere")
+    return {
+        "member_key": make_api_key(workspace=workspace, role="member")[1],
+        "admin_key": make_api_key(workspace=workspace, role="admin", name="ops")[1],
+        "revoked_key": revoked[1],
+        "foreign_key": make_api_key(workspace=foreign, role="admin")[1],
+    }
+
+
+@pytest.fixture
+def as_caller(
+    api: SchemaCheckingClient,
+    owner: Any,
+    admin_user: Any,
+    member: Any,
+    outsider: Any,
+    keys: dict[str, str],
+) -> Any:
+    """as_caller("member_key") → the `api` client, authenticated as that caller."""
+    people = {"owner": owner, "admin": admin_user, "member": member, "outsider": outsider}
+
+    def login(name: str) -> SchemaCheckingClient:
+        if name == "anonymous":
+            return client_as(api, None)
+        return client_as(api, people.get(name) or keys[name])
+
+    return login

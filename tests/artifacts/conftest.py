@@ -16,10 +16,7 @@ from django.utils.text import get_valid_filename
 from artifacts import content
 from artifacts.models import Artifact, ReviewState
 from sandboxes.models import SandboxRun
-from tests.conftest import client_as
-from tests.factories import make_api_key, make_run, make_workspace
-from workspaces import services as workspace_services
-from workspaces.permissions import Actor
+from tests.factories import make_run
 
 PNG = (
     b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x06\x00\x00\x00"
@@ -91,43 +88,3 @@ def make_artifact(
 
 
 # --- callers of the API, by role ------------------------------------------------------------
-
-CALLERS = [
-    "owner", "admin", "member", "outsider", "anonymous",
-    "member_key", "admin_key", "revoked_key", "foreign_key",
-]  # fmt: skip
-
-
-def table(**codes: int) -> list[Any]:
-    """One pytest param per caller; outsiders 404, no credentials 401, unless overridden."""
-    base = {"outsider": 404, "anonymous": 401, "revoked_key": 401, "foreign_key": 404}
-    merged = {**base, **codes}
-    return [pytest.param(name, merged[name], id=name) for name in CALLERS]
-
-
-@pytest.fixture
-def keys(workspace: Any, outsider: Any) -> dict[str, str]:
-    """Keys are created by the owner, so they act for the owner (self-review included)."""
-    revoked = make_api_key(workspace=workspace, role="admin", name="old")
-    workspace_services.api_key_revoke(api_key=revoked[0], actor=Actor(user=workspace.owner))
-    foreign = make_workspace(owner=outsider, name="Elsewhere")
-    return {
-        "member_key": make_api_key(workspace=workspace, role="member")[1],
-        "admin_key": make_api_key(workspace=workspace, role="admin", name="ops")[1],
-        "revoked_key": revoked[1],
-        "foreign_key": make_api_key(workspace=foreign, role="admin")[1],
-    }
-
-
-@pytest.fixture
-def as_caller(
-    api: Any, owner: Any, admin_user: Any, member: Any, outsider: Any, keys: dict[str, str]
-) -> Any:
-    people = {"owner": owner, "admin": admin_user, "member": member, "outsider": outsider}
-
-    def login(name: str) -> Any:
-        if name == "anonymous":
-            return client_as(api, None)
-        return client_as(api, people.get(name) or keys[name])
-
-    return login

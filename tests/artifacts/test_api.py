@@ -12,8 +12,8 @@ from django.utils import timezone
 
 from artifacts.models import Artifact
 from sandboxes.models import SandboxRun
-from tests.artifacts.conftest import PNG, XSS, home_of, make_artifact, plant, table
-from tests.conftest import client_as
+from tests.artifacts.conftest import PNG, XSS, home_of, make_artifact, plant
+from tests.conftest import client_as, table
 from tests.factories import make_run, make_workspace
 
 MEMBERS = dict(owner=200, admin=200, member=200, member_key=200, admin_key=200)

@@ -7,45 +7,11 @@ from typing import Any
 import pytest
 
 from sandboxes.models import SandboxRun
-from tests.conftest import client_as
-from tests.factories import make_api_key, make_run, make_workspace
-from workspaces import services as workspace_services
-from workspaces.permissions import Actor
+from tests.conftest import client_as, table
+from tests.factories import make_run
 from workspaces.selectors import api_key_find
 
-CALLERS = [
-    "owner", "admin", "member", "outsider", "anonymous",
-    "member_key", "admin_key", "revoked_key", "foreign_key",
-]  # fmt: skip
 RUN_BODY = {"thread_id": "t-1", "prompt": "say hi"}
-
-
-@pytest.fixture
-def keys(workspace: Any, outsider: Any) -> dict[str, str]:
-    member_key = make_api_key(workspace=workspace, role="member")
-    revoked = make_api_key(workspace=workspace, role="admin", name="old")
-    workspace_services.api_key_revoke(api_key=revoked[0], actor=Actor(user=workspace.owner))
-    foreign = make_workspace(owner=outsider, name="Elsewhere")
-    return {
-        "member_key": member_key[1],
-        "admin_key": make_api_key(workspace=workspace, role="admin", name="ops")[1],
-        "revoked_key": revoked[1],
-        "foreign_key": make_api_key(workspace=foreign, role="admin")[1],
-    }
-
-
-@pytest.fixture
-def as_caller(
-    api: Any, owner: Any, admin_user: Any, member: Any, outsider: Any, keys: dict[str, str]
-) -> Any:
-    people = {"owner": owner, "admin": admin_user, "member": member, "outsider": outsider}
-
-    def login(name: str) -> Any:
-        if name == "anonymous":
-            return client_as(api, None)
-        return client_as(api, people.get(name) or keys[name])
-
-    return login
 
 
 @pytest.fixture
@@ -53,12 +19,6 @@ def sandbox_run(local_sandboxes: Any, workspace: Any) -> SandboxRun:
     """A running run on a real local sandbox, started by the owner."""
     info = local_sandboxes.create(template="", metadata={"app": "airlock"}, envs={}, timeout_s=600)
     return make_run(workspace=workspace, status="running", sandbox_id=info.sandbox_id)
-
-
-def table(**codes: int) -> list[Any]:
-    base = {"outsider": 404, "anonymous": 401, "revoked_key": 401, "foreign_key": 404}
-    merged = {**base, **codes}
-    return [pytest.param(name, merged[name], id=name) for name in CALLERS]
 
 
 EVERYONE = dict(owner=200, admin=200, member=200, member_key=200, admin_key=200)

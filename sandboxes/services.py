@@ -263,11 +263,11 @@ def _check_active_limit(workspace: Workspace) -> None:
     active = SandboxRun.objects.filter(workspace=workspace, status__in=ACTIVE_STATUSES)
     if active.count() < settings.WORKSPACE_MAX_ACTIVE_RUNS:
         return
-    # Retry when the first active run must end at the latest (idle or max duration), capped:
-    # most runs end sooner than that.
-    oldest = active.aggregate(first=Min("last_activity_at"))["first"] or timezone.now()
-    idle_end = oldest + timedelta(milliseconds=settings.SANDBOX_DEFAULT_IDLE_TIMEOUT_MS)
-    retry_after = int(min(max((idle_end - timezone.now()).total_seconds(), 1), 60))
+    # Retry when the first running run must end at the latest (its idle or max-duration
+    # deadline), capped at a minute: most runs end sooner than that.
+    first_due = active.aggregate(first=Min("expires_at"))["first"]
+    wait_s = (first_due - timezone.now()).total_seconds() if first_due else 60
+    retry_after = int(min(max(wait_s, 1), 60))
     raise LimitExceeded(
         f"This workspace already has {settings.WORKSPACE_MAX_ACTIVE_RUNS} active runs.",
         retry_after_s=retry_after,

@@ -3,8 +3,9 @@
     python -m bench                 # all of them
     python -m bench runs sweep      # a selection (module names without `bench_`)
 
-Each benchmark is a module `bench/bench_<name>.py` run as its own process (each sets up its
-own database and settings) that prints its section as markdown.
+Each benchmark is a module `bench/bench_<name>.py` run as its own process that prints its
+section as markdown. They share one database: DATABASE_URL when set, else the local
+PostgreSQL's `airlock_bench` (created if missing), else a SQLite file under var/bench.
 """
 
 from __future__ import annotations
@@ -35,14 +36,34 @@ def _machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, {memory} memory, {platform.platform()}"
 
 
+def _database_url() -> str:
+    if os.environ.get("DATABASE_URL"):
+        return os.environ["DATABASE_URL"]
+    try:
+        import psycopg
+
+        server = "postgresql://postgres@127.0.0.1:5432"
+        with psycopg.connect(f"{server}/postgres", autocommit=True, connect_timeout=3) as conn:
+            query = "SELECT 1 FROM pg_database WHERE datname = 'airlock_bench'"
+            if conn.execute(query).fetchone() is None:
+                conn.execute("CREATE DATABASE airlock_bench")
+        return f"{server}/airlock_bench"
+    except Exception as exc:  # no local PostgreSQL: say so, and use SQLite
+        print(f"PostgreSQL unavailable ({exc}); benchmarking on SQLite", file=sys.stderr)
+        (ROOT / "var" / "bench").mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{ROOT / 'var' / 'bench' / 'bench.sqlite3'}"
+
+
 def main(argv: list[str]) -> None:
     selected = argv or MODULES
+    env = {**os.environ, "DATABASE_URL": _database_url()}
     sections = []
     for name in selected:
         print(f"running bench_{name} …", file=sys.stderr)
         done = subprocess.run(
             [sys.executable, "-m", f"bench.bench_{name}"],
             cwd=ROOT,
+            env=env,
             stdout=subprocess.PIPE,
             text=True,
             check=True,

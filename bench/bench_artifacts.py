@@ -31,6 +31,7 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 MIB = 1024 * 1024
 RSS_TARGET_MB = 64
 CHANGELIST_TARGET_MS = 300
+THROUGHPUT_TARGET = 0.5
 
 
 def _setup_django(work: Path, max_bytes: int) -> None:
@@ -111,6 +112,18 @@ def _people_and_run(workspace_name: str) -> tuple[Any, Any, Any]:
     return owner, workspace, run
 
 
+def _sha256_seconds(size: int) -> float:
+    """The hash alone, the floor under any capture's time."""
+    import hashlib
+
+    block = os.urandom(MIB)
+    digest = hashlib.sha256()
+    started = time.perf_counter()
+    for _ in range(size // MIB):
+        digest.update(block)
+    return time.perf_counter() - started
+
+
 def bench_capture(work: Path, size_mib: int, repeats: int) -> list[str]:
     from artifacts import services
     from sandboxes.backends.local import LocalBackend
@@ -149,6 +162,9 @@ def bench_capture(work: Path, size_mib: int, repeats: int) -> list[str]:
     capture_s, cp_s = statistics.median(capture_times), statistics.median(cp_times)
     growth_mb = max(growths) / MIB
     verdict = "✅" if growth_mb <= RSS_TARGET_MB else "❌"
+    ratio = cp_s / capture_s
+    throughput_verdict = "✅" if ratio >= THROUGHPUT_TARGET else "❌"
+    sha_s = _sha256_seconds(size)
     return [
         f"### Capture of a {size / MIB:,.0f} MiB file (local sandbox → FileSystemStorage)",
         "",
@@ -158,12 +174,17 @@ def bench_capture(work: Path, size_mib: int, repeats: int) -> list[str]:
         " |",
         f"| `cp` of the same file, median of {repeats} | {cp_s:.2f} s"
         f" ({size / MIB / cp_s:,.0f} MiB/s) |",
-        f"| capture time / cp time | {capture_s / cp_s:.2f}× |",
+        f"| capture throughput / cp throughput | {ratio:.0%} {throughput_verdict} "
+        f"(target ≥ {THROUGHPUT_TARGET:.0%}) |",
+        f"| SHA-256 alone over the same bytes in memory (hashlib/OpenSSL) | {sha_s:.2f} s"
+        f" ({size / MIB / sha_s:,.0f} MiB/s, {cp_s / sha_s:.0%} of cp's rate) |",
         f"| peak RSS growth during capture (max of {repeats}) | {growth_mb:.1f} MiB "
         f"{verdict} (target ≤ {RSS_TARGET_MB} MB) |",
         "",
-        "The capture also computes SHA-256 and sniffs the content type on the way; `cp` only "
-        "copies. Both read a file in the page cache and write to the same file system.",
+        "The capture also computes SHA-256 (on a thread of its own, overlapping the copy) and "
+        "sniffs the content type on the way; `cp` only copies. Both read a file in the page "
+        "cache and write to the same file system. The capture cannot beat the hash: its rate "
+        "is bounded by the SHA-256 row.",
     ]
 
 

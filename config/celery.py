@@ -1,9 +1,9 @@
 """The Celery app and the one beat schedule: every periodic task is listed here."""
 
 import os
+from typing import Any
 
 from celery import Celery
-from django.conf import settings
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
@@ -11,17 +11,27 @@ app = Celery("airlock")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 
-# Each message expires after one interval: when workers were down, beat's backlog is dropped
-# instead of running the same sweep many times over once they are back.
-app.conf.beat_schedule = {
-    "sweep-sandboxes": {
-        "task": "sandboxes.tasks.sweep_sandboxes",
-        "schedule": settings.SANDBOX_SWEEP_INTERVAL_S,
-        "options": {"expires": settings.SANDBOX_SWEEP_INTERVAL_S},
-    },
-    "reconcile-sandboxes": {
-        "task": "sandboxes.tasks.reconcile_sandboxes",
-        "schedule": settings.SANDBOX_RECONCILE_INTERVAL_S,
-        "options": {"expires": settings.SANDBOX_RECONCILE_INTERVAL_S},
-    },
-}
+
+def beat_schedule() -> dict[str, dict[str, Any]]:
+    """Each message expires after one interval: when workers were down, beat's backlog is
+    dropped instead of running the same sweep many times over once they are back."""
+    from django.conf import settings
+
+    return {
+        "sweep-sandboxes": {
+            "task": "sandboxes.tasks.sweep_sandboxes",
+            "schedule": settings.SANDBOX_SWEEP_INTERVAL_S,
+            "options": {"expires": settings.SANDBOX_SWEEP_INTERVAL_S},
+        },
+        "reconcile-sandboxes": {
+            "task": "sandboxes.tasks.reconcile_sandboxes",
+            "schedule": settings.SANDBOX_RECONCILE_INTERVAL_S,
+            "options": {"expires": settings.SANDBOX_RECONCILE_INTERVAL_S},
+        },
+    }
+
+
+@app.on_after_configure.connect
+def _install_beat_schedule(sender: Celery, **kwargs: Any) -> None:
+    # Read once the app is configured, not at import: this module loads with the settings.
+    sender.conf.beat_schedule = beat_schedule()

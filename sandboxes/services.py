@@ -626,11 +626,15 @@ def run_upload_file(*, run: SandboxRun, actor: Actor, path: str, stream: Readabl
     return size
 
 
-def run_download_file(*, run: SandboxRun, actor: Actor, path: str) -> Iterator[bytes]:
+def run_download_file(
+    *, run: SandboxRun, actor: Actor, path: str, chunk_size: int = 64 * 1024
+) -> Iterator[bytes]:
     _require_running(run)
     path = clean_sandbox_path(path)
     run_touch(run=run)
-    chunks = _backend_call(run, lambda: get_backend().read_file(run.sandbox_id, path))
+    chunks = _backend_call(
+        run, lambda: get_backend().read_file(run.sandbox_id, path, chunk_size=chunk_size)
+    )
     # read_file raises not-found before its first chunk: pull it now, inside the mapping.
     first = _backend_call(run, lambda: next(chunks, b""))
 

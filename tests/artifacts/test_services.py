@@ -202,7 +202,9 @@ def test_a_200_mb_capture_streams_in_small_constant_memory(
 
     assert artifact.size == size
     assert artifact.sha256 == expected.hexdigest()
-    assert peak < 8 * 1024 * 1024, f"peak {peak} bytes for a {size}-byte file"
+    # Bounded by the 1 MiB chunks in flight (read, buffered, queued for the hash thread),
+    # whatever the file's size: 16 MiB is under 8 % of this one.
+    assert peak < 16 * 1024 * 1024, f"peak {peak} bytes for a {size}-byte file"
     assert default_storage.size(artifact.file.name) == size
 
 

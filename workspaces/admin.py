@@ -53,15 +53,13 @@ class WorkspaceScopedAdmin(admin.ModelAdmin):
         return super().formfield_for_foreignkey(db_field, request, **kwargs)
 
 
-class MembershipInline(admin.TabularInline):
-    model = Membership
+class ReadOnlyInline(admin.TabularInline):
+    """Rows shown to every staff user who may see the parent (the parent admin scopes that)
+    but never edited inline: changes go through the services and state machines."""
+
     extra = 0
-    fields = ["user", "role", "joined_at"]
-    readonly_fields = ["user", "role", "joined_at"]
     can_delete = False
 
-    # Shown to every staff user who may see the workspace (the parent admin scopes that), but
-    # never edited here: membership changes go through the services (owner protections).
     def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return bool(request.user.is_active and request.user.is_staff)
 
@@ -73,6 +71,13 @@ class MembershipInline(admin.TabularInline):
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+
+class MembershipInline(ReadOnlyInline):
+    # Membership changes go through the services (owner protections), i.e. the API.
+    model = Membership
+    fields = ["user", "role", "joined_at"]
+    readonly_fields = ["user", "role", "joined_at"]
 
 
 @admin.register(Workspace)

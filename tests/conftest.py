@@ -58,7 +58,7 @@ def celery_broker_env(tmp_path_factory: Any) -> dict[str, str]:
         "store_processed": False,
         "polling_interval": 0.05,
     }
-    return {"CELERY_BROKER_URL": "filesystem://", "CELERY_FILESYSTEM_DIR": str(base)}
+    return {"CELERY_BROKER_URL": "filesystem://localhost/", "CELERY_FILESYSTEM_DIR": str(base)}
 
 
 @pytest.fixture(autouse=True)

@@ -40,6 +40,8 @@ from sandboxes.backends import (
     SandboxNotFound,
     TransientBackendError,
     get_backend,
+    kill_run_sandboxes,
+    run_sandboxes,
     sandbox_tags,
 )
 from sandboxes.backends.base import SANDBOX_HOME
@@ -137,11 +139,11 @@ def _fingerprint(fields: dict[str, Any]) -> str:
 # --- transitions ---------------------------------------------------------------------
 
 
-def _log(actor: Actor) -> dict[str, Any]:
+def logged_as(actor: Actor) -> dict[str, Any]:
     return {"by": actor.user, "description": str(actor)}
 
 
-def _transition(run_id: Any, change: Callable[[SandboxRun], None]) -> SandboxRun:
+def run_transition(run_id: Any, change: Callable[[SandboxRun], None]) -> SandboxRun:
     """Apply one transition to the freshest copy under a row lock; a transition the state
     machine forbids, or one that lost a race, is a Conflict carrying the current status."""
     try:
@@ -318,7 +320,7 @@ def run_boot(*, run_id: str) -> None:
     backend = get_backend()
     tags = sandbox_tags(run_id=str(run.pk), workspace_id=str(run.workspace_id))
     try:
-        found = backend.list_sandboxes({"run_id": str(run.pk), "app": "airlock"})
+        found = run_sandboxes(backend, str(run.pk))
         if found:
             info = found[0]
             for extra in found[1:]:
@@ -339,13 +341,13 @@ def run_boot(*, run_id: str) -> None:
         return
 
     try:
-        run = _transition(
+        run = run_transition(
             run_id,
             lambda r: r.mark_running(
                 sandbox_id=info.sandbox_id,
                 cpu_count=info.cpu_count,
                 memory_mb=info.memory_mb,
-                **_log(SYSTEM_START),
+                **logged_as(SYSTEM_START),
             ),
         )
     except Conflict:
@@ -365,20 +367,19 @@ def run_fail_boot(*, run_id: str, error: Exception) -> None:
     """The boot failed for good: record why, and kill whatever sandbox exists for the run."""
     code = getattr(error, "code", "boot_error")
     try:
-        run = _transition(
+        run = run_transition(
             run_id,
             lambda r: r.fail(
                 reason=EndReason.BOOT_ERROR,
                 error={"code": code, "message": str(error)[:2000]},
-                **_log(SYSTEM_START),
+                **logged_as(SYSTEM_START),
             ),
         )
     except Conflict:
         return
     logger.warning("boot failed run=%s: %s", run_id, error)
     try:
-        for info in get_backend().list_sandboxes({"run_id": str(run.pk), "app": "airlock"}):
-            get_backend().kill(info.sandbox_id)
+        kill_run_sandboxes(get_backend(), str(run.pk))
     except BackendError as exc:
         logger.warning("cleanup after boot failure run=%s: %s (reconcile will retry)", run_id, exc)
 
@@ -443,14 +444,14 @@ def run_execute_command(*, run_id: str) -> None:
         outcome = _failing(EndReason.COMMAND_FAILED, {"code": exc.code, "message": str(exc)})
     else:
         if result.exit_code == 0:
-            outcome = lambda r: r.succeed(exit_code=0, **_log(SYSTEM_JOB))  # noqa: E731
+            outcome = lambda r: r.succeed(exit_code=0, **logged_as(SYSTEM_JOB))  # noqa: E731
         else:
             error = {"code": "command_failed", "message": f"exit code {result.exit_code}"}
             outcome = _failing(EndReason.COMMAND_FAILED, error, exit_code=result.exit_code)
 
     _capture_outputs(run, result)
     try:
-        run = _transition(run_id, outcome)
+        run = run_transition(run_id, outcome)
     except Conflict:
         logger.info("command finished after the run ended run=%s", run_id)
         run.refresh_from_db()
@@ -460,7 +461,9 @@ def run_execute_command(*, run_id: str) -> None:
 def _failing(
     reason: str, error: dict[str, str], exit_code: int | None = None
 ) -> Callable[[SandboxRun], None]:
-    return lambda r: r.fail(reason=reason, error=error, exit_code=exit_code, **_log(SYSTEM_JOB))
+    return lambda r: r.fail(
+        reason=reason, error=error, exit_code=exit_code, **logged_as(SYSTEM_JOB)
+    )
 
 
 def _capture_outputs(run: SandboxRun, result: CommandResult | None) -> None:
@@ -512,12 +515,12 @@ def _require_running(run: SandboxRun) -> None:
 def _lost(run: SandboxRun, exc: SandboxNotFound) -> Conflict:
     """The sandbox vanished under a running run: the run fails as sandbox_lost."""
     with contextlib.suppress(Conflict):  # it ended otherwise meanwhile
-        _transition(
+        run_transition(
             run.pk,
             lambda r: r.fail(
                 reason=EndReason.SANDBOX_LOST,
                 error={"code": exc.code, "message": str(exc)},
-                **_log(Actor.system("sandbox_lost")),
+                **logged_as(Actor.system("sandbox_lost")),
             ),
         )
     return Conflict("The sandbox is gone; the run has failed.", code="sandbox_lost")
@@ -660,11 +663,12 @@ def run_complete(
 ) -> SandboxRun:
     """The agent says it is done: the run succeeds or fails, and the sandbox is killed."""
     if status == RunStatus.SUCCEEDED:
-        run = _transition(run.pk, lambda r: r.succeed(**_log(actor)))
+        run = run_transition(run.pk, lambda r: r.succeed(**logged_as(actor)))
     elif status == RunStatus.FAILED:
         error = error or {"code": "failed", "message": "Marked failed by the client."}
-        run = _transition(
-            run.pk, lambda r: r.fail(reason=EndReason.COMMAND_FAILED, error=error, **_log(actor))
+        run = run_transition(
+            run.pk,
+            lambda r: r.fail(reason=EndReason.COMMAND_FAILED, error=error, **logged_as(actor)),
         )
     else:
         raise InvalidInput("status must be succeeded or failed.", code="invalid_choice")
@@ -679,7 +683,7 @@ def run_cancel(
     made). Canceling a canceled run is a no-op; a run that ended otherwise is a 409."""
     if run.status == RunStatus.CANCELED:
         return run
-    run = _transition(run.pk, lambda r: r.cancel(reason=reason, **_log(actor)))
+    run = run_transition(run.pk, lambda r: r.cancel(reason=reason, **logged_as(actor)))
     logger.info("run canceled id=%s by=%s", run.pk, actor)
     _kill_quietly(run)
     return run

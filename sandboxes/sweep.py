@@ -32,11 +32,12 @@ from sandboxes.backends import (
     SandboxBackend,
     SandboxInfo,
     SandboxNotFound,
+    app_tags,
     get_backend,
+    kill_run_sandboxes,
 )
-from sandboxes.backends.local import LocalBackend
 from sandboxes.models import TERMINAL_STATUSES, EndReason, RunStatus, SandboxRun
-from sandboxes.services import _log, _transition
+from sandboxes.services import logged_as, run_transition
 from workspaces.permissions import Actor
 
 logger = logging.getLogger(__name__)
@@ -116,11 +117,6 @@ class ReconcileReport:
         return {"killed": self.killed, "lost": self.lost, "errors": self.errors}
 
 
-def app_tags() -> dict[str, str]:
-    """The tags of every sandbox this deployment owns (backends.sandbox_tags minus the run)."""
-    return {"app": "airlock", "env": settings.DEPLOY_ENV}
-
-
 # --- sweep ---------------------------------------------------------------------------
 
 
@@ -136,9 +132,8 @@ def sandboxes_sweep(*, dry_run: bool = False) -> SweepReport:
         _plan_sweep(now, report)
         return report
     backend = get_backend()
-    if isinstance(backend, LocalBackend):
-        # Local sandboxes have no provider to end them at their own timeout: the sweep is it.
-        report.reaped = backend.reap_expired()
+    # Local sandboxes have no provider to end them at their own timeout: the sweep is it.
+    report.reaped = backend.reap_expired()
     started = time.monotonic()
     with _pool() as pool:
         _fail_stuck_boots(now, backend, pool, report)
@@ -232,7 +227,7 @@ def _end_due_runs(
 
 def _end_killed(killed: list[tuple[SandboxRun, str]], report: SweepReport) -> None:
     """End runs whose sandboxes are gone: each through its state-machine transition, logged
-    as system:sweep, under a row lock (services._transition, batched: one transaction and
+    as system:sweep, under a row lock (services.run_transition, batched: one transaction and
     one locking query for the batch rather than per run, which is what a sweep of thousands
     of runs spends its time on). A run that ended meanwhile (a cancel, its command job) is
     left as it is."""
@@ -266,12 +261,12 @@ def _ending(reason: str, run: SandboxRun) -> Callable[[SandboxRun], None]:
     """The transition that ends a run the sweep killed: a run that was due when claimed is
     ended even if activity arrived since, because its sandbox is gone by now."""
     if reason == EndReason.IDLE_TIMEOUT:
-        return lambda r: r.cancel(reason=EndReason.IDLE_TIMEOUT, **_log(SYSTEM_SWEEP))
+        return lambda r: r.cancel(reason=EndReason.IDLE_TIMEOUT, **logged_as(SYSTEM_SWEEP))
     error = {
         "code": "max_duration",
         "message": f"The run passed its max duration of {run.max_duration_ms / 1000:g} s.",
     }
-    return lambda r: r.fail(reason=EndReason.MAX_DURATION, error=error, **_log(SYSTEM_SWEEP))
+    return lambda r: r.fail(reason=EndReason.MAX_DURATION, error=error, **logged_as(SYSTEM_SWEEP))
 
 
 def _fail_stuck_boots(
@@ -288,19 +283,19 @@ def _fail_stuck_boots(
     def fail_if_booting(run: SandboxRun) -> None:
         if run.status != RunStatus.BOOTING:  # it started meanwhile: no longer a boot timeout
             raise TransitionNotAllowed(f"the run is {run.status}")
-        run.fail(reason=EndReason.BOOT_TIMEOUT, error=boot_error, **_log(SYSTEM_SWEEP))
+        run.fail(reason=EndReason.BOOT_TIMEOUT, error=boot_error, **logged_as(SYSTEM_SWEEP))
 
     while True:
         run_ids = list(_stuck_booting(now).values_list("pk", flat=True)[:BATCH_SIZE])
         futures: dict[Future[int], str] = {}
         for run_id in run_ids:
             try:
-                _transition(run_id, fail_if_booting)
+                run_transition(run_id, fail_if_booting)
             except Conflict:
                 continue  # another sweep, a cancel or the boot got there first
             report.failed += 1
             report.actions.append(Action("failed", EndReason.BOOT_TIMEOUT, str(run_id)))
-            futures[pool.submit(_kill_tagged, backend, str(run_id))] = str(run_id)
+            futures[pool.submit(kill_run_sandboxes, backend, str(run_id))] = str(run_id)
         for future in as_completed(futures):
             if (error := future.exception()) is not None:
                 report.errors += 1
@@ -458,10 +453,10 @@ def _judge_lost(
     def fail_if_same_sandbox(current: SandboxRun) -> None:
         if current.status != RunStatus.RUNNING or current.sandbox_id != run.sandbox_id:
             raise TransitionNotAllowed(f"the run is {current.status}")
-        current.fail(reason=EndReason.SANDBOX_LOST, error=error_body, **_log(SYSTEM_RECONCILE))
+        current.fail(reason=EndReason.SANDBOX_LOST, error=error_body, **logged_as(SYSTEM_RECONCILE))
 
     try:
-        _transition(run.pk, fail_if_same_sandbox)
+        run_transition(run.pk, fail_if_same_sandbox)
     except Conflict:
         return  # ended meanwhile
     report.lost += 1
@@ -485,11 +480,3 @@ def _kill(backend: SandboxBackend, sandbox_id: str) -> None:
     # False or SandboxNotFound: already gone, which is what the kill was for.
     with contextlib.suppress(SandboxNotFound):
         backend.kill(sandbox_id)
-
-
-def _kill_tagged(backend: SandboxBackend, run_id: str) -> int:
-    """Kill every sandbox made for a run, found by its tag. Runs on a pool thread."""
-    found = backend.list_sandboxes({**app_tags(), "run_id": run_id})
-    for info in found:
-        _kill(backend, info.sandbox_id)
-    return len(found)

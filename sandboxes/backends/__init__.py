@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 from django.conf import settings
@@ -28,7 +29,11 @@ __all__ = [
     "SandboxInfo",
     "SandboxNotFound",
     "TransientBackendError",
+    "app_tags",
     "get_backend",
+    "kill_run_sandboxes",
+    "run_sandboxes",
+    "sandbox_tags",
 ]
 
 
@@ -63,11 +68,25 @@ def _backend(name: str, config: tuple[object, ...]) -> SandboxBackend:
     return LocalBackend.from_settings()
 
 
+def app_tags() -> dict[str, str]:
+    """The tags of every sandbox this deployment owns; nothing else is ever touched."""
+    return {"app": "airlock", "env": settings.DEPLOY_ENV}
+
+
 def sandbox_tags(*, run_id: str, workspace_id: str) -> dict[str, str]:
     """The metadata every sandbox carries, so reconcile can find it whatever happened."""
-    return {
-        "app": "airlock",
-        "env": settings.DEPLOY_ENV,
-        "run_id": run_id,
-        "workspace_id": workspace_id,
-    }
+    return {**app_tags(), "run_id": run_id, "workspace_id": workspace_id}
+
+
+def run_sandboxes(backend: SandboxBackend, run_id: str) -> list[SandboxInfo]:
+    """The live sandboxes made for a run, found by its tag (whether or not its id was saved)."""
+    return backend.list_sandboxes({**app_tags(), "run_id": run_id})
+
+
+def kill_run_sandboxes(backend: SandboxBackend, run_id: str) -> int:
+    """Kill every sandbox made for a run; one already gone counts as killed."""
+    found = run_sandboxes(backend, run_id)
+    for info in found:
+        with contextlib.suppress(SandboxNotFound):
+            backend.kill(info.sandbox_id)
+    return len(found)

@@ -138,6 +138,12 @@ class SandboxBackend(abc.ABC):
     def list_sandboxes(self, metadata: dict[str, str]) -> list[SandboxInfo]:
         """Live sandboxes whose metadata contains every given key/value."""
 
+    def reap_expired(self) -> int:
+        """Destroy sandboxes past their own timeout; how many. A provider such as E2B does
+        this itself (the default); a backend with no daemon behind it (local) does it here,
+        and the sweep calls it."""
+        return 0
+
     @abc.abstractmethod
     def check(self) -> str:
         """Prove the backend works (configured, reachable); return a one-line summary.

@@ -78,13 +78,13 @@ def test_every_transition_is_logged_with_its_actor(workspace: Any, member_key: s
     key = api_key_find(raw_key=member_key)
     assert key is not None
     run = make_run(workspace=workspace)
-    services._transition(
+    services.run_transition(
         run.pk,
         lambda r: r.mark_running(
             sandbox_id="s",
             cpu_count=2,
             memory_mb=512,
-            **services._log(Actor.system("start_sandbox_run")),
+            **services.logged_as(Actor.system("start_sandbox_run")),
         ),
     )
     services.run_cancel(run=run, actor=Actor(user=workspace.owner, api_key=key))

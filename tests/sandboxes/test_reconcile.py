@@ -11,9 +11,9 @@ import pytest
 from django.core.management import call_command
 
 from sandboxes import services
-from sandboxes.backends import SandboxInfo, SandboxNotFound, TransientBackendError
+from sandboxes.backends import SandboxInfo, SandboxNotFound, TransientBackendError, app_tags
 from sandboxes.models import SandboxRun, TransitionLog
-from sandboxes.sweep import app_tags, sandboxes_reconcile
+from sandboxes.sweep import sandboxes_reconcile
 from sandboxes.tasks import reconcile_sandboxes
 from tests.sandboxes.fake_backend import FakeBackend, fake_backend_fixture, start_run  # noqa: F401
 from workspaces.models import Workspace

@@ -15,9 +15,9 @@ from django.db import connection
 
 from config.celery import app
 from sandboxes import services, sweep
-from sandboxes.backends import SandboxNotFound, TransientBackendError
+from sandboxes.backends import SandboxNotFound, TransientBackendError, app_tags
 from sandboxes.models import SandboxRun, TransitionLog
-from sandboxes.sweep import SweepReport, app_tags, sandboxes_sweep
+from sandboxes.sweep import SweepReport, sandboxes_sweep
 from sandboxes.tasks import sweep_sandboxes
 from tests.conftest import require_service
 from tests.factories import UserFactory, make_workspace

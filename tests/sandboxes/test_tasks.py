@@ -73,7 +73,7 @@ def test_a_crash_between_create_and_save_is_healed_by_adopting_the_sandbox(
         raise SystemExit("worker died")
 
     with monkeypatch.context() as patch:
-        patch.setattr(services, "_transition", crash)
+        patch.setattr(services, "run_transition", crash)
         with pytest.raises(SystemExit):
             start_sandbox_run(str(run.pk))
     [orphan] = _tagged(local_sandboxes, run)

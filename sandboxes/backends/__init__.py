@@ -4,37 +4,54 @@ from __future__ import annotations
 
 import contextlib
 import functools
+from collections.abc import Iterator
 
 from django.conf import settings
 
 from sandboxes.backends.base import (
     BackendError,
+    CommandCanceled,
+    CommandNotFound,
+    CommandOutput,
     CommandResult,
     CommandTimeout,
     FileEntry,
+    NetworkPolicy,
     SandboxBackend,
     SandboxFileNotFound,
     SandboxInfo,
     SandboxNotFound,
+    SandboxPaused,
     TransientBackendError,
+    UnsupportedOption,
 )
 
 __all__ = [
     "BackendError",
+    "CommandCanceled",
+    "CommandNotFound",
+    "CommandOutput",
     "CommandResult",
     "CommandTimeout",
     "FileEntry",
+    "NetworkPolicy",
     "SandboxBackend",
     "SandboxFileNotFound",
     "SandboxInfo",
     "SandboxNotFound",
+    "SandboxPaused",
     "TransientBackendError",
+    "UnsupportedOption",
     "app_tags",
     "get_backend",
     "kill_run_sandboxes",
+    "override_backend",
     "run_sandboxes",
     "sandbox_tags",
 ]
+
+# Set by override_backend (tests, benchmarks): every caller of get_backend gets this one.
+_override: list[SandboxBackend] = []
 
 
 _BACKEND_SETTINGS = {
@@ -52,6 +69,8 @@ _BACKEND_SETTINGS = {
 def get_backend() -> SandboxBackend:
     """The configured backend. Backends hold only configuration (and what they learned
     about the host, e.g. bwrap's version), so one instance per configuration is reused."""
+    if _override:
+        return _override[-1]
     name = settings.SANDBOX_BACKEND
     config = tuple(getattr(settings, key, None) for key in _BACKEND_SETTINGS[name])
     return _backend(name, config)
@@ -66,6 +85,17 @@ def _backend(name: str, config: tuple[object, ...]) -> SandboxBackend:
     from sandboxes.backends.local import LocalBackend
 
     return LocalBackend.from_settings()
+
+
+@contextlib.contextmanager
+def override_backend(backend: SandboxBackend) -> Iterator[SandboxBackend]:
+    """Within the block every service, task and command uses ``backend`` (a test double, a
+    backend with injected faults, a benchmark's instance), whatever the settings say."""
+    _override.append(backend)
+    try:
+        yield backend
+    finally:
+        _override.remove(backend)
 
 
 def app_tags() -> dict[str, str]:

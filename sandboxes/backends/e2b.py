@@ -18,6 +18,7 @@ Two things the SDK would otherwise do on its own:
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -53,6 +54,7 @@ from .base import (
     CommandResult,
     CommandTimeout,
     FileEntry,
+    NetworkPolicy,
     OutputCallback,
     OutputStream,
     SandboxBackend,
@@ -217,7 +219,13 @@ class E2BBackend(SandboxBackend):
     # -- lifecycle -------------------------------------------------------------------------------
 
     def create(
-        self, *, template: str, metadata: dict[str, str], envs: dict[str, str], timeout_s: int
+        self,
+        *,
+        template: str,
+        metadata: dict[str, str],
+        envs: dict[str, str],
+        timeout_s: int,
+        network: NetworkPolicy | None = None,
     ) -> SandboxInfo:
         opts = self._opts()
         template = template or self.template
@@ -309,6 +317,7 @@ class E2BBackend(SandboxBackend):
         envs: dict[str, str] | None = None,
         on_output: OutputCallback | None = None,
         max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
+        cancel: threading.Event | None = None,
     ) -> CommandResult:
         sandbox = self._connect(sandbox_id)
         outputs = {

@@ -42,6 +42,7 @@ import signal
 import stat
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -56,6 +57,7 @@ from sandboxes.backends.base import (
     CommandResult,
     CommandTimeout,
     FileEntry,
+    NetworkPolicy,
     OutputCallback,
     OutputStream,
     SandboxBackend,
@@ -366,7 +368,13 @@ class LocalBackend(SandboxBackend):
     # -- lifecycle ---------------------------------------------------------------------------
 
     def create(
-        self, *, template: str, metadata: dict[str, str], envs: dict[str, str], timeout_s: int
+        self,
+        *,
+        template: str,
+        metadata: dict[str, str],
+        envs: dict[str, str],
+        timeout_s: int,
+        network: NetworkPolicy | None = None,
     ) -> SandboxInfo:
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be positive, got {timeout_s}")
@@ -475,6 +483,7 @@ class LocalBackend(SandboxBackend):
         envs: dict[str, str] | None = None,
         on_output: OutputCallback | None = None,
         max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
+        cancel: threading.Event | None = None,
     ) -> CommandResult:
         """``timeout_s <= 0`` means no command timeout (the sandbox's own timeout still holds).
 

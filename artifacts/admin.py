@@ -1,7 +1,7 @@
 """The review console (SPEC §7): the pending queue, bulk approve and reject, and a change page
 with transition buttons, safe previews and the run's context.
 
-Every decision goes through artifacts.services.artifact_review (role, self-review, final
+Every decision goes through artifacts.review.artifact_review (role, self-review, final
 states, the transition log with the actor). Non-superuser staff see and act only on the
 workspaces they administer (WorkspaceScopedAdmin), here and in the image and download views.
 Everything shown that a sandbox or an agent wrote is escaped."""
@@ -37,13 +37,13 @@ from pygments.formatters import HtmlFormatter
 from pygments.lexers import TextLexer, get_lexer_for_filename
 from pygments.util import ClassNotFound
 
-from artifacts import downloads, selectors, services
+from artifacts import downloads, review, selectors
 from artifacts.forms import RejectForm
 from artifacts.models import Artifact, ArtifactType, ReviewState
 from config.exceptions import AirlockError
-from sandboxes.admin import transition_history
-from workspaces.admin import WorkspaceScopedAdmin
-from workspaces.permissions import Actor
+from sandboxes.admin import SandboxRunAdmin
+from sandboxes.models import SandboxRun
+from workspaces.admin import ReadOnlyInline, WorkspaceScopedAdmin, admin_actor, trail_panel
 
 REVIEW_TRANSITIONS = ("approve", "reject")  # the decision names artifact_review takes
 QUEUE = ReviewState.PENDING.value
@@ -58,10 +58,6 @@ _REFUSAL_NOTES = {
     "role": "Reviewing needs the admin role in this workspace.",
     "not_found": "You are not a member of this workspace.",
 }
-
-
-def _actor(request: HttpRequest) -> Actor:
-    return Actor(user=request.user)  # type: ignore[arg-type]
 
 
 class ReviewStateFilter(admin.SimpleListFilter):
@@ -184,8 +180,8 @@ class ArtifactAdmin(FSMAdminMixin, WorkspaceScopedAdmin):
 
     @admin.action(description="Approve selected artifacts")
     def approve_selected(self, request: HttpRequest, queryset: QuerySet[Artifact]) -> None:
-        outcome = services.artifacts_review(
-            artifacts=queryset, actor=_actor(request), decision="approve"
+        outcome = review.artifacts_review(
+            artifacts=queryset, actor=admin_actor(request), decision="approve"
         )
         self._report(request, outcome, "approved")
 
@@ -195,9 +191,9 @@ class ArtifactAdmin(FSMAdminMixin, WorkspaceScopedAdmin):
     ) -> TemplateResponse | None:
         form = RejectForm(request.POST if "apply" in request.POST else None)
         if form.is_bound and form.is_valid():
-            outcome = services.artifacts_review(
+            outcome = review.artifacts_review(
                 artifacts=queryset,
-                actor=_actor(request),
+                actor=admin_actor(request),
                 decision="reject",
                 comment=form.cleaned_data["comment"],
             )
@@ -215,10 +211,11 @@ class ArtifactAdmin(FSMAdminMixin, WorkspaceScopedAdmin):
         }
         return TemplateResponse(request, "admin/artifacts/artifact/reject_selected.html", context)
 
-    def _report(self, request: HttpRequest, outcome: services.BulkReview, verb: str) -> None:
+    def _report(self, request: HttpRequest, outcome: review.BulkReview, verb: str) -> None:
         self.message_user(
             request,
-            f"{outcome.done} {verb}, {outcome.already_decided} skipped (already decided).",
+            f"{len(outcome.done)} {verb}, {len(outcome.already_decided)} skipped "
+            "(already decided).",
             messages.SUCCESS if outcome.done else messages.WARNING,
         )
         if outcome.refused:
@@ -230,7 +227,7 @@ class ArtifactAdmin(FSMAdminMixin, WorkspaceScopedAdmin):
     # --- transition buttons, through the service ----------------------------------------
 
     def _review_refusal(self, request: HttpRequest, obj: Artifact) -> str | None:
-        actor = _actor(request)
+        actor = admin_actor(request)
         role = selectors.artifact_role(actor=actor, artifact=obj)
         return selectors.artifact_review_refusal(artifact=obj, actor=actor, role=role)
 
@@ -267,9 +264,9 @@ class ArtifactAdmin(FSMAdminMixin, WorkspaceScopedAdmin):
         """django-fsm-2 would call the transition and save; the service does both, after its
         checks, with the actor in the transition log."""
         try:
-            services.artifact_review(
+            review.artifact_review(
                 artifact=obj,
-                actor=_actor(request),
+                actor=admin_actor(request),
                 decision=transition_name,
                 comment=(kwargs or {}).get("comment", ""),
             )
@@ -362,9 +359,9 @@ class ArtifactAdmin(FSMAdminMixin, WorkspaceScopedAdmin):
             return "—"
         return format_html('<pre style="white-space: pre-wrap">{}</pre>', obj.run.command)
 
-    @admin.display(description="Transitions")
-    def history(self, obj: Artifact) -> Any:
-        return transition_history(obj)
+    @admin.display(description="History")
+    def history(self, obj: Artifact) -> SafeString | str:
+        return trail_panel("artifact", obj.pk)
 
     # --- bytes, for reviewers only (get_object is scoped) -------------------------------
 
@@ -399,3 +396,30 @@ def _highlighted(obj: Artifact) -> SafeString:
             lexer = get_lexer_for_filename(obj.sandbox_path or obj.title, stripnl=False)
     formatter = HtmlFormatter(noclasses=True, wrapcode=True)
     return mark_safe(highlight(obj.preview_text, lexer, formatter))  # noqa: S308
+
+
+class ArtifactInline(ReadOnlyInline):
+    # Reviews go through the transitions on the artifact's own page.
+    model = Artifact
+    fields = ("artifact", "type", "review_state", "size_display", "created_at")
+    readonly_fields = ("artifact", "type", "review_state", "size_display", "created_at")
+    ordering = ["created_at"]
+
+    @admin.display(description="Artifact")
+    def artifact(self, obj: Artifact) -> str:
+        url = reverse("admin:artifacts_artifact_change", args=[obj.pk])
+        return format_html('<a href="{}">{}</a>', url, obj.title)
+
+    @admin.display(description="Size")
+    def size_display(self, obj: Artifact) -> str:
+        return filesizeformat(obj.size)
+
+
+class SandboxRunWithArtifactsAdmin(SandboxRunAdmin):
+    """The run admin (sandboxes.admin) with the run's artifacts inline."""
+
+    inlines = [ArtifactInline]
+
+
+admin.site.unregister(SandboxRun)
+admin.site.register(SandboxRun, SandboxRunWithArtifactsAdmin)

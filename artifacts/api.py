@@ -17,13 +17,15 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from artifacts import downloads, selectors, services
+from artifacts import capture, downloads, review, selectors
 from artifacts.models import REVIEW_COMMENT_MAX_CHARS, Artifact, ArtifactType, ReviewState
 from config.api import StrictSerializer, page_of, paginate, validated
 from sandboxes.api import RunScopedView
-from sandboxes.services import PATH_MAX_LENGTH, run_touch
+from sandboxes.services import run_touch
+from sandboxes.validation import PATH_MAX_LENGTH
+from workspaces import access
+from workspaces.access import Actor
 from workspaces.models import Role
-from workspaces.permissions import Actor
 
 
 class ArtifactOut(serializers.ModelSerializer):
@@ -45,13 +47,13 @@ class ArtifactOut(serializers.ModelSerializer):
 
     def get_preview_text(self, artifact: Artifact) -> str | None:
         # Set by every selector: a member sees what is in the airlock only once it is out.
-        return artifact.preview_text if getattr(artifact, "content_visible", False) else None
+        return artifact.preview_text if artifact.content_visible else None
 
 
 class CaptureIn(StrictSerializer):
     path = serializers.CharField(max_length=PATH_MAX_LENGTH, trim_whitespace=False)
     type = serializers.ChoiceField(choices=ArtifactType.choices, required=False)
-    title = serializers.CharField(max_length=services.TITLE_MAX_CHARS, required=False)
+    title = serializers.CharField(max_length=capture.TITLE_MAX_CHARS, required=False)
 
 
 class ReviewIn(StrictSerializer):
@@ -94,8 +96,9 @@ class RunArtifactsView(RunScopedView, generics.GenericAPIView):
     )
     def post(self, request: Request, run_id: str) -> Response:
         data = validated(CaptureIn, request)
-        artifact = services.artifact_capture(run=self.run, actor=self.actor, **data)
-        artifact.content_visible = True  # type: ignore[attr-defined] # the capturer has the bytes
+        artifact = capture.artifact_capture(run=self.run, actor=self.actor, **data)
+        # As in GET artifacts/{id}/: a member sees the preview once it is approved.
+        artifact.content_visible = access.has_role(self.role, Role.ADMIN)
         return Response(ArtifactOut(artifact).data, status=status.HTTP_201_CREATED)
 
 
@@ -167,7 +170,7 @@ class ArtifactReviewView(ArtifactScopedView):
     )
     def post(self, request: Request, artifact_id: str) -> Response:
         data = validated(ReviewIn, request)
-        artifact = services.artifact_review(
+        artifact = review.artifact_review(
             artifact=self.artifact,
             actor=self.actor,
             decision=data["decision"],

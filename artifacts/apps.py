@@ -4,3 +4,10 @@ from django.apps import AppConfig
 class ArtifactsConfig(AppConfig):
     name = "artifacts"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from artifacts.storage import workspace_files_delete
+        from workspaces.services import on_workspace_delete
+
+        # A deleted workspace's stored files go once the deletion of its rows commits.
+        on_workspace_delete(workspace_files_delete)

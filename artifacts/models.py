@@ -10,10 +10,11 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 from django_fsm import ConcurrentTransitionMixin, FSMField, transition
-from django_fsm_log.decorators import fsm_log_by, fsm_log_description
+from django_fsm_log.decorators import fsm_log_by
 
 from sandboxes.models import SandboxRun
-from workspaces.models import Workspace
+from workspaces.access import Actor
+from workspaces.models import Subject, Workspace
 
 PREVIEW_MAX_CHARS = 4096
 REVIEW_COMMENT_MAX_CHARS = 2000
@@ -66,6 +67,9 @@ class Artifact(ConcurrentTransitionMixin, models.Model):
     review_comment = models.TextField(blank=True)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
 
+    # Set by the selectors (not a column): whether the caller may see the bytes and preview.
+    content_visible: bool = False
+
     class Meta:
         ordering = ["-created_at"]
         indexes = [
@@ -97,23 +101,41 @@ class Artifact(ConcurrentTransitionMixin, models.Model):
         self.review_comment = comment
 
     @fsm_log_by
-    @fsm_log_description
     @transition(
         field=review_state,
         source=ReviewState.PENDING,
         target=ReviewState.APPROVED,
         custom={"label": "Approve", "help_text": "Release the file to members and agents."},
     )
-    def approve(self, *, reviewer: Any, comment: str = "", **log: Any) -> None:
+    def approve(self, *, reviewer: Any, comment: str = "", by: Actor) -> None:
         self._decide(reviewer=reviewer, comment=comment)
 
     @fsm_log_by
-    @fsm_log_description
     @transition(
         field=review_state,
         source=ReviewState.PENDING,
         target=ReviewState.REJECTED,
         custom={"label": "Reject", "help_text": "Keep the file in the airlock for good."},
     )
-    def reject(self, *, reviewer: Any, comment: str, **log: Any) -> None:
+    def reject(self, *, reviewer: Any, comment: str, by: Actor) -> None:
         self._decide(reviewer=reviewer, comment=comment)
+
+    # --- on the trail ----------------------------------------------------------------
+
+    def trail_subject(self) -> Subject:
+        return Subject(
+            "artifact", self.pk, self.workspace_id, run_id=self.run_id, thread_id=self.thread_id
+        )
+
+    def trail_data(self, transition: str = "") -> dict[str, Any]:
+        """Metadata only: never the bytes or the preview."""
+        data: dict[str, Any] = {
+            "title": self.title,
+            "type": self.type,
+            "sandbox_path": self.sandbox_path,
+            "size": self.size,
+            "sha256": self.sha256,
+        }
+        if transition:
+            data["comment"] = self.review_comment
+        return data

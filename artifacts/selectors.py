@@ -14,28 +14,16 @@ from django.db.models import BooleanField, Case, Q, QuerySet, Value, When
 from artifacts.models import Artifact, ReviewState
 from config.exceptions import NotFound
 from sandboxes.models import RunStatus, SandboxRun
-from workspaces.models import Membership, Role
-from workspaces.permissions import Actor, effective_role, has_role, require_role
-from workspaces.selectors import workspace_ids_visible
+from workspaces import access
+from workspaces.access import Actor
+from workspaces.models import Role
 
 ARTIFACT_RELATED = ("workspace", "run", "reviewed_by")
 
 
-def _reviewable_workspace_ids(actor: Actor) -> Any:
-    """Workspaces where the actor is admin or owner; None means every workspace."""
-    if actor.is_superuser:
-        return None
-    if actor.api_key is not None:
-        role = Role(actor.api_key.role)
-        return [actor.api_key.workspace_id] if has_role(role, Role.ADMIN) else []
-    return Membership.objects.filter(user=actor.user, role__in=[Role.ADMIN, Role.OWNER]).values(
-        "workspace_id"
-    )
-
-
 def _with_content_visibility(queryset: QuerySet[Artifact], actor: Actor) -> QuerySet[Artifact]:
     """Annotates `content_visible`: approved, or the actor reviews in that workspace."""
-    reviewable = _reviewable_workspace_ids(actor)
+    reviewable = access.administered_workspaces(actor)
     if reviewable is None:
         return queryset.annotate(content_visible=Value(True, output_field=BooleanField()))
     return queryset.annotate(
@@ -59,7 +47,7 @@ def artifact_list(
     elif workspace is not None:
         queryset = queryset.filter(workspace=workspace)
     else:
-        visible = workspace_ids_visible(actor=actor)
+        visible = access.visible_workspaces(actor)
         if visible is not None:
             queryset = queryset.filter(workspace__in=visible)
     return _with_content_visibility(queryset, actor)
@@ -67,14 +55,7 @@ def artifact_list(
 
 def artifact_role(*, actor: Actor, artifact: Artifact) -> Role | None:
     """The actor's role in the artifact's workspace; None for an outsider."""
-    membership_role: Any = None
-    if actor.user is not None and actor.api_key is None:
-        membership_role = (
-            Membership.objects.filter(workspace_id=artifact.workspace_id, user=actor.user)
-            .values_list("role", flat=True)
-            .first()
-        )
-    return effective_role(actor, artifact.workspace_id, membership_role)
+    return access.role_in(actor, artifact.workspace_id)
 
 
 def artifact_get(
@@ -88,10 +69,11 @@ def artifact_get(
     `minimum`. With `content`, also 404 when the actor may not have its bytes: a member
     is not told, byte-wise, what waits in the airlock."""
     artifact = Artifact.objects.select_related(*ARTIFACT_RELATED).filter(pk=artifact_id).first()
-    role = artifact_role(actor=actor, artifact=artifact) if artifact is not None else None
-    role = require_role(role, minimum, what="artifact")
+    role = access.require(
+        access.role_in(actor, artifact.workspace_id if artifact else None), minimum, what="artifact"
+    )
     assert artifact is not None
-    visible = artifact.review_state == ReviewState.APPROVED or has_role(role, Role.ADMIN)
+    visible = artifact.review_state == ReviewState.APPROVED or access.has_role(role, Role.ADMIN)
     if content and not visible:
         raise NotFound("No such artifact.")
     artifact.content_visible = visible
@@ -102,7 +84,7 @@ def artifact_review_refusal(*, artifact: Artifact, actor: Actor, role: Role | No
     """Why the actor may not review this artifact, or None when they may (state aside)."""
     if role is None:
         return "not_found"
-    if not has_role(role, Role.ADMIN):
+    if not access.has_role(role, Role.ADMIN):
         return "role"
     is_own_run = actor.user is not None and artifact.run.created_by_id == actor.user.pk
     if is_own_run and not settings.ALLOW_SELF_REVIEW:

@@ -125,9 +125,9 @@ def _sha256_seconds(size: int) -> float:
 
 
 def bench_capture(work: Path, size_mib: int, repeats: int) -> list[str]:
-    from artifacts import services
+    from artifacts import capture
     from sandboxes.backends.local import LocalBackend
-    from workspaces.permissions import Actor
+    from workspaces.access import Actor
 
     owner, _, run = _people_and_run("capture")
     home = Path(LocalBackend.from_settings().root) / run.sandbox_id / "home"
@@ -149,8 +149,8 @@ def bench_capture(work: Path, size_mib: int, repeats: int) -> list[str]:
     for _ in range(repeats):
         with _peak_rss() as rss:
             elapsed, artifact = _timed(
-                lambda: services.artifact_capture(
-                    run=run, actor=Actor(user=owner), path="/home/user/big.bin"
+                lambda: capture.artifact_capture(
+                    run=run, actor=Actor.for_user(owner), path="/home/user/big.bin"
                 )
             )
         assert artifact.size == size

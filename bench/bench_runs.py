@@ -71,7 +71,7 @@ def main() -> None:
     from sandboxes.backends import get_backend
     from sandboxes.models import RunStatus, SandboxRun
     from tests.factories import UserFactory, make_api_key, make_workspace
-    from workspaces.permissions import Actor
+    from workspaces.access import Actor
 
     settings.WORKSPACE_MAX_ACTIVE_RUNS = 1000
     with app.connection_for_write() as conn:
@@ -96,7 +96,7 @@ def main() -> None:
                 boots.append(time.perf_counter() - started)
             run = SandboxRun.objects.get(pk=run_id)
             if attempt < BOOTS + 2:
-                services.run_cancel(run=run, actor=Actor(user=user))
+                services.run_cancel(run=run, actor=Actor.for_user(user))
 
         api_exec: list[float] = []
         for _ in range(EXECS):
@@ -114,7 +114,7 @@ def main() -> None:
                 started = time.perf_counter()
                 subprocess.run(prepared.argv, check=True, **prepared.popen_kwargs())
                 direct.append(time.perf_counter() - started)
-        services.run_cancel(run=run, actor=Actor(user=user))
+        services.run_cancel(run=run, actor=Actor.for_user(user))
     finally:
         os.killpg(worker.pid, signal.SIGTERM)
         worker.wait(20)

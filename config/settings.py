@@ -136,7 +136,8 @@ STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
 MEDIA_ROOT = VAR_DIR / "media"
 
-DJANGO_FSM_LOG_STORAGE_METHOD = "sandboxes.fsm_log.TransitionLogBackend"
+# Transitions are events on the trail (workspaces.events): one row, written by one helper.
+DJANGO_FSM_LOG_STORAGE_METHOD = "workspaces.events.TrailBackend"
 
 # --- Limits -------------------------------------------------------------------------------
 API_MAX_BODY_BYTES = env_int("API_MAX_BODY_BYTES", 1024 * 1024, min_value=1024)

@@ -6,47 +6,22 @@ from datetime import timedelta
 from typing import Any
 
 from django.contrib import admin
-from django.contrib.contenttypes.models import ContentType
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils import timezone
-from django.utils.html import format_html, format_html_join
+from django.utils.html import format_html
+from django.utils.safestring import SafeString
 
-from artifacts.inlines import ArtifactInline
 from config.exceptions import Conflict
 from sandboxes import selectors, services
-from sandboxes.models import ACTIVE_STATUSES, SandboxRun, TransitionLog
-from workspaces.admin import WorkspaceScopedAdmin
-from workspaces.permissions import Actor
-
-
-def transition_history(obj: Any) -> Any:
-    """The object's transitions, oldest first, as an HTML table (escaped)."""
-    rows = TransitionLog.objects.filter(
-        content_type=ContentType.objects.get_for_model(obj), object_id=str(obj.pk)
-    ).order_by("timestamp", "id")
-    if not rows:
-        return "—"
-    return format_html_join(
-        "",
-        "<div>{} · {} → {} · <code>{}</code> by {}</div>",
-        (
-            (
-                r.timestamp.strftime("%Y-%m-%d %H:%M:%S"),
-                r.source_state or "∅",
-                r.state,
-                r.transition,
-                r.actor,
-            )
-            for r in rows
-        ),
-    )
-
+from sandboxes.models import ACTIVE_STATUSES, SandboxRun
+from workspaces.admin import WorkspaceAdmin, WorkspaceScopedAdmin, admin_actor, trail_panel
+from workspaces.models import Workspace
 
 USAGE_SUMMARY_DAYS = 30
 
 
-def workspace_usage_summary(workspace: Any) -> Any:
+def workspace_usage_summary(workspace: Workspace) -> SafeString:
     """The workspace admin's usage line: active runs now, and the last 30 days' runs,
     sandbox-hours and cost (the same figures as the usage API)."""
     end = timezone.localdate()
@@ -62,6 +37,20 @@ def workspace_usage_summary(workspace: Any) -> Any:
     )
 
 
+class WorkspaceWithUsageAdmin(WorkspaceAdmin):
+    """The workspace admin (workspaces.admin) with the usage line runs make."""
+
+    detail_fields = ("id", "name", "owner", "created_at", "usage", "history")
+
+    @admin.display(description="Usage")
+    def usage(self, obj: Workspace) -> SafeString:
+        return workspace_usage_summary(obj)
+
+
+admin.site.unregister(Workspace)
+admin.site.register(Workspace, WorkspaceWithUsageAdmin)
+
+
 @admin.register(SandboxRun)
 class SandboxRunAdmin(WorkspaceScopedAdmin):
     list_display = [
@@ -75,7 +64,6 @@ class SandboxRunAdmin(WorkspaceScopedAdmin):
     actions = ["cancel_runs"]
     exclude = ["env", "files", "request_fingerprint"]
     readonly_fields = ["history"]
-    inlines = [ArtifactInline]
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
         names = [f.name for f in SandboxRun._meta.fields if f.name not in self.exclude]
@@ -91,12 +79,12 @@ class SandboxRunAdmin(WorkspaceScopedAdmin):
         return False
 
     @admin.display(description="Timeline")
-    def history(self, obj: SandboxRun) -> Any:
-        return transition_history(obj)
+    def history(self, obj: SandboxRun) -> SafeString | str:
+        return trail_panel("run", obj.pk)
 
     @admin.action(description="Cancel selected runs (kills their sandboxes)")
     def cancel_runs(self, request: HttpRequest, queryset: QuerySet[SandboxRun]) -> None:
-        actor = Actor(user=request.user)  # type: ignore[arg-type]
+        actor = admin_actor(request)
         canceled = skipped = 0
         for run in queryset:
             if run.status not in ACTIVE_STATUSES:

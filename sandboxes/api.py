@@ -18,12 +18,12 @@ from rest_framework.views import APIView
 
 from config.api import StrictSerializer, page_of, paginate, validated
 from config.exceptions import InvalidInput, PermissionDenied
-from sandboxes import selectors, services
+from sandboxes import execution, selectors, services, validation
 from sandboxes.backends.base import SANDBOX_HOME
 from sandboxes.models import DEFAULT_OUTPUT_DIR, EndReason, RunStatus, SandboxRun
+from workspaces.access import Actor
 from workspaces.api import WorkspaceScopedView
 from workspaces.models import Role
-from workspaces.permissions import Actor
 
 MAX_TEXT = 100_000
 
@@ -79,10 +79,14 @@ class RunCreateIn(StrictSerializer):
     )
     output_dir = serializers.CharField(max_length=1024, required=False, default=DEFAULT_OUTPUT_DIR)
     max_duration_ms = serializers.IntegerField(
-        min_value=services.MIN_TIMEOUT_MS, max_value=services.MAX_DURATION_LIMIT_MS, required=False
+        min_value=validation.MIN_TIMEOUT_MS,
+        max_value=validation.MAX_DURATION_LIMIT_MS,
+        required=False,
     )
     idle_timeout_ms = serializers.IntegerField(
-        min_value=services.MIN_TIMEOUT_MS, max_value=services.MAX_DURATION_LIMIT_MS, required=False
+        min_value=validation.MIN_TIMEOUT_MS,
+        max_value=validation.MAX_DURATION_LIMIT_MS,
+        required=False,
     )
 
 
@@ -250,7 +254,7 @@ class RunDetailView(RunScopedView):
 class ExecIn(StrictSerializer):
     command = serializers.CharField(max_length=MAX_TEXT, trim_whitespace=False)
     timeout_s = serializers.FloatField(min_value=0.1, required=False)
-    cwd = serializers.CharField(max_length=services.PATH_MAX_LENGTH, required=False)
+    cwd = serializers.CharField(max_length=validation.PATH_MAX_LENGTH, required=False)
     env = serializers.DictField(
         child=serializers.CharField(allow_blank=True, trim_whitespace=False, max_length=32_768),
         required=False,
@@ -270,7 +274,7 @@ class RunExecView(RunScopedView):
     @extend_schema(request=ExecIn, responses=ExecOut)
     def post(self, request: Request, run_id: str) -> Response:
         data = validated(ExecIn, request)
-        result = services.run_exec(run=self.run, actor=self.actor, **data)
+        result = execution.run_exec(run=self.run, actor=self.actor, **data)
         return Response(ExecOut(result).data)
 
 
@@ -300,10 +304,10 @@ class RunFilesView(RunScopedView):
     )
     def put(self, request: Request, run_id: str) -> Response:
         path = _path(request)
-        size = services.run_upload_file(
+        size = execution.run_upload_file(
             run=self.run, actor=self.actor, path=path, stream=request._request
         )
-        return Response({"path": services.clean_sandbox_path(path), "size": size})
+        return Response({"path": validation.clean_sandbox_path(path), "size": size})
 
     @extend_schema(
         parameters=[PATH_PARAM],
@@ -311,8 +315,8 @@ class RunFilesView(RunScopedView):
         description="The file's bytes, as an attachment.",
     )
     def get(self, request: Request, run_id: str) -> StreamingHttpResponse:
-        path = services.clean_sandbox_path(_path(request))
-        chunks = services.run_download_file(run=self.run, actor=self.actor, path=path)
+        path = validation.clean_sandbox_path(_path(request))
+        chunks = execution.run_download_file(run=self.run, path=path)
         response = StreamingHttpResponse(chunks, content_type="application/octet-stream")
         filename = path.rsplit("/", 1)[-1] or "file"
         response["Content-Disposition"] = _attachment(filename)
@@ -344,8 +348,8 @@ class RunFileListView(RunScopedView):
         responses=FileListOut,
     )
     def get(self, request: Request, run_id: str) -> Response:
-        path = services.clean_sandbox_path(request.query_params.get("path") or SANDBOX_HOME)
-        entries = services.run_list_files(run=self.run, actor=self.actor, path=path)
+        path = validation.clean_sandbox_path(request.query_params.get("path") or SANDBOX_HOME)
+        entries = execution.run_list_files(run=self.run, path=path)
         return Response({"path": path, "entries": FileEntryOut(entries, many=True).data})
 
 

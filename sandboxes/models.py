@@ -6,15 +6,14 @@ from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
-from django.contrib.contenttypes.fields import GenericForeignKey
-from django.contrib.contenttypes.models import ContentType
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 from django_fsm import ConcurrentTransitionMixin, FSMField, transition
-from django_fsm_log.decorators import fsm_log_by, fsm_log_description
+from django_fsm_log.decorators import fsm_log_by
 
-from workspaces.models import ApiKey, Workspace
+from workspaces.access import Actor
+from workspaces.models import ApiKey, Subject, Workspace
 
 DEFAULT_OUTPUT_DIR = "/home/user/artifacts"
 
@@ -171,10 +170,9 @@ class SandboxRun(ConcurrentTransitionMixin, models.Model):
         )
 
     @fsm_log_by
-    @fsm_log_description
     @transition(field=status, source=RunStatus.BOOTING, target=RunStatus.RUNNING)
     def mark_running(
-        self, *, sandbox_id: str, cpu_count: int | None, memory_mb: int | None, **log: Any
+        self, *, sandbox_id: str, cpu_count: int | None, memory_mb: int | None, by: Actor
     ) -> None:
         now = timezone.now()
         self.sandbox_id = sandbox_id
@@ -185,13 +183,11 @@ class SandboxRun(ConcurrentTransitionMixin, models.Model):
         self.expires_at = self.sweep_due()[0]
 
     @fsm_log_by
-    @fsm_log_description
     @transition(field=status, source=RunStatus.RUNNING, target=RunStatus.SUCCEEDED)
-    def succeed(self, *, exit_code: int | None = None, **log: Any) -> None:
+    def succeed(self, *, exit_code: int | None = None, by: Actor) -> None:
         self._finish(reason=EndReason.COMPLETED, error=None, exit_code=exit_code)
 
     @fsm_log_by
-    @fsm_log_description
     @transition(field=status, source=ACTIVE_STATUSES, target=RunStatus.FAILED)
     def fail(
         self,
@@ -199,40 +195,91 @@ class SandboxRun(ConcurrentTransitionMixin, models.Model):
         reason: str,
         error: dict[str, str] | None = None,
         exit_code: int | None = None,
-        **log: Any,
+        by: Actor,
     ) -> None:
         self._finish(reason=reason, error=error, exit_code=exit_code)
 
     @fsm_log_by
-    @fsm_log_description
     @transition(field=status, source=ACTIVE_STATUSES, target=RunStatus.CANCELED)
-    def cancel(self, *, reason: str = EndReason.CANCELED_BY_USER, **log: Any) -> None:
+    def cancel(self, *, reason: str = EndReason.CANCELED_BY_USER, by: Actor) -> None:
         self._finish(reason=reason, error=None, exit_code=None)
 
+    # --- on the trail ----------------------------------------------------------------
 
-class TransitionLog(models.Model):
-    """Who moved which object from which state to which, written by django-fsm-log.
+    def trail_subject(self) -> Subject:
+        return Subject("run", self.pk, self.workspace_id, run_id=self.pk, thread_id=self.thread_id)
 
-    django-fsm-log's own StateLog keys objects by integer id; runs and artifacts have UUIDs,
-    so its storage backend (sandboxes.fsm_log.TransitionLogBackend) writes here instead."""
+    def trail_data(self, transition: str) -> dict[str, Any]:
+        """What a transition records: how the run stands, never its env or files."""
+        if transition == "mark_running":
+            return {"sandbox_id": self.sandbox_id}
+        return {
+            "end_reason": self.end_reason,
+            "exit_code": self.exit_code,
+            "error": self.error,
+            "sandbox_seconds": round(self.sandbox_seconds, 3),
+            "cost_usd": str(self.cost_usd) if self.cost_usd is not None else None,
+        }
 
-    timestamp = models.DateTimeField(default=timezone.now, db_index=True)
-    content_type = models.ForeignKey(ContentType, on_delete=models.CASCADE)
-    object_id = models.CharField(max_length=64)
-    content_object = GenericForeignKey("content_type", "object_id")
-    transition = models.CharField(max_length=64)
-    source_state = models.CharField(max_length=32, blank=True)
-    state = models.CharField(max_length=32)
-    by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+
+class CommandKind(models.TextChoices):
+    EXEC = "exec", "Exec"  # foreground, through POST runs/{id}/exec/
+    BACKGROUND = "background", "Background"  # POST runs/{id}/commands/
+    JOB = "job", "Job"  # the run's own `command`, run by the command job
+
+
+class CommandStatus(models.TextChoices):
+    RUNNING = "running", "Running"
+    EXITED = "exited", "Exited"
+    TIMED_OUT = "timed_out", "Timed out"
+    KILLED = "killed", "Killed"
+    FAILED = "failed", "Failed"  # the backend could not run it (or lost the sandbox)
+
+
+COMMAND_TAIL_BYTES = 64 * 1024
+
+
+class Command(models.Model):
+    """One command run in a run's sandbox: the run's command history (SPEC §12), shown to
+    reviewers. The output kept here is each stream's last COMMAND_TAIL_BYTES; the env is
+    never stored, only the names of the variables it set."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    run = models.ForeignKey(SandboxRun, on_delete=models.CASCADE, related_name="commands")
+    workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE, related_name="+")
+    kind = models.CharField(max_length=16, choices=CommandKind.choices)
+    command = models.TextField()
+    cwd = models.CharField(max_length=1024)
+    env_names = models.JSONField(default=list, blank=True)
+    status = models.CharField(
+        max_length=16, choices=CommandStatus.choices, default=CommandStatus.RUNNING
     )
-    actor = models.CharField(max_length=150, help_text="user:…, api_key:… or system:…")
+    actor = models.CharField(max_length=150, help_text="Who ran it: user:…, api_key:…, system:…")
+    handle = models.CharField(max_length=128, blank=True)  # the backend's, for background ones
+    started_at = models.DateTimeField(default=timezone.now)
+    ended_at = models.DateTimeField(null=True, blank=True)
+    exit_code = models.IntegerField(null=True, blank=True)
+    duration_ms = models.PositiveBigIntegerField(null=True, blank=True)
+    stdout_tail = models.TextField(blank=True)
+    stderr_tail = models.TextField(blank=True)
+    truncated = models.BooleanField(default=False)  # output was cut (by the limit or the tail)
+    error = models.JSONField(null=True, blank=True)
 
     class Meta:
-        ordering = ["timestamp", "id"]
+        ordering = ["started_at", "id"]
         indexes = [
-            models.Index(fields=["content_type", "object_id", "timestamp"], name="tlog_object")
+            models.Index(fields=["run", "started_at"], name="command_run_history"),
+            models.Index(fields=["run"], name="command_run_running", condition=Q(status="running")),
         ]
 
     def __str__(self) -> str:
-        return f"{self.actor}: {self.source_state} → {self.state}"
+        return f"{self.kind}: {self.command[:60]}"
+
+    @property
+    def timed_out(self) -> bool:
+        return self.status == CommandStatus.TIMED_OUT
+
+    def trail_subject(self) -> Subject:
+        return Subject(
+            "command", self.pk, self.workspace_id, run_id=self.run_id, thread_id=self.run.thread_id
+        )

@@ -24,10 +24,10 @@ from django.db.models import (
 from django.db.models.functions import Coalesce, TruncDate
 from django.utils import timezone
 
-from sandboxes.models import ACTIVE_STATUSES, RunStatus, SandboxRun
-from workspaces.models import Membership, Role, Workspace
-from workspaces.permissions import Actor, effective_role, has_role, require_role
-from workspaces.selectors import workspace_ids_visible
+from sandboxes.models import ACTIVE_STATUSES, Command, RunStatus, SandboxRun
+from workspaces import access
+from workspaces.access import Actor
+from workspaces.models import Role, Workspace
 
 RUN_LIST_RELATED = ("workspace", "created_by", "api_key")
 
@@ -37,7 +37,7 @@ def run_list(*, actor: Actor, workspace: Workspace | None = None) -> QuerySet[Sa
     queryset = SandboxRun.objects.select_related(*RUN_LIST_RELATED)
     if workspace is not None:
         return queryset.filter(workspace=workspace)
-    visible = workspace_ids_visible(actor=actor)
+    visible = access.visible_workspaces(actor)
     return queryset if visible is None else queryset.filter(workspace__in=visible)
 
 
@@ -46,17 +46,9 @@ def run_get(
 ) -> tuple[SandboxRun, Role]:
     """The run and the actor's role in its workspace: 404 for outsiders, 403 below `minimum`."""
     run = SandboxRun.objects.select_related(*RUN_LIST_RELATED).filter(pk=run_id).first()
-    role = None
-    if run is not None:
-        membership_role: Any = None
-        if actor.user is not None and actor.api_key is None:
-            membership_role = (
-                Membership.objects.filter(workspace_id=run.workspace_id, user=actor.user)
-                .values_list("role", flat=True)
-                .first()
-            )
-        role = effective_role(actor, run.workspace_id, membership_role)
-    role = require_role(role, minimum, what="run")
+    role = access.require(
+        access.role_in(actor, run.workspace_id if run else None), minimum, what="run"
+    )
     assert run is not None
     return run, role
 
@@ -64,11 +56,17 @@ def run_get(
 def run_is_controlled_by(*, run: SandboxRun, actor: Actor, role: Role) -> bool:
     """Cancel and complete: admins and owners any run, members their own runs (a key: the
     runs it started)."""
-    if has_role(role, Role.ADMIN):
+    if access.has_role(role, Role.ADMIN):
         return True
     if actor.api_key is not None:
         return run.api_key_id == actor.api_key.pk
     return actor.user is not None and run.created_by_id == actor.user.pk
+
+
+def command_list(*, run: SandboxRun) -> QuerySet[Command]:
+    """The run's command history, oldest first (the caller resolved the run through
+    `run_get`)."""
+    return Command.objects.filter(run=run).order_by("started_at", "id")
 
 
 def active_run_count(*, workspace: Workspace) -> int:

@@ -1,12 +1,11 @@
-"""Cost control (SPEC §6): the sweep ends runs that are idle, past their max duration or stuck
-booting; reconcile matches the backend's sandboxes against the runs.
+"""The sweep (SPEC §6): end runs that are idle, past their max duration or stuck booting.
+Reconcile, its companion, is `sandboxes.reconcile`.
 
 Both run from beat (config/celery.py) through thin tasks, and from the operator commands,
 which are dry runs unless told otherwise. Calls to the backend happen outside database
 transactions, on a bounded thread pool; the worker threads only ever talk to the backend,
 never to the database, so every query runs on the calling thread's connection. Every state
-change goes through the SandboxRun transitions and is logged as `system:sweep` or
-`system:reconcile`.
+change goes through the SandboxRun transitions, on the trail as `system:sweep`.
 """
 
 from __future__ import annotations
@@ -14,12 +13,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
 
 from django.conf import settings
 from django.db import transaction
@@ -30,20 +27,17 @@ from django_fsm import TransitionNotAllowed
 from config.exceptions import Conflict
 from sandboxes.backends import (
     SandboxBackend,
-    SandboxInfo,
     SandboxNotFound,
-    app_tags,
     get_backend,
     kill_run_sandboxes,
 )
-from sandboxes.models import TERMINAL_STATUSES, EndReason, RunStatus, SandboxRun
-from sandboxes.services import logged_as, run_transition
-from workspaces.permissions import Actor
+from sandboxes.models import EndReason, RunStatus, SandboxRun
+from sandboxes.services import run_transition
+from workspaces.access import Actor
 
 logger = logging.getLogger(__name__)
 
 SYSTEM_SWEEP = Actor.system("sweep")
-SYSTEM_RECONCILE = Actor.system("reconcile")
 
 # Runs claimed per round trip. Each batch is killed before the next is claimed, so a sweep
 # never holds more claims than it is about to act on.
@@ -102,21 +96,6 @@ class SweepReport:
         return {"killed": self.killed, "failed": self.failed, "errors": self.errors}
 
 
-@dataclass
-class ReconcileReport:
-    """`killed`: orphan sandboxes killed (their run is terminal, unknown, or uses another
-    sandbox). `lost`: running runs whose sandbox is gone, now failed as sandbox_lost.
-    `errors`: kills or checks that failed; the next reconcile tries again."""
-
-    killed: int = 0
-    lost: int = 0
-    errors: int = 0
-    actions: list[Action] = field(default_factory=list)
-
-    def as_dict(self) -> dict[str, int]:
-        return {"killed": self.killed, "lost": self.lost, "errors": self.errors}
-
-
 # --- sweep ---------------------------------------------------------------------------
 
 
@@ -135,7 +114,7 @@ def sandboxes_sweep(*, dry_run: bool = False) -> SweepReport:
     # Local sandboxes have no provider to end them at their own timeout: the sweep is it.
     report.reaped = backend.reap_expired()
     started = time.monotonic()
-    with _pool() as pool:
+    with sweep_pool() as pool:
         _fail_stuck_boots(now, backend, pool, report)
         while time.monotonic() - started < TIME_BUDGET_S:
             claimed, seen = _claim_due_runs(now)
@@ -203,7 +182,7 @@ def _end_due_runs(
     """Kill the claimed runs' sandboxes concurrently; end the runs in batches as their kills
     return, while the other kills go on."""
     futures = {
-        pool.submit(_kill, backend, run.sandbox_id): (run, reason) for run, reason in claimed
+        pool.submit(kill_sandbox, backend, run.sandbox_id): (run, reason) for run, reason in claimed
     }
     killed: list[tuple[SandboxRun, str]] = []
     for future in as_completed(futures):
@@ -261,12 +240,12 @@ def _ending(reason: str, run: SandboxRun) -> Callable[[SandboxRun], None]:
     """The transition that ends a run the sweep killed: a run that was due when claimed is
     ended even if activity arrived since, because its sandbox is gone by now."""
     if reason == EndReason.IDLE_TIMEOUT:
-        return lambda r: r.cancel(reason=EndReason.IDLE_TIMEOUT, **logged_as(SYSTEM_SWEEP))
+        return lambda r: r.cancel(reason=EndReason.IDLE_TIMEOUT, by=SYSTEM_SWEEP)
     error = {
         "code": "max_duration",
         "message": f"The run passed its max duration of {run.max_duration_ms / 1000:g} s.",
     }
-    return lambda r: r.fail(reason=EndReason.MAX_DURATION, error=error, **logged_as(SYSTEM_SWEEP))
+    return lambda r: r.fail(reason=EndReason.MAX_DURATION, error=error, by=SYSTEM_SWEEP)
 
 
 def _fail_stuck_boots(
@@ -283,7 +262,7 @@ def _fail_stuck_boots(
     def fail_if_booting(run: SandboxRun) -> None:
         if run.status != RunStatus.BOOTING:  # it started meanwhile: no longer a boot timeout
             raise TransitionNotAllowed(f"the run is {run.status}")
-        run.fail(reason=EndReason.BOOT_TIMEOUT, error=boot_error, **logged_as(SYSTEM_SWEEP))
+        run.fail(reason=EndReason.BOOT_TIMEOUT, error=boot_error, by=SYSTEM_SWEEP)
 
     while True:
         run_ids = list(_stuck_booting(now).values_list("pk", flat=True)[:BATCH_SIZE])
@@ -318,162 +297,16 @@ def _plan_sweep(now: datetime, report: SweepReport) -> None:
             report.actions.append(Action(f"{verb} and kill", reason, str(run.pk), run.sandbox_id))
 
 
-# --- reconcile -----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _RunState:
-    status: str
-    sandbox_id: str
-
-
-def sandboxes_reconcile(*, dry_run: bool = False) -> ReconcileReport:
-    """Match the backend's sandboxes (only those tagged with this app and DEPLOY_ENV) against
-    the runs: kill sandboxes whose run is terminal or unknown (orphans, e.g. of a worker that
-    died between creating a sandbox and saving its id), and fail running runs whose sandbox
-    is gone (sandbox_lost). Booting runs are left to the boot and its timeout: their sandbox
-    id is not saved yet."""
-    report = ReconcileReport()
-    backend = get_backend()
-    tags = app_tags()
-    # Taken before listing: a run that became running later may own a sandbox the listing
-    # could not include, so only runs running before this moment can be judged lost.
-    listed_at = timezone.now()
-    # The filter is checked again here: never touch another deployment's sandboxes, even if
-    # a backend ignored part of the query.
-    listed = [
-        info
-        for info in backend.list_sandboxes(tags)
-        if all(info.metadata.get(key) == value for key, value in tags.items())
-    ]
-    orphans = _orphans(listed)
-    suspects = _runs_missing_their_sandbox({info.sandbox_id for info in listed}, listed_at)
-
-    with _pool() as pool:
-        checks = {pool.submit(_sandbox_exists, backend, run.sandbox_id): run for run in suspects}
-        kills: dict[Future[Any], tuple[SandboxInfo, str]] = {}
-        if not dry_run:
-            kills = {
-                pool.submit(_kill, backend, info.sandbox_id): (info, why) for info, why in orphans
-            }
-        else:
-            for info, why in orphans:
-                report.actions.append(Action("would kill", why, _run_id(info), info.sandbox_id))
-        for future in as_completed([*checks, *kills]):
-            if future in kills:
-                info, why = kills[future]
-                _record_kill(future, info, why, report)
-            else:
-                _judge_lost(future, checks[future], dry_run, report)
-    logger.info("reconcile: killed=%d lost=%d errors=%d", report.killed, report.lost, report.errors)
-    return report
-
-
-def _run_id(info: SandboxInfo) -> str:
-    return info.metadata.get("run_id", "")
-
-
-def _orphans(listed: list[SandboxInfo]) -> list[tuple[SandboxInfo, str]]:
-    """Listed sandboxes no run owns, with why."""
-    runs = _run_states(_run_id(info) for info in listed)
-    orphans = []
-    for info in listed:
-        run = runs.get(_run_id(info))
-        if run is None:
-            orphans.append((info, "unknown run"))
-        elif run.status in TERMINAL_STATUSES:
-            orphans.append((info, f"run {run.status}"))
-        elif run.status == RunStatus.RUNNING and run.sandbox_id != info.sandbox_id:
-            orphans.append((info, "not the run's sandbox"))  # a duplicate the boot never used
-    return orphans
-
-
-def _run_states(run_ids: Iterable[str]) -> dict[str, _RunState]:
-    valid = set()
-    for run_id in run_ids:
-        try:
-            valid.add(uuid.UUID(run_id))
-        except (ValueError, TypeError):
-            continue  # not a run id at all: the sandbox is an orphan
-    rows = SandboxRun.objects.filter(pk__in=valid).values_list("pk", "status", "sandbox_id")
-    return {str(pk): _RunState(status, sandbox_id) for pk, status, sandbox_id in rows}
-
-
-def _runs_missing_their_sandbox(listed_ids: set[str], listed_at: datetime) -> list[SandboxRun]:
-    running = (
-        SandboxRun.objects.filter(status=RunStatus.RUNNING, running_at__lt=listed_at)
-        .exclude(sandbox_id="")
-        .only("id", "status", "sandbox_id")
-    )
-    return [run for run in running.iterator() if run.sandbox_id not in listed_ids]
-
-
-def _sandbox_exists(backend: SandboxBackend, sandbox_id: str) -> bool:
-    """Asked once more, by id: a listing may lag behind a sandbox that just started."""
-    try:
-        backend.get_info(sandbox_id)
-    except SandboxNotFound:
-        return False
-    return True
-
-
-def _record_kill(future: Future[Any], info: SandboxInfo, why: str, report: ReconcileReport) -> None:
-    error = future.exception()
-    if error is not None:
-        report.errors += 1
-        report.actions.append(Action("error", why, _run_id(info), info.sandbox_id, str(error)))
-        logger.warning("reconcile: kill of orphan %s failed: %s", info.sandbox_id, error)
-        return
-    report.killed += 1
-    report.actions.append(Action("killed", why, _run_id(info), info.sandbox_id))
-    logger.info(
-        "reconcile: killed orphan sandbox=%s run=%s (%s)", info.sandbox_id, _run_id(info), why
-    )
-
-
-def _judge_lost(
-    future: Future[bool], run: SandboxRun, dry_run: bool, report: ReconcileReport
-) -> None:
-    error = future.exception()
-    if error is not None:
-        report.errors += 1
-        report.actions.append(
-            Action("error", EndReason.SANDBOX_LOST, str(run.pk), run.sandbox_id, str(error))
-        )
-        return
-    if future.result():
-        return  # alive after all: the listing missed it
-    if dry_run:
-        report.actions.append(
-            Action("would fail", EndReason.SANDBOX_LOST, str(run.pk), run.sandbox_id)
-        )
-        return
-    error_body = {"code": "sandbox_not_found", "message": "The run's sandbox is gone."}
-
-    def fail_if_same_sandbox(current: SandboxRun) -> None:
-        if current.status != RunStatus.RUNNING or current.sandbox_id != run.sandbox_id:
-            raise TransitionNotAllowed(f"the run is {current.status}")
-        current.fail(reason=EndReason.SANDBOX_LOST, error=error_body, **logged_as(SYSTEM_RECONCILE))
-
-    try:
-        run_transition(run.pk, fail_if_same_sandbox)
-    except Conflict:
-        return  # ended meanwhile
-    report.lost += 1
-    report.actions.append(Action("lost", EndReason.SANDBOX_LOST, str(run.pk), run.sandbox_id))
-    logger.warning("reconcile: run=%s lost its sandbox %s", run.pk, run.sandbox_id)
-
-
 # --- shared --------------------------------------------------------------------------
 
 
-def _pool() -> ThreadPoolExecutor:
+def sweep_pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(
         max_workers=settings.SANDBOX_SWEEP_CONCURRENCY, thread_name_prefix="sweep"
     )
 
 
-def _kill(backend: SandboxBackend, sandbox_id: str) -> None:
+def kill_sandbox(backend: SandboxBackend, sandbox_id: str) -> None:
     """Kill one sandbox; one that is already gone counts as killed. Runs on a pool thread."""
     if not sandbox_id:
         return

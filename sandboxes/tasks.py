@@ -1,5 +1,6 @@
 """Celery tasks: thin. They take ids, call one service, and own the retry policy: retries
-only on TransientBackendError, with exponential backoff."""
+only on TransientBackendError, with exponential backoff. The command job's task is
+artifacts.tasks.execute_run_command (it captures the run's outputs as artifacts)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 
 from celery import shared_task
 
-from sandboxes import services, sweep
+from sandboxes import reconcile, services, sweep
 from sandboxes.backends import TransientBackendError
 
 logger = logging.getLogger(__name__)
@@ -34,12 +35,6 @@ def start_sandbox_run(self: Any, run_id: str) -> None:
         raise self.retry(exc=exc, countdown=backoff_s(self.request.retries)) from exc
 
 
-# The time limits are set per call from the run's remaining duration (services._enqueue_command).
-@shared_task(acks_late=True)
-def execute_run_command(run_id: str) -> None:
-    services.run_execute_command(run_id=run_id)
-
-
 # Periodic (config/celery.py). No retries: the next beat is the retry, and both are safe to
 # run concurrently with themselves. The soft limit leaves the sweep's time budget
 # (sweep.TIME_BUDGET_S) room to finish the batch in flight.
@@ -50,4 +45,4 @@ def sweep_sandboxes() -> dict[str, int]:
 
 @shared_task(acks_late=True, soft_time_limit=240, time_limit=300)
 def reconcile_sandboxes() -> dict[str, int]:
-    return sweep.sandboxes_reconcile().as_dict()
+    return reconcile.sandboxes_reconcile().as_dict()

@@ -223,7 +223,7 @@ def keys(workspace: Any, outsider: Any) -> dict[str, str]:
     """Raw API keys per caller kind. Keys are created by the owner, so they act for the owner
     (self-review included); the foreign key belongs to the outsider's own workspace."""
     from workspaces import services as workspace_services
-    from workspaces.permissions import Actor
+    from workspaces.access import Actor
 
     revoked = make_api_key(workspace=workspace, role="admin", name="old")
     workspace_services.api_key_revoke(api_key=revoked[0], actor=Actor(user=workspace.owner))

@@ -7,8 +7,8 @@ from django.contrib.auth import get_user_model
 
 from sandboxes.models import SandboxRun
 from workspaces import services
+from workspaces.access import Actor
 from workspaces.models import ApiKey, Role, Workspace
-from workspaces.permissions import Actor
 
 User = get_user_model()
 
@@ -64,3 +64,12 @@ def make_run(*, workspace: Workspace, status: str = "booting", **fields: object)
         SandboxRun.objects.filter(pk=run.pk).update(status=status)
         run.refresh_from_db()
     return run
+
+
+def transitions(*subject_ids: Any) -> Any:
+    """The trail's transition events of the given objects (runs, artifacts), oldest first."""
+    from workspaces.models import Event
+
+    return Event.objects.filter(
+        subject_id__in=[str(pk) for pk in subject_ids], data__has_key="transition"
+    ).order_by("id")

@@ -4,28 +4,50 @@ A staff user who is not a superuser sees only workspaces they own or administer.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any
 
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import SafeString
 
-from workspaces import services
-from workspaces.models import ApiKey, Membership, Role, Workspace
-from workspaces.permissions import Actor
-
-if TYPE_CHECKING:
-    from django.contrib.auth.models import User
+from workspaces import access, selectors, services
+from workspaces.access import Actor
+from workspaces.models import ApiKey, Event, Membership, Workspace
 
 
-def administered_workspace_ids(request: HttpRequest) -> QuerySet[Membership, Any] | None:
+def admin_actor(request: HttpRequest) -> Actor:
+    """The signed-in staff user acting in the admin."""
+    return Actor.for_user(request.user)
+
+
+def administered_workspace_ids(request: HttpRequest) -> Any:
     """Ids of the workspaces the staff user administers; None for a superuser (all)."""
-    user = cast("User", request.user)  # the admin lets only signed-in staff this far
-    if user.is_superuser:
-        return None
-    return Membership.objects.filter(user=user, role__in=[Role.OWNER, Role.ADMIN]).values(
-        "workspace_id"
-    )
+    return access.administered_workspaces(admin_actor(request))
+
+
+def trail_panel(kind: str, subject_id: Any) -> SafeString | str:
+    """An object's history from the trail, oldest first, as escaped HTML (every admin's
+    history panel)."""
+    rows = list(selectors.subject_events(kind=kind, subject_id=subject_id))
+    if not rows:
+        return "—"
+    return format_html_join("", "<div>{} · {} by {}</div>", (_trail_line(e) for e in rows))
+
+
+def _trail_line(event: Event) -> tuple[str, SafeString, str]:
+    when = event.created_at.strftime("%Y-%m-%d %H:%M:%S")
+    if "transition" in event.data:  # a state change: from → to · the transition
+        what = format_html(
+            "{} → {} · <code>{}</code>",
+            event.data.get("from") or "∅",
+            event.data.get("to"),
+            event.data["transition"],
+        )
+    else:
+        what = format_html("<code>{}</code>", event.type)
+    return when, what, event.actor
 
 
 class WorkspaceScopedAdmin(admin.ModelAdmin):
@@ -109,24 +131,29 @@ class WorkspaceAdmin(WorkspaceScopedAdmin):
             obj.owner_id == request.user.pk
         )
 
+    # Apps built on workspaces add read-only panels here (sandboxes: usage) by subclassing
+    # this admin and registering the subclass in its place.
+    detail_fields: tuple[str, ...] = ("id", "name", "owner", "created_at", "history")
+
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> tuple[str, ...]:
-        return ("id", "created_at") if obj is None else ("id", "owner", "created_at", "usage")
+        if obj is None:
+            return ("id", "created_at")
+        return tuple(name for name in self.detail_fields if name != "name")
 
     def get_fields(self, request: HttpRequest, obj: Any = None) -> tuple[str, ...]:
-        return ("name",) if obj is None else ("id", "name", "owner", "created_at", "usage")
+        return ("name",) if obj is None else self.detail_fields
 
-    @admin.display(description="Usage")
-    def usage(self, obj: Workspace) -> Any:
-        from sandboxes.admin import workspace_usage_summary  # sandboxes builds on workspaces
-
-        return workspace_usage_summary(obj)
+    @admin.display(description="History")
+    def history(self, obj: Workspace) -> SafeString | str:
+        return trail_panel("workspace", obj.pk)
 
     def save_model(self, request: HttpRequest, obj: Workspace, form: Any, change: bool) -> None:
-        actor = Actor(user=request.user)  # type: ignore[arg-type]
+        actor = admin_actor(request)
         if change:
             services.workspace_rename(workspace=obj, name=obj.name, actor=actor)
         else:
-            created = services.workspace_create(name=obj.name, owner=request.user)  # type: ignore[arg-type]
+            assert actor.user is not None
+            created = services.workspace_create(name=obj.name, owner=actor.user)
             obj.pk, obj.owner, obj.created_at = created.pk, created.owner, created.created_at
             obj._state.adding = False
 
@@ -137,7 +164,7 @@ class WorkspaceAdmin(WorkspaceScopedAdmin):
         return deleted, counts, perms_needed - {str(ApiKey._meta.verbose_name)}, protected
 
     def delete_model(self, request: HttpRequest, obj: Workspace) -> None:
-        services.workspace_delete(workspace=obj, actor=Actor(user=request.user))  # type: ignore[arg-type]
+        services.workspace_delete(workspace=obj, actor=admin_actor(request))
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Workspace]) -> None:
         for workspace in queryset:
@@ -185,7 +212,7 @@ class ApiKeyAdmin(WorkspaceScopedAdmin):
             workspace=obj.workspace,
             name=obj.name,
             role=obj.role,
-            actor=Actor(user=request.user),  # type: ignore[arg-type]
+            actor=admin_actor(request),
         )
         obj.pk, obj.prefix = key.pk, key.prefix
         obj._state.adding = False
@@ -196,7 +223,7 @@ class ApiKeyAdmin(WorkspaceScopedAdmin):
 
     @admin.action(description="Revoke selected API keys")
     def revoke_keys(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
-        actor = Actor(user=request.user)  # type: ignore[arg-type]
+        actor = admin_actor(request)
         revoked = 0
         for key in queryset:
             if key.revoked_at is None:

@@ -13,9 +13,9 @@ from rest_framework.views import APIView
 
 from config.api import StrictSerializer, page_of, paginate, validated
 from config.exceptions import PermissionDenied
-from workspaces import selectors, services
-from workspaces.models import ApiKeyRole, Role, Workspace
-from workspaces.permissions import Actor, require_role
+from workspaces import access, selectors, services
+from workspaces.access import Actor
+from workspaces.models import ApiKeyRole, Event, EventType, Role, Workspace
 
 User = get_user_model()
 
@@ -70,7 +70,7 @@ class WorkspaceListView(APIView):
         assert actor.user is not None  # IsAuthenticated let the request in
         data = validated(WorkspaceIn, request)
         workspace = services.workspace_create(name=data["name"], owner=actor.user)
-        workspace.my_role = Role.OWNER  # type: ignore[attr-defined]
+        workspace.my_role = Role.OWNER
         return Response(WorkspaceOut(workspace).data, status=status.HTTP_201_CREATED)
 
 
@@ -159,7 +159,7 @@ class MemberDetailView(WorkspaceScopedView):
             and user_id == self.actor.user.pk
         )
         if not leaving:
-            require_role(self.role, Role.ADMIN)
+            access.require(self.role, Role.ADMIN)
         membership = selectors.membership_get(workspace=self.workspace, user_id=user_id)
         services.membership_remove(membership=membership, actor=self.actor)
         return Response(status=status.HTTP_204_NO_CONTENT)
@@ -214,3 +214,93 @@ class ApiKeyDetailView(WorkspaceScopedView):
         key = selectors.api_key_get(workspace=self.workspace, key_id=key_id)  # type: ignore[arg-type]
         services.api_key_revoke(api_key=key, actor=self.actor)
         return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+# --- The trail ---------------------------------------------------------------------------
+
+EVENTS_PAGE_SIZE = 100
+EVENTS_MAX_PAGE_SIZE = 500
+
+
+class SubjectOut(serializers.Serializer):
+    type = serializers.CharField(source="subject_type")
+    id = serializers.CharField(source="subject_id")
+
+
+class EventOut(serializers.Serializer):
+    id = serializers.IntegerField(help_text="The cursor: pass it as `after` to read on.")
+    workspace_id = serializers.UUIDField()
+    type = serializers.ChoiceField(choices=EventType.choices)
+    actor = serializers.CharField(help_text="`user:<name>`, `api_key:<prefix>` or `system:<task>`")
+    subject = SubjectOut(source="*")
+    run_id = serializers.UUIDField(allow_null=True)
+    thread_id = serializers.CharField()
+    data = serializers.JSONField(help_text="Metadata only: never file contents or secrets.")
+    created_at = serializers.DateTimeField()
+
+
+class EventPageOut(serializers.Serializer):
+    next = serializers.URLField(
+        allow_null=True, help_text="The next page (`after` = the last id here), or null."
+    )
+    results = EventOut(many=True)
+
+
+class EventQuery(StrictSerializer):
+    after = serializers.IntegerField(min_value=0, required=False)
+    type = serializers.CharField(
+        required=False, help_text="One event type, or several separated by commas."
+    )
+    run_id = serializers.UUIDField(required=False)
+    thread_id = serializers.CharField(max_length=255, required=False)
+    page_size = serializers.IntegerField(
+        min_value=1, max_value=EVENTS_MAX_PAGE_SIZE, required=False, default=EVENTS_PAGE_SIZE
+    )
+
+    def validate_type(self, value: str) -> list[str]:
+        types = [item.strip() for item in value.split(",") if item.strip()]
+        unknown = sorted(set(types) - set(EventType.values))
+        if unknown:
+            raise serializers.ValidationError(f"Unknown event type: {', '.join(unknown)}.")
+        return types
+
+
+def event_query(request: Request) -> dict[str, Any]:
+    """The trail's filters from the query string (400 for unknown parameters)."""
+    query = EventQuery(data=request.query_params.dict())
+    query.is_valid(raise_exception=True)
+    return dict(query.validated_data)
+
+
+class EventListView(WorkspaceScopedView):
+    @extend_schema(
+        parameters=[EventQuery],
+        responses=EventPageOut,
+        operation_id="workspaces_events_list",
+        description="The workspace's trail, oldest first, after the cursor `after`. Members "
+        "and up.",
+    )
+    def get(self, request: Request, workspace_id: str) -> Response:
+        query = event_query(request)
+        size = query.pop("page_size")
+        events = list(
+            selectors.event_list(
+                workspace=self.workspace,
+                after=query.get("after"),
+                types=query.get("type"),
+                run_id=query.get("run_id"),
+                thread_id=query.get("thread_id"),
+            )[: size + 1]
+        )
+        return Response(
+            {
+                "next": _next_page(request, events[:size]) if len(events) > size else None,
+                "results": EventOut(events[:size], many=True).data,
+            }
+        )
+
+
+def _next_page(request: Request, page: list[Event]) -> str:
+    params = request.query_params.copy()
+    params["after"] = str(page[-1].pk)
+    return request.build_absolute_uri(f"{request.path}?{params.urlencode()}")

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
+from typing import Any
 
 from django.conf import settings
 from django.db import models
@@ -8,14 +10,21 @@ from django.db.models import Q
 from django.utils import timezone
 
 
+@dataclass(frozen=True)
+class Subject:
+    """What an event on the trail is about, and where it belongs (see Event)."""
+
+    kind: str  # workspace, member, api_key, run, command, artifact, webhook, review_policy
+    id: Any
+    workspace_id: uuid.UUID | str
+    run_id: uuid.UUID | str | None = None
+    thread_id: str = ""
+
+
 class Role(models.TextChoices):
     MEMBER = "member", "Member"
     ADMIN = "admin", "Admin"
     OWNER = "owner", "Owner"
-
-    @property
-    def rank(self) -> int:
-        return {"member": 1, "admin": 2, "owner": 3}[self.value]
 
 
 class ApiKeyRole(models.TextChoices):
@@ -31,11 +40,17 @@ class Workspace(models.Model):
     )
     created_at = models.DateTimeField(default=timezone.now, editable=False)
 
+    # Set by the selectors (not a column): the role the caller acts with here.
+    my_role: str | None
+
     class Meta:
         ordering = ["-created_at"]
 
     def __str__(self) -> str:
         return self.name
+
+    def trail_subject(self) -> Subject:
+        return Subject("workspace", self.pk, self.pk)
 
 
 class Membership(models.Model):
@@ -58,6 +73,9 @@ class Membership(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user} in {self.workspace} ({self.role})"
+
+    def trail_subject(self) -> Subject:
+        return Subject("member", self.user_id, self.workspace_id)
 
 
 class ApiKey(models.Model):
@@ -84,3 +102,91 @@ class ApiKey(models.Model):
     @property
     def is_active(self) -> bool:
         return self.revoked_at is None
+
+    def trail_subject(self) -> Subject:
+        return Subject("api_key", self.pk, self.workspace_id)
+
+
+class EventType(models.TextChoices):
+    """Every kind of write the trail records (SPEC §10)."""
+
+    WORKSPACE_CREATED = "workspace.created"
+    WORKSPACE_RENAMED = "workspace.renamed"
+    WORKSPACE_DELETED = "workspace.deleted"
+    MEMBER_ADDED = "member.added"
+    MEMBER_REMOVED = "member.removed"
+    MEMBER_ROLE_CHANGED = "member.role_changed"
+    API_KEY_CREATED = "api_key.created"
+    API_KEY_REVOKED = "api_key.revoked"
+    RUN_CREATED = "run.created"
+    RUN_RUNNING = "run.running"
+    RUN_PAUSED = "run.paused"
+    RUN_RESUMED = "run.resumed"
+    RUN_SUCCEEDED = "run.succeeded"
+    RUN_FAILED = "run.failed"
+    RUN_CANCELED = "run.canceled"
+    COMMAND_STARTED = "command.started"
+    COMMAND_FINISHED = "command.finished"
+    FILE_UPLOADED = "file.uploaded"
+    ARTIFACT_CREATED = "artifact.created"
+    ARTIFACT_APPROVAL_RECORDED = "artifact.approval_recorded"
+    ARTIFACT_APPROVED = "artifact.approved"
+    ARTIFACT_REJECTED = "artifact.rejected"
+    ARTIFACT_EXPIRED = "artifact.expired"
+    REVIEW_POLICY_CHANGED = "review_policy.changed"
+    WEBHOOK_CREATED = "webhook.created"
+    WEBHOOK_UPDATED = "webhook.updated"
+    WEBHOOK_DELETED = "webhook.deleted"
+    WEBHOOK_DISABLED = "webhook.disabled"
+    WEBHOOK_TEST = "webhook.test"
+
+
+class Event(models.Model):
+    """One write, on the one trail (SPEC §10): who did what to which object, in the write's own
+    transaction. The id is the cursor of the events API and the stream: it only grows.
+
+    Events outlive what they describe — a deleted workspace keeps its trail — so the workspace
+    and the actor's user and key are references without a database constraint or a cascade.
+    `data` holds metadata only: never artifact bytes, previews, env values or secrets."""
+
+    id = models.BigAutoField(primary_key=True)
+    workspace = models.ForeignKey(
+        Workspace, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+"
+    )
+    type = models.CharField(max_length=64, choices=EventType.choices)
+    actor = models.CharField(max_length=150, help_text="user:…, api_key:… or system:…")
+    actor_user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        null=True,
+        blank=True,
+        related_name="+",
+    )
+    actor_api_key = models.ForeignKey(
+        ApiKey,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        null=True,
+        blank=True,
+        related_name="+",
+    )
+    subject_type = models.CharField(max_length=32)  # workspace, member, api_key, run, artifact, …
+    subject_id = models.CharField(max_length=64)
+    # Denormalised from the subject, for the run and thread filters and the run's timeline.
+    run_id = models.UUIDField(null=True, blank=True)
+    thread_id = models.CharField(max_length=255, blank=True)
+    data = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [
+            models.Index(fields=["workspace", "id"], name="event_ws_cursor"),
+            models.Index(fields=["run_id", "id"], name="event_run_cursor"),
+            models.Index(fields=["subject_type", "subject_id", "id"], name="event_subject"),
+            models.Index(fields=["workspace", "thread_id", "id"], name="event_ws_thread"),
+        ]
+
+    def __str__(self) -> str:
+        return f"#{self.pk} {self.type} by {self.actor}"

@@ -8,52 +8,34 @@ import re
 import uuid
 from typing import Any
 
-from django.db.models import OuterRef, QuerySet, Subquery, Value
+from django.db.models import QuerySet
 
 from config.exceptions import NotFound
-from workspaces.models import ApiKey, Membership, Role, Workspace
-from workspaces.permissions import Actor, effective_role, require_role
-
-
-def _my_role(actor: Actor) -> Any:
-    return Subquery(
-        Membership.objects.filter(workspace=OuterRef("pk"), user=actor.user).values("role")[:1]
-    )
+from workspaces import access
+from workspaces.access import Actor
+from workspaces.models import ApiKey, Event, Membership, Role, Workspace
 
 
 def workspace_list(*, actor: Actor) -> QuerySet[Workspace]:
     """The workspaces the actor belongs to (a key: its one workspace), with `my_role`."""
     if actor.api_key is not None:
-        return Workspace.objects.filter(pk=actor.api_key.workspace_id).annotate(
-            my_role=_key_role(actor.api_key)
-        )
-    return Workspace.objects.filter(memberships__user=actor.user).annotate(my_role=_my_role(actor))
-
-
-def _key_role(api_key: ApiKey) -> Any:
-    return Value(api_key.role)
+        queryset = Workspace.objects.filter(pk=actor.api_key.workspace_id)
+    else:
+        queryset = Workspace.objects.filter(memberships__user=actor.user)
+    return queryset.annotate(my_role=access.role_annotation(actor))
 
 
 def workspace_get(
     *, actor: Actor, workspace_id: uuid.UUID | str, minimum: Role = Role.MEMBER
 ) -> tuple[Workspace, Role]:
     """The workspace and the actor's role in it: 404 for outsiders, 403 below `minimum`."""
-    workspace = Workspace.objects.filter(pk=workspace_id).annotate(my_role=_my_role(actor)).first()
-    role = effective_role(actor, workspace.pk, workspace.my_role) if workspace is not None else None
-    role = require_role(role, minimum)
+    workspace = Workspace.objects.filter(pk=workspace_id).first()
+    role = access.require(
+        access.role_in(actor, workspace.pk if workspace else None), minimum, what="workspace"
+    )
     assert workspace is not None
-    if actor.api_key is not None:
-        workspace.my_role = actor.api_key.role
+    workspace.my_role = role.value
     return workspace, role
-
-
-def workspace_ids_visible(*, actor: Actor) -> QuerySet[Workspace] | None:
-    """Ids of every workspace the actor may read in, for cross-workspace lists.
-
-    None for a superuser (everything)."""
-    if actor.is_superuser:
-        return None
-    return workspace_list(actor=actor).values("pk")  # type: ignore[return-value]
 
 
 def membership_list(*, workspace: Workspace) -> QuerySet[Membership]:
@@ -99,3 +81,29 @@ def api_key_find(*, raw_key: str) -> ApiKey | None:
         return None
     digest = hashlib.sha256(raw_key.encode()).hexdigest()
     return key if hmac.compare_digest(digest, key.secret_hash) else None
+
+
+def event_list(
+    *,
+    workspace: Workspace,
+    after: int | None = None,
+    types: list[str] | None = None,
+    run_id: uuid.UUID | None = None,
+    thread_id: str | None = None,
+) -> QuerySet[Event]:
+    """The workspace's trail, oldest first, after the cursor `after` (an event id)."""
+    queryset = Event.objects.filter(workspace_id=workspace.pk)
+    if after is not None:
+        queryset = queryset.filter(id__gt=after)
+    if types:
+        queryset = queryset.filter(type__in=types)
+    if run_id is not None:
+        queryset = queryset.filter(run_id=run_id)
+    if thread_id is not None:
+        queryset = queryset.filter(thread_id=thread_id)
+    return queryset.order_by("id")
+
+
+def subject_events(*, kind: str, subject_id: Any) -> QuerySet[Event]:
+    """What the trail holds about one object, oldest first (the admin's history panels)."""
+    return Event.objects.filter(subject_type=kind, subject_id=str(subject_id)).order_by("id")

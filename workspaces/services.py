@@ -1,24 +1,23 @@
-"""Every write to workspaces, memberships and API keys."""
+"""Every write to workspaces, memberships and API keys, each recorded on the trail."""
 
 from __future__ import annotations
 
 import hashlib
-import logging
 import secrets
+from collections.abc import Callable
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from config.exceptions import Conflict, InvalidInput, PermissionDenied
-from workspaces.models import ApiKey, ApiKeyRole, Membership, Role, Workspace
-from workspaces.permissions import Actor
+from workspaces import events
+from workspaces.access import Actor
+from workspaces.models import ApiKey, ApiKeyRole, EventType, Membership, Role, Workspace
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
-
-logger = logging.getLogger(__name__)
 
 NAME_MAX_LENGTH = 100
 # Writing last_used_at on every request would turn each API call into a write.
@@ -39,29 +38,60 @@ def workspace_create(*, name: str, owner: User) -> Workspace:
     """The workspace and its one owner membership, together or not at all."""
     workspace = Workspace.objects.create(name=_clean_name(name), owner=owner)
     Membership.objects.create(workspace=workspace, user=owner, role=Role.OWNER)
-    logger.info("workspace created id=%s owner=%s", workspace.pk, owner.pk)
+    events.record(
+        actor=Actor(user=owner),
+        type=EventType.WORKSPACE_CREATED,
+        subject=workspace,
+        data={"name": workspace.name},
+    )
     return workspace
 
 
 def workspace_rename(*, workspace: Workspace, name: str, actor: Actor) -> Workspace:
-    workspace.name = _clean_name(name)
-    workspace.save(update_fields=["name"])
-    logger.info("workspace renamed id=%s by=%s", workspace.pk, actor)
+    new_name = _clean_name(name)
+    with transaction.atomic():
+        current = Workspace.objects.select_for_update().get(pk=workspace.pk)
+        if current.name != new_name:
+            Workspace.objects.filter(pk=workspace.pk).update(name=new_name)
+            events.record(
+                actor=actor,
+                type=EventType.WORKSPACE_RENAMED,
+                subject=workspace,
+                data={"from": current.name, "to": new_name},
+            )
+    workspace.name = new_name
     return workspace
 
 
-def workspace_delete(*, workspace: Workspace, actor: Actor) -> None:
-    """Cancel the workspace's active runs (killing their sandboxes), then delete it all,
-    artifact files in storage included."""
-    from artifacts.services import workspace_artifact_files_delete
-    from sandboxes.services import workspace_runs_cancel
+# What apps built on workspaces do when one is deleted (sandboxes: cancel its active runs,
+# killing their sandboxes; artifacts: delete its stored files). Each hook runs before the
+# deleting transaction and may return a callable to run once the deletion commits. They
+# register in their AppConfig.ready(): workspaces never imports the apps above it.
+DeleteHook = Callable[[Workspace, Actor], Callable[[], None] | None]
+_delete_hooks: list[DeleteHook] = []
 
-    workspace_id = workspace.pk
-    workspace_runs_cancel(workspace=workspace, actor=actor)
+
+def on_workspace_delete(hook: DeleteHook) -> DeleteHook:
+    if hook not in _delete_hooks:
+        _delete_hooks.append(hook)
+    return hook
+
+
+def workspace_delete(*, workspace: Workspace, actor: Actor) -> None:
+    """Everything of the workspace goes: its runs are canceled (sandboxes killed) first, then
+    the rows are deleted and, once that commits, the stored artifact files. The trail keeps
+    the workspace's events, this one last."""
+    after_commit = [then for hook in _delete_hooks if (then := hook(workspace, actor))]
     with transaction.atomic():
-        workspace_artifact_files_delete(workspace=workspace)  # the stored bytes, on commit
+        events.record(
+            actor=actor,
+            type=EventType.WORKSPACE_DELETED,
+            subject=workspace,
+            data={"name": workspace.name},
+        )
         workspace.delete()
-    logger.info("workspace deleted id=%s by=%s", workspace_id, actor)
+        for then in after_commit:
+            transaction.on_commit(then)
 
 
 def _assignable_role(role: str) -> Role:
@@ -72,27 +102,43 @@ def _assignable_role(role: str) -> Role:
     return Role(role)
 
 
+def _member_data(membership: Membership) -> dict[str, Any]:
+    return {"user_id": membership.user_id, "username": membership.user.get_username()}
+
+
 def membership_add(*, workspace: Workspace, user: User, role: str, actor: Actor) -> Membership:
     assigned = _assignable_role(role)
     try:
         with transaction.atomic():
             membership = Membership.objects.create(workspace=workspace, user=user, role=assigned)
+            events.record(
+                actor=actor,
+                type=EventType.MEMBER_ADDED,
+                subject=membership,
+                data={**_member_data(membership), "role": assigned.value},
+            )
     except IntegrityError as exc:
         raise Conflict(
             f"{user.get_username()} is already a member.", code="already_member"
         ) from exc
-    logger.info("member added ws=%s user=%s role=%s by=%s", workspace.pk, user.pk, role, actor)
     return membership
 
 
 def membership_change_role(*, membership: Membership, role: str, actor: Actor) -> Membership:
     assigned = _assignable_role(role)
-    if membership.role == Role.OWNER:
-        raise PermissionDenied("The owner's role cannot be changed.", code="owner_protected")
-    if membership.role != assigned:
-        membership.role = assigned
-        membership.save(update_fields=["role"])
-        logger.info("role changed membership=%s role=%s by=%s", membership.pk, role, actor)
+    with transaction.atomic():
+        current = Membership.objects.select_for_update().get(pk=membership.pk)
+        if current.role == Role.OWNER:
+            raise PermissionDenied("The owner's role cannot be changed.", code="owner_protected")
+        if current.role != assigned:
+            Membership.objects.filter(pk=membership.pk).update(role=assigned)
+            events.record(
+                actor=actor,
+                type=EventType.MEMBER_ROLE_CHANGED,
+                subject=membership,
+                data={**_member_data(membership), "from": current.role, "to": assigned.value},
+            )
+    membership.role = assigned
     return membership
 
 
@@ -102,10 +148,16 @@ def membership_remove(*, membership: Membership, actor: Actor) -> None:
         raise PermissionDenied(
             "The owner cannot be removed and cannot leave the workspace.", code="owner_protected"
         )
-    membership.delete()
-    logger.info(
-        "member removed ws=%s user=%s by=%s", membership.workspace_id, membership.user_id, actor
-    )
+    leaving = actor.is_person and actor.user is not None and actor.user.pk == membership.user_id
+    with transaction.atomic():
+        deleted, _ = Membership.objects.filter(pk=membership.pk).exclude(role=Role.OWNER).delete()
+        if deleted:
+            events.record(
+                actor=actor,
+                type=EventType.MEMBER_REMOVED,
+                subject=membership,
+                data={**_member_data(membership), "role": membership.role, "left": leaving},
+            )
 
 
 def api_key_create(
@@ -115,27 +167,47 @@ def api_key_create(
     if role not in ApiKeyRole.values:
         raise InvalidInput("An API key's role is member or admin.", code="invalid_choice")
     if actor.user is None:
-        # A key acts for the person who made it (and stops when they are deactivated).
+        # A key acts for the person who made it (and stops when they are deactivated); one
+        # an admin key makes acts for that key's creator.
         raise PermissionDenied("An API key is created by a person.", code="needs_user")
     prefix = secrets.token_hex(4)
     raw_key = f"alk_{prefix}_{secrets.token_urlsafe(32)}"
-    key = ApiKey.objects.create(
-        workspace=workspace,
-        name=_clean_name(name),
-        role=role,
-        prefix=prefix,
-        secret_hash=hashlib.sha256(raw_key.encode()).hexdigest(),
-        created_by=actor.user,
-    )
-    logger.info("api key created ws=%s prefix=%s by=%s", workspace.pk, prefix, actor)
+    with transaction.atomic():
+        key = ApiKey.objects.create(
+            workspace=workspace,
+            name=_clean_name(name),
+            role=role,
+            prefix=prefix,
+            secret_hash=hashlib.sha256(raw_key.encode()).hexdigest(),
+            created_by=actor.user,
+        )
+        events.record(
+            actor=actor,
+            type=EventType.API_KEY_CREATED,
+            subject=key,
+            data={"name": key.name, "role": key.role, "prefix": prefix},
+        )
     return key, raw_key
 
 
 def api_key_revoke(*, api_key: ApiKey, actor: Actor) -> ApiKey:
-    if api_key.revoked_at is None:
-        api_key.revoked_at = timezone.now()
-        api_key.save(update_fields=["revoked_at"])
-        logger.info("api key revoked prefix=%s by=%s", api_key.prefix, actor)
+    """Revoke a key; revoking a revoked key changes nothing and records nothing."""
+    now = timezone.now()
+    with transaction.atomic():
+        revoked = ApiKey.objects.filter(pk=api_key.pk, revoked_at__isnull=True).update(
+            revoked_at=now
+        )
+        if revoked:
+            events.record(
+                actor=actor,
+                type=EventType.API_KEY_REVOKED,
+                subject=api_key,
+                data={"name": api_key.name, "prefix": api_key.prefix},
+            )
+    if revoked:
+        api_key.revoked_at = now
+    else:
+        api_key.refresh_from_db(fields=["revoked_at"])
     return api_key
 
 

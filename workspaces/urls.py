@@ -23,6 +23,11 @@ urlpatterns = [
         name="api-key-list",
     ),
     path(
+        "workspaces/<uuid:workspace_id>/events/",
+        api.EventListView.as_view(),
+        name="event-list",
+    ),
+    path(
         "workspaces/<uuid:workspace_id>/api-keys/<uuid:key_id>/",
         api.ApiKeyDetailView.as_view(),
         name="api-key-detail",

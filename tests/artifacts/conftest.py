@@ -11,12 +11,14 @@ from typing import Any
 import pytest
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
+from django.db import transaction
 from django.utils.text import get_valid_filename
 
 from artifacts import content
 from artifacts.models import Artifact, ReviewState
 from sandboxes.models import SandboxRun
 from tests.factories import make_run
+from workspaces.access import Actor
 
 PNG = (
     b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x06\x00\x00\x00"
@@ -80,10 +82,13 @@ def make_artifact(
     )
     if state != ReviewState.PENDING:
         change = artifact.approve if state == ReviewState.APPROVED else artifact.reject
-        change(
-            reviewer=reviewer or run.workspace.owner, comment="test", by=None, description="test"
-        )
-        artifact.save()
+        with transaction.atomic():
+            change(
+                reviewer=reviewer or run.workspace.owner,
+                comment="test",
+                by=Actor.system("test"),
+            )
+            artifact.save()
     return artifact
 
 

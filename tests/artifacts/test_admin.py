@@ -8,16 +8,15 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from django.contrib.contenttypes.models import ContentType
 from django.contrib.messages import get_messages
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from artifacts.models import Artifact
-from sandboxes.models import SandboxRun, TransitionLog
+from sandboxes.models import SandboxRun
 from tests.artifacts.conftest import PNG, XSS, make_artifact
-from tests.factories import make_run, make_workspace
+from tests.factories import make_run, make_workspace, transitions
 
 CHANGELIST = "/admin/artifacts/artifact/"
 ESCAPED_XSS = "&lt;script&gt;alert(1)&lt;/script&gt;"
@@ -247,8 +246,10 @@ def test_bulk_approve_goes_through_the_service_and_counts(
 
     assert "2 approved, 1 skipped (already decided)." in _messages(response)
     assert [_state(a) for a in (first, second, decided)] == ["approved", "approved", "rejected"]
-    rows = TransitionLog.objects.filter(object_id__in=[str(first.pk), str(second.pk)])
-    assert {(r.actor, r.by_id, r.state) for r in rows} == {("user:adam", reviewer.pk, "approved")}
+    rows = transitions(first.pk, second.pk)
+    assert {(r.actor, r.actor_user_id, r.data["to"]) for r in rows} == {
+        ("user:adam", reviewer.pk, "approved")
+    }
 
 
 @pytest.mark.django_db
@@ -333,10 +334,8 @@ def test_reject_with_the_transition_button_asks_for_a_comment(
     client.post(form_url, {"comment": "wrong customer data"})
     artifact.refresh_from_db()
     assert (artifact.review_state, artifact.review_comment) == ("rejected", "wrong customer data")
-    log = TransitionLog.objects.get(
-        content_type=ContentType.objects.get_for_model(Artifact), object_id=str(artifact.pk)
-    )
-    assert (log.transition, log.actor) == ("reject", "user:adam")
+    [log] = transitions(artifact.pk)
+    assert (log.data["transition"], log.actor) == ("reject", "user:adam")
 
 
 @pytest.mark.django_db
@@ -381,7 +380,7 @@ def test_the_state_cannot_be_edited_only_transitioned(
     client.post(_change(artifact), {"review_state": "approved", "title": "renamed", "_save": "1"})
     artifact.refresh_from_db()
     assert (artifact.review_state, artifact.title) == ("pending", "notes.txt")
-    assert not TransitionLog.objects.filter(object_id=str(artifact.pk)).exists()
+    assert not transitions(artifact.pk).exists()
 
 
 @pytest.mark.django_db

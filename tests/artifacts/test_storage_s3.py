@@ -16,13 +16,13 @@ from typing import Any
 
 import pytest
 
-from artifacts import services
+from artifacts import capture
 from artifacts.models import Artifact
 from config.exceptions import TooLarge
 from sandboxes.models import SandboxRun
 from tests.artifacts.conftest import PNG, home_of, plant
 from tests.conftest import client_as
-from workspaces.permissions import Actor
+from workspaces.access import Actor
 
 REGION = "us-east-1"
 CREDENTIALS = {"access_key": "testing", "secret_key": "testing"}
@@ -82,7 +82,7 @@ def bucket(moto_url: str, settings: Any) -> Any:
 
 
 def _capture(run: SandboxRun, path: str) -> Artifact:
-    return services.artifact_capture(run=run, actor=Actor(user=run.created_by), path=path)
+    return capture.artifact_capture(run=run, actor=Actor(user=run.created_by), path=path)
 
 
 @pytest.mark.django_db

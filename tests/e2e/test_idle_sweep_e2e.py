@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from rest_framework.test import APIClient
 
-from sandboxes.models import SandboxRun, TransitionLog
+from sandboxes.models import SandboxRun
 from tests.e2e.conftest import CeleryProcess, wait_for
-from tests.factories import UserFactory, make_api_key, make_workspace
+from tests.factories import UserFactory, make_api_key, make_workspace, transitions
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -58,8 +58,8 @@ def test_an_idle_run_is_killed_and_canceled_by_the_scheduled_sweep(
     assert e2b_server.state.live_sandboxes() == []  # killed, long before its E2B deadline
     assert e2b_server.state.sandboxes[run.sandbox_id].killed_at is not None
     assert run.cost_usd is not None and run.cost_usd > 0
-    last = TransitionLog.objects.filter(object_id=run_id).order_by("timestamp", "id").last()
-    assert last is not None and (last.actor, last.state) == ("system:sweep", "canceled")
+    last = transitions(run_id).last()
+    assert last is not None and (last.actor, last.data["to"]) == ("system:sweep", "canceled")
     assert "sandboxes.tasks.sweep_sandboxes" in beat.log()
     wait_for(
         lambda: "sandboxes.tasks.reconcile_sandboxes" in worker.log(),

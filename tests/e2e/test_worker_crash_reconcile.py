@@ -15,10 +15,11 @@ from django.utils import timezone
 
 from sandboxes import services
 from sandboxes.models import SandboxRun
-from sandboxes.sweep import sandboxes_reconcile, sandboxes_sweep
+from sandboxes.reconcile import sandboxes_reconcile
+from sandboxes.sweep import sandboxes_sweep
 from tests.e2e.conftest import PROJECT_ROOT
 from tests.factories import UserFactory, make_workspace
-from workspaces.permissions import Actor
+from workspaces.access import Actor
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 

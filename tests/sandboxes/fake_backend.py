@@ -2,8 +2,10 @@
 boots a run on it through the real services.
 
 The fake records every kill (successful or not), can make kills slow (`kill_latency_s`) or
-fail (`fail_kills`), and keeps each sandbox's provider timeout, so tests can assert what the
-services asked of the backend without a network."""
+fail (`fail_next_kill`), can make any other call fail (`fail_next`), and keeps each sandbox's
+provider timeout, so tests can assert what the services asked of the backend, and inject
+faults through the backend interface, without a network. Commands are recorded, not run
+(every command succeeds and prints nothing unless `command_results` says otherwise)."""
 
 from __future__ import annotations
 
@@ -20,12 +22,17 @@ import pytest
 from sandboxes import services
 from sandboxes.backends import (
     BackendError,
+    CommandNotFound,
+    CommandOutput,
     CommandResult,
     FileEntry,
+    NetworkPolicy,
     SandboxBackend,
     SandboxFileNotFound,
     SandboxInfo,
     SandboxNotFound,
+    SandboxPaused,
+    override_backend,
 )
 from sandboxes.backends.base import iter_chunks
 from sandboxes.models import SandboxRun
@@ -48,6 +55,12 @@ class FakeBackend(SandboxBackend):
         self.kills: list[str] = []  # every kill call, in order, whatever its outcome
         self.fail_kills: dict[str, list[Exception]] = {}  # sandbox id → errors to raise next
         self.commands: list[tuple[str, str]] = []
+        # What run() answers for a command (by its text); otherwise exit 0 and no output.
+        self.command_results: dict[str, CommandResult | Exception] = {}
+        self.failures: dict[str, list[Exception]] = {}  # operation → errors to raise next
+        self.paused: set[str] = set()
+        self.background: dict[tuple[str, str], bool] = {}  # (sandbox, handle) → running
+        self.networks: dict[str, NetworkPolicy | None] = {}
         self.kills_in_flight = 0
         self.max_kills_in_flight = 0  # the most kills that ever ran at once
         self._ids = itertools.count(1)
@@ -58,6 +71,19 @@ class FakeBackend(SandboxBackend):
     def fail_next_kill(self, sandbox_id: str, error: Exception, times: int = 1) -> None:
         with self._lock:
             self.fail_kills.setdefault(sandbox_id, []).extend([error] * times)
+
+    def fail_next(self, operation: str, error: Exception, times: int = 1) -> None:
+        """The next `times` calls of `operation` (create, run, write_file, read_file,
+        list_files, set_timeout, pause, resume, start_command, …) raise `error`."""
+        with self._lock:
+            self.failures.setdefault(operation, []).extend([error] * times)
+
+    def _maybe_fail(self, operation: str) -> None:
+        with self._lock:
+            pending = self.failures.get(operation)
+            error = pending.pop(0) if pending else None
+        if error is not None:
+            raise error
 
     def add(
         self, metadata: dict[str, str], *, timeout_s: int = 300, sandbox_id: str | None = None
@@ -71,10 +97,24 @@ class FakeBackend(SandboxBackend):
 
     # -- the interface ---------------------------------------------------------------------
 
+    supports_pause = True
+
     def create(
-        self, *, template: str, metadata: dict[str, str], envs: dict[str, str], timeout_s: int
+        self,
+        *,
+        template: str,
+        metadata: dict[str, str],
+        envs: dict[str, str],
+        timeout_s: int,
+        network: NetworkPolicy | None = None,
     ) -> SandboxInfo:
-        return self._store(None, metadata, timeout_s)
+        self._maybe_fail("create")
+        info = self._store(None, metadata, timeout_s)
+        self.networks[info.sandbox_id] = network
+        return info
+
+    def check_network(self, network: NetworkPolicy) -> None:
+        """The fake enforces whatever it is asked (it has no network to give)."""
 
     def _store(
         self, sandbox_id: str | None, metadata: dict[str, str], timeout_s: int
@@ -112,6 +152,7 @@ class FakeBackend(SandboxBackend):
                 self.kills_in_flight -= 1
 
     def set_timeout(self, sandbox_id: str, timeout_s: int) -> None:
+        self._maybe_fail("set_timeout")
         with self._lock:
             info = self._live(sandbox_id)
             end_at = datetime.now(UTC) + timedelta(seconds=timeout_s)
@@ -132,33 +173,100 @@ class FakeBackend(SandboxBackend):
         envs: dict[str, str] | None = None,
         on_output: Any = None,
         max_output_bytes: int = 1024 * 1024,
+        cancel: threading.Event | None = None,
     ) -> CommandResult:
-        """Commands are recorded, not run: every command succeeds and prints nothing."""
+        """Commands are recorded, not run (see `command_results`)."""
+        self._maybe_fail("run")
+        with self._lock:
+            self._running(sandbox_id)
+            self.commands.append((sandbox_id, command))
+            answer = self.command_results.get(command, CommandResult(0, "", "", False, 0))
+        if isinstance(answer, Exception):
+            raise answer
+        if on_output is not None:
+            for stream, text in (("stdout", answer.stdout), ("stderr", answer.stderr)):
+                if text:
+                    on_output(stream, text)
+        return answer
+
+    def start_command(
+        self,
+        sandbox_id: str,
+        command: str,
+        *,
+        cwd: str | None = None,
+        envs: dict[str, str] | None = None,
+        max_output_bytes: int = 1024 * 1024,
+    ) -> str:
+        self._maybe_fail("start_command")
+        with self._lock:
+            self._running(sandbox_id)
+            self.commands.append((sandbox_id, command))
+            handle = f"bg-{next(self._ids)}"
+            self.background[(sandbox_id, handle)] = True
+        return handle
+
+    def command_output(
+        self,
+        sandbox_id: str,
+        handle: str,
+        *,
+        stdout_offset: int = 0,
+        stderr_offset: int = 0,
+        max_bytes: int = 1024 * 1024,
+    ) -> CommandOutput:
         with self._lock:
             self._live(sandbox_id)
-            self.commands.append((sandbox_id, command))
-        return CommandResult(0, "", "", False, 0)
+            if (sandbox_id, handle) not in self.background:
+                raise CommandNotFound(handle)
+            running = self.background[(sandbox_id, handle)]
+        return CommandOutput(b"", b"", stdout_offset, stderr_offset, None, running)
+
+    def kill_command(self, sandbox_id: str, handle: str) -> bool:
+        with self._lock:
+            self._live(sandbox_id)
+            if (sandbox_id, handle) not in self.background:
+                raise CommandNotFound(handle)
+            was_running = self.background[(sandbox_id, handle)]
+            self.background[(sandbox_id, handle)] = False
+        return was_running
+
+    def pause(self, sandbox_id: str) -> None:
+        self._maybe_fail("pause")
+        with self._lock:
+            self._live(sandbox_id)
+            self.paused.add(sandbox_id)
+
+    def resume(self, sandbox_id: str, *, timeout_s: int) -> None:
+        self._maybe_fail("resume")
+        with self._lock:
+            self._live(sandbox_id)
+            self.paused.discard(sandbox_id)
+            self.timeouts[sandbox_id] = timeout_s
 
     def write_file(self, sandbox_id: str, path: str, data: bytes | BinaryIO) -> None:
+        self._maybe_fail("write_file")
         content = b"".join(iter_chunks(data))
         with self._lock:
-            self._live(sandbox_id)
+            self._running(sandbox_id)
             self.files[(sandbox_id, path)] = content
 
     def read_file(
         self, sandbox_id: str, path: str, *, chunk_size: int = 64 * 1024
     ) -> Iterator[bytes]:
+        self._maybe_fail("read_file")
         with self._lock:
-            self._live(sandbox_id)
+            self._running(sandbox_id)
             if (sandbox_id, path) not in self.files:
                 raise SandboxFileNotFound(f"{path}: no such file")
             content = self.files[(sandbox_id, path)]
         return iter([content[i : i + chunk_size] for i in range(0, len(content), chunk_size)])
 
     def list_files(self, sandbox_id: str, path: str) -> list[FileEntry]:
+        self._maybe_fail("list_files")
         prefix = path.rstrip("/") + "/"
         with self._lock:
-            self._live(sandbox_id)
+            self._running(sandbox_id)
             names = [p for (s, p) in self.files if s == sandbox_id and p.startswith(prefix)]
         return [
             FileEntry(
@@ -185,15 +293,19 @@ class FakeBackend(SandboxBackend):
             raise SandboxNotFound(f"sandbox {sandbox_id} not found")
         return info
 
+    def _running(self, sandbox_id: str) -> SandboxInfo:
+        info = self._live(sandbox_id)
+        if sandbox_id in self.paused:
+            raise SandboxPaused(f"sandbox {sandbox_id} is paused")
+        return info
+
 
 @pytest.fixture(name="fake_backend")
-def fake_backend_fixture(monkeypatch: pytest.MonkeyPatch) -> FakeBackend:
-    """Every service that asks for the backend gets this one. Test modules import this
-    function to make the `fake_backend` fixture available."""
-    backend = FakeBackend()
-    monkeypatch.setattr("sandboxes.services.get_backend", lambda: backend)
-    monkeypatch.setattr("sandboxes.sweep.get_backend", lambda: backend)
-    return backend
+def fake_backend_fixture() -> Iterator[FakeBackend]:
+    """Every service, task and command that asks for the backend gets this one. Test modules
+    import this function to make the `fake_backend` fixture available."""
+    with override_backend(FakeBackend()) as backend:
+        yield backend
 
 
 def start_run(*, workspace: Workspace, **fields: Any) -> SandboxRun:

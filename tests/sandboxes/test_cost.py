@@ -15,8 +15,8 @@ from sandboxes.models import SandboxRun, compute_cost
 from sandboxes.sweep import sandboxes_sweep
 from tests.factories import UserFactory, make_run
 from tests.sandboxes.fake_backend import FakeBackend, fake_backend_fixture, start_run  # noqa: F401
+from workspaces.access import Actor
 from workspaces.models import Workspace
-from workspaces.permissions import Actor
 
 T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
 

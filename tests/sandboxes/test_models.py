@@ -15,10 +15,10 @@ from django_fsm import ConcurrentTransition, TransitionNotAllowed
 
 from config.exceptions import Conflict
 from sandboxes import services
-from sandboxes.models import RunStatus, SandboxRun, TransitionLog, compute_cost
+from sandboxes.models import RunStatus, SandboxRun, compute_cost
 from tests.conftest import require_service
-from tests.factories import make_run
-from workspaces.permissions import Actor
+from tests.factories import make_run, transitions
+from workspaces.access import Actor
 
 ALL = [s.value for s in RunStatus]
 ALLOWED = {
@@ -36,6 +36,7 @@ ARGS: dict[str, dict[str, Any]] = {
     "cancel": {},
 }
 CASES = [(status, name) for status in ALL for name in ARGS]
+TESTER = Actor.system("test")
 
 
 @pytest.mark.django_db
@@ -49,8 +50,9 @@ def test_transition_table(source: str, name: str, workspace: Any) -> None:
             method(**ARGS[name])
         assert run.status == source
     else:
-        method(**ARGS[name], by=workspace.owner, description="user:olivia")
-        run.save()
+        with transaction.atomic():
+            method(**ARGS[name], by=Actor(user=workspace.owner))
+            run.save()
         run.refresh_from_db()
         assert run.status == target
 
@@ -84,15 +86,14 @@ def test_every_transition_is_logged_with_its_actor(workspace: Any, member_key: s
             sandbox_id="s",
             cpu_count=2,
             memory_mb=512,
-            **services.logged_as(Actor.system("start_sandbox_run")),
+            by=Actor.system("start_sandbox_run"),
         ),
     )
     services.run_cancel(run=run, actor=Actor(user=workspace.owner, api_key=key))
-    log = list(
-        TransitionLog.objects.filter(object_id=str(run.pk)).values_list(
-            "transition", "source_state", "state", "actor", "by"
-        )
-    )
+    log = [
+        (e.data["transition"], e.data["from"], e.data["to"], e.actor, e.actor_user_id)
+        for e in transitions(run.pk)
+    ]
     assert log == [
         ("mark_running", "booting", "running", "system:start_sandbox_run", None),
         ("cancel", "running", "canceled", f"api_key:{key.prefix}", workspace.owner.pk),
@@ -103,12 +104,13 @@ def test_every_transition_is_logged_with_its_actor(workspace: Any, member_key: s
 def test_a_stale_copy_cannot_overwrite_a_newer_transition(workspace: Any) -> None:
     run = make_run(workspace=workspace, status="running")
     stale = SandboxRun.objects.get(pk=run.pk)
-    run.cancel()
-    run.save()
+    with transaction.atomic():
+        run.cancel(by=TESTER)
+        run.save()
 
     def lose_the_race() -> None:
         with transaction.atomic():
-            stale.succeed(exit_code=0)
+            stale.succeed(exit_code=0, by=TESTER)
             stale.save()
 
     with pytest.raises(ConcurrentTransition):
@@ -116,9 +118,7 @@ def test_a_stale_copy_cannot_overwrite_a_newer_transition(workspace: Any) -> Non
     run.refresh_from_db()
     assert run.status == "canceled"
     # The loser's log row rolled back with its save: only the cancel is recorded.
-    assert list(
-        TransitionLog.objects.filter(object_id=str(run.pk)).values_list("transition", flat=True)
-    ) == ["cancel"]
+    assert [e.data["transition"] for e in transitions(run.pk)] == ["cancel"]
 
 
 @pytest.mark.postgres
@@ -143,8 +143,8 @@ def test_two_concurrent_transitions_on_postgresql_exactly_one_wins(workspace: An
             connection.close()
 
     threads = [
-        threading.Thread(target=attempt, args=(lambda r: r.succeed(exit_code=0),)),
-        threading.Thread(target=attempt, args=(lambda r: r.cancel(),)),
+        threading.Thread(target=attempt, args=(lambda r: r.succeed(exit_code=0, by=TESTER),)),
+        threading.Thread(target=attempt, args=(lambda r: r.cancel(by=TESTER),)),
     ]
     for thread in threads:
         thread.start()
@@ -169,7 +169,8 @@ def test_ending_a_run_records_its_cost(workspace: Any) -> None:
     run = make_run(workspace=workspace, status="running", cpu_count=2, memory_mb=1024)
     SandboxRun.objects.filter(pk=run.pk).update(running_at=timezone.now() - timedelta(seconds=60))
     run.refresh_from_db()
-    run.succeed(exit_code=0)
-    run.save()
+    with transaction.atomic():
+        run.succeed(exit_code=0, by=TESTER)
+        run.save()
     assert run.cost_usd is not None
     assert Decimal("0.0019") < run.cost_usd < Decimal("0.0021")  # 60 × (2×0.000014 + 0.0000045)

@@ -12,12 +12,13 @@ from django.core.management import call_command
 
 from sandboxes import services
 from sandboxes.backends import SandboxInfo, SandboxNotFound, TransientBackendError, app_tags
-from sandboxes.models import SandboxRun, TransitionLog
-from sandboxes.sweep import sandboxes_reconcile
+from sandboxes.models import SandboxRun
+from sandboxes.reconcile import sandboxes_reconcile
 from sandboxes.tasks import reconcile_sandboxes
+from tests.factories import transitions
 from tests.sandboxes.fake_backend import FakeBackend, fake_backend_fixture, start_run  # noqa: F401
+from workspaces.access import Actor
 from workspaces.models import Workspace
-from workspaces.permissions import Actor
 
 pytestmark = pytest.mark.django_db
 
@@ -110,7 +111,7 @@ def test_a_running_run_whose_sandbox_is_gone_fails_as_lost(
     run.refresh_from_db()
     assert (run.status, run.end_reason) == ("failed", "sandbox_lost")
     assert run.error is not None and run.error["code"] == "sandbox_not_found"
-    last = TransitionLog.objects.filter(object_id=str(run.pk)).last()
+    last = transitions(run.pk).last()
     assert last is not None and last.actor == "system:reconcile"
     kept.refresh_from_db()
     assert kept.status == "running"

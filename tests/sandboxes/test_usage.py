@@ -13,8 +13,8 @@ from sandboxes.selectors import run_usage
 from tests.conftest import client_as
 from tests.factories import make_api_key, make_run, make_workspace
 from workspaces import services as workspace_services
+from workspaces.access import Actor
 from workspaces.models import Workspace
-from workspaces.permissions import Actor
 
 pytestmark = pytest.mark.django_db
 

@@ -13,8 +13,8 @@ from django.contrib.messages import get_messages
 
 from tests.factories import make_api_key, make_workspace
 from workspaces import services
+from workspaces.access import Actor
 from workspaces.models import ApiKey, Membership, Role, Workspace
-from workspaces.permissions import Actor
 
 User = get_user_model()
 

@@ -9,8 +9,8 @@ import pytest
 from tests.conftest import client_as
 from tests.factories import UserFactory, make_api_key, make_workspace
 from workspaces import services
+from workspaces.access import Actor
 from workspaces.models import ApiKey, Membership, Workspace
-from workspaces.permissions import Actor
 
 CALLERS = [
     "owner", "admin", "member", "outsider", "anonymous",

@@ -13,8 +13,8 @@ from config.exceptions import Conflict, InvalidInput, PermissionDenied
 from tests.conftest import client_as
 from tests.factories import UserFactory
 from workspaces import services
+from workspaces.access import Actor
 from workspaces.models import Membership, Role, Workspace
-from workspaces.permissions import Actor
 
 
 def _new_user(**fields: Any) -> Any:

@@ -1,6 +1,6 @@
 """`manage.py review list | approve <id>… --as <user> | reject <id>… --as <user> --comment …`
 
-Thin over artifacts.services: the decision is checked and logged exactly as in the API and the
+Thin over artifacts.review: the decision is checked and logged exactly as in the API and the
 admin (role, self-review, final states), acting as the named user."""
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from django.template.defaultfilters import filesizeformat
 from django.utils import timezone
 from django.utils.timesince import timesince
 
-from artifacts import selectors, services
-from config.exceptions import AirlockError
-from workspaces.permissions import Actor
+from artifacts import review, selectors
+from artifacts.models import Artifact
+from workspaces.access import Actor
 
 VERBS = {"approve": "approved", "reject": "rejected"}
 
@@ -65,27 +65,47 @@ class Command(BaseCommand):
         self.stdout.write(f"{total} pending" + (f", {limit} shown" if total > limit else "."))
 
     def _decide(self, *, decision: str, ids: list[str], username: str, comment: str) -> None:
-        user = get_user_model().objects.filter(username=username).first()
+        user = get_user_model().objects.filter(username=username, is_active=True).first()
         if user is None:
             raise CommandError(f"No user named {username!r}.")
         if decision == "reject" and not comment.strip():
             raise CommandError('A reject needs a comment: --comment "why".')
-        actor = Actor(user=user)
-        failures = 0
-        for raw_id in ids:
-            try:
-                artifact, _ = selectors.artifact_get(actor=actor, artifact_id=uuid.UUID(raw_id))
-                services.artifact_review(
-                    artifact=artifact, actor=actor, decision=decision, comment=comment
-                )
-            except ValueError:
-                self.stderr.write(f"{raw_id}: not an artifact id")
-                failures += 1
-                continue
-            except AirlockError as exc:
-                self.stderr.write(f"{raw_id}: {exc.detail}")
-                failures += 1
-                continue
-            self.stdout.write(f"{raw_id}: {VERBS[decision]} ({artifact.title!r})")
+        actor = Actor.for_user(user)
+        artifacts, missing = self._artifacts(ids)
+        for raw_id, why in missing:
+            self.stderr.write(f"{raw_id}: {why}")
+        outcome = review.artifacts_review(
+            artifacts=artifacts, actor=actor, decision=decision, comment=comment
+        )
+        for artifact in outcome.done:
+            self.stdout.write(f"{artifact.pk}: {VERBS[decision]} ({artifact.title!r})")
+        for artifact in outcome.already_decided:
+            self.stderr.write(f"{artifact.pk}: already {artifact.review_state}")
+        for artifact, why in outcome.refused:
+            self.stderr.write(f"{artifact.pk}: {why}")
+        failures = len(missing) + len(outcome.already_decided) + len(outcome.refused)
         if failures:
             raise CommandError(f"{failures} of {len(ids)} not {VERBS[decision]}.")
+
+    @staticmethod
+    def _artifacts(ids: list[str]) -> tuple[list[Artifact], list[tuple[str, str]]]:
+        """The named artifacts, in the order given, and the ids that name none (with why).
+        Whether the reviewer may see them is the review service's to say."""
+        parsed: dict[str, uuid.UUID | None] = {}
+        for raw_id in ids:
+            try:
+                parsed[raw_id] = uuid.UUID(raw_id)
+            except ValueError:
+                parsed[raw_id] = None
+        found = Artifact.objects.select_related(*selectors.ARTIFACT_RELATED).in_bulk(
+            [pk for pk in parsed.values() if pk is not None]
+        )
+        artifacts, missing = [], []
+        for raw_id, pk in parsed.items():
+            if pk is None:
+                missing.append((raw_id, "not an artifact id"))
+            elif pk in found:
+                artifacts.append(found[pk])
+            else:
+                missing.append((raw_id, "No such artifact."))
+        return artifacts, missing

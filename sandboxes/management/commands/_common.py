@@ -3,22 +3,23 @@
 from __future__ import annotations
 
 from django.contrib.auth import get_user_model
+from django.contrib.auth.base_user import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.core.management.base import CommandError
 
 from sandboxes.models import SandboxRun
-from workspaces.permissions import Actor
+from workspaces.access import Actor
 
 
-def actor_for(username: str | None, *, default_user: object | None = None) -> Actor:
+def actor_for(username: str | None, *, default_user: AbstractBaseUser | None = None) -> Actor:
     if username is None:
         if default_user is None:
             raise CommandError("Say who acts: --as <username>.")
-        return Actor(user=default_user)  # type: ignore[arg-type]
+        return Actor.for_user(default_user)
     user = get_user_model().objects.filter(username=username, is_active=True).first()
     if user is None:
         raise CommandError(f"No active user {username!r}.")
-    return Actor(user=user)
+    return Actor.for_user(user)
 
 
 def run_by_id(run_id: str) -> SandboxRun:

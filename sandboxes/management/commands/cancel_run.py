@@ -7,7 +7,7 @@ from django.core.management.base import BaseCommand
 from config.exceptions import Conflict
 from sandboxes import services
 from sandboxes.management.commands._common import actor_for, describe, run_by_id
-from workspaces.permissions import Actor
+from workspaces.access import Actor
 
 
 class Command(BaseCommand):

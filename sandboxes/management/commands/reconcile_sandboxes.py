@@ -4,7 +4,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from sandboxes import sweep
+from sandboxes import reconcile
 
 
 class Command(BaseCommand):
@@ -20,7 +20,7 @@ class Command(BaseCommand):
         mode.add_argument("--dry-run", action="store_true", help="say what would happen (default)")
 
     def handle(self, *args: Any, for_real: bool, **options: Any) -> None:
-        report = sweep.sandboxes_reconcile(dry_run=not for_real)
+        report = reconcile.sandboxes_reconcile(dry_run=not for_real)
         for action in report.actions:
             (self.stderr if action.outcome == "error" else self.stdout).write(str(action))
         if not for_real:

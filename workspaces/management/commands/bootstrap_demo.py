@@ -18,8 +18,8 @@ from django.core.management.base import BaseCommand
 from django.db import transaction
 
 from workspaces import selectors, services
+from workspaces.access import Actor
 from workspaces.models import Workspace
-from workspaces.permissions import Actor
 
 DEMO_USERNAME = "demo"
 READY_TIMEOUT_S = 60
@@ -78,7 +78,7 @@ class Command(BaseCommand):
         key = selectors.api_key_find(raw_key=raw_key) if raw_key else None
         if key is None or key.revoked_at is not None or key.workspace_id != workspace.pk:
             _, raw_key = services.api_key_create(
-                workspace=workspace, name="demo", role="admin", actor=Actor(user=user)
+                workspace=workspace, name="demo", role="admin", actor=Actor.for_user(user)
             )
         return {
             "username": DEMO_USERNAME,

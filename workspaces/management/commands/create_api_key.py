@@ -8,8 +8,8 @@ from django.core.management.base import BaseCommand, CommandError
 
 from config.exceptions import AirlockError
 from workspaces import services
+from workspaces.access import Actor
 from workspaces.models import ApiKeyRole, Workspace
-from workspaces.permissions import Actor
 
 
 class Command(BaseCommand):
@@ -36,7 +36,7 @@ class Command(BaseCommand):
             user = named
         try:
             key, secret = services.api_key_create(
-                workspace=ws, name=name, role=role, actor=Actor(user=user)
+                workspace=ws, name=name, role=role, actor=Actor.for_user(user)
             )
         except AirlockError as exc:
             raise CommandError(exc.detail) from exc

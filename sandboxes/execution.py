@@ -1,0 +1,376 @@
+"""What runs inside a running run's sandbox: commands (each a row of the run's command history
+and two events on the trail) and file calls. Every call counts as activity on the run. Backend
+calls happen outside database transactions.
+
+`as_api_error` is the one mapping of backend errors onto the errors the API, the admin and the
+commands show; `backend_call` adds what a call on a running run implies: a sandbox that
+vanished under it fails the run as sandbox_lost.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import logging
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, BinaryIO, Protocol, TypeVar
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from config.exceptions import (
+    AirlockError,
+    Conflict,
+    InvalidInput,
+    NotFound,
+    ServiceUnavailable,
+    TooLarge,
+)
+from sandboxes import services, validation
+from sandboxes.backends import (
+    BackendError,
+    CommandResult,
+    CommandTimeout,
+    FileEntry,
+    SandboxFileNotFound,
+    SandboxNotFound,
+    TransientBackendError,
+    get_backend,
+)
+from sandboxes.backends.base import SANDBOX_HOME
+from sandboxes.models import (
+    COMMAND_TAIL_BYTES,
+    Command,
+    CommandKind,
+    CommandStatus,
+    EndReason,
+    RunStatus,
+    SandboxRun,
+)
+from workspaces import events
+from workspaces.access import Actor
+from workspaces.models import EventType
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+SYSTEM_SANDBOX_LOST = Actor.system("sandbox_lost")
+SPOOL_IN_MEMORY_BYTES = 8 * 1024 * 1024
+DEFAULT_EXEC_TIMEOUT_S = 60.0
+
+
+# --- errors --------------------------------------------------------------------------
+
+
+def as_api_error(exc: BackendError) -> AirlockError:
+    """A backend error as callers see it. Nothing here changes the run's state."""
+    if isinstance(exc, SandboxFileNotFound):
+        return NotFound("No such file in the sandbox.", code="file_not_found")
+    if isinstance(exc, SandboxNotFound):
+        return Conflict("The sandbox is gone.", code="sandbox_lost")
+    if isinstance(exc, TransientBackendError):
+        return ServiceUnavailable(f"The sandbox backend is unavailable: {exc}")
+    return InvalidInput(str(exc), code=exc.code)
+
+
+def backend_call(run: SandboxRun, call: Callable[[], T]) -> T:
+    """Call the backend for a running run: errors mapped by `as_api_error`, and a sandbox that
+    vanished fails the run (sandbox_lost). CommandTimeout passes through to the caller."""
+    try:
+        return call()
+    except CommandTimeout:
+        raise
+    except SandboxNotFound as exc:
+        run_lose_sandbox(run=run, error=exc)
+        raise Conflict("The sandbox is gone; the run has failed.", code="sandbox_lost") from exc
+    except BackendError as exc:
+        raise as_api_error(exc) from exc
+
+
+def run_lose_sandbox(*, run: SandboxRun, error: SandboxNotFound) -> None:
+    """The sandbox vanished under a running run: the run fails as sandbox_lost (unless it
+    ended otherwise meanwhile)."""
+    with contextlib.suppress(Conflict):
+        services.run_transition(
+            run.pk,
+            lambda r: r.fail(
+                reason=EndReason.SANDBOX_LOST,
+                error={"code": error.code, "message": str(error)},
+                by=SYSTEM_SANDBOX_LOST,
+            ),
+        )
+
+
+def require_running(run: SandboxRun) -> None:
+    if run.status != RunStatus.RUNNING:
+        raise Conflict(f"The run is {run.status}, not running.", code="invalid_state")
+
+
+# --- the command history -------------------------------------------------------------
+
+
+def tail(text: str, limit: int = COMMAND_TAIL_BYTES) -> tuple[str, bool]:
+    """The last `limit` UTF-8 bytes of `text` (cut on a character boundary), and whether
+    anything was cut. NUL becomes U+FFFD: PostgreSQL text cannot hold it."""
+    text = text.replace("\x00", "\ufffd")
+    data = text.encode("utf-8", "replace")
+    if len(data) <= limit:
+        return text, False
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="ignore")
+    return decoder.decode(data[-limit:], final=True), True
+
+
+def command_start(
+    *,
+    run: SandboxRun,
+    actor: Actor,
+    kind: CommandKind,
+    command: str,
+    cwd: str,
+    env: dict[str, str] | None = None,
+) -> Command:
+    """A command's row, and `command.started` on the trail: before it runs, so a crash
+    mid-command still leaves it in the history."""
+    with transaction.atomic():
+        row = Command.objects.create(
+            run=run,
+            workspace_id=run.workspace_id,
+            kind=kind,
+            command=command,
+            cwd=cwd,
+            env_names=sorted(env or {}),
+            actor=str(actor),
+        )
+        row.run = run
+        events.record(
+            actor=actor,
+            type=EventType.COMMAND_STARTED,
+            subject=row,
+            data={
+                "kind": kind.value,
+                "command": services.trail_text(command),
+                "cwd": cwd,
+                "env_names": row.env_names,
+            },
+        )
+    return row
+
+
+def command_finish(
+    *,
+    command: Command,
+    actor: Actor,
+    status: CommandStatus,
+    exit_code: int | None = None,
+    stdout: str = "",
+    stderr: str = "",
+    truncated: bool = False,
+    duration_ms: int | None = None,
+    error: dict[str, str] | None = None,
+) -> Command:
+    """How a command ended, with its output tails, and `command.finished` on the trail. Only
+    a running command finishes: a second report of the same end records nothing."""
+    command.stdout_tail, cut_out = tail(stdout)
+    command.stderr_tail, cut_err = tail(stderr)
+    command.truncated = truncated or cut_out or cut_err
+    command.status = status
+    command.exit_code = exit_code
+    command.ended_at = timezone.now()
+    command.duration_ms = (
+        duration_ms
+        if duration_ms is not None
+        else int((command.ended_at - command.started_at).total_seconds() * 1000)
+    )
+    command.error = error
+    fields = ["stdout_tail", "stderr_tail", "truncated", "status", "exit_code", "ended_at",
+              "duration_ms", "error"]  # fmt: skip
+    with transaction.atomic():
+        updated = Command.objects.filter(pk=command.pk, status=CommandStatus.RUNNING).update(
+            **{name: getattr(command, name) for name in fields}
+        )
+        if updated:
+            events.record(
+                actor=actor,
+                type=EventType.COMMAND_FINISHED,
+                subject=command,
+                data={
+                    "kind": command.kind,
+                    "status": status.value,
+                    "exit_code": exit_code,
+                    "duration_ms": command.duration_ms,
+                    "timed_out": status == CommandStatus.TIMED_OUT,
+                    "truncated": command.truncated,
+                },
+            )
+    return command
+
+
+# --- exec ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    exit_code: int | None
+    stdout: str
+    stderr: str
+    truncated: bool
+    timed_out: bool
+    duration_ms: int
+    command_id: Any = None
+
+
+def run_exec(
+    *,
+    run: SandboxRun,
+    actor: Actor,
+    command: str,
+    timeout_s: float | None = None,
+    cwd: str | None = None,
+    env: dict[str, str] | None = None,
+) -> ExecResult:
+    """Run one foreground command and wait for it (at most `timeout_s`, default a minute or
+    the run's remaining time). A timed-out command is a result (`timed_out`), not an error."""
+    require_running(run)
+    remaining = run.remaining_s()
+    if timeout_s is None:
+        timeout_s = min(DEFAULT_EXEC_TIMEOUT_S, remaining)
+    elif timeout_s > remaining:
+        raise InvalidInput(
+            f"timeout_s is longer than the run's remaining time ({int(remaining)} s).",
+            code="timeout_too_long",
+        )
+    cwd = validation.clean_sandbox_path(cwd, field="cwd") if cwd else SANDBOX_HOME
+    env = validation.clean_env(env)
+    services.run_touch(run=run)
+    row = command_start(
+        run=run, actor=actor, kind=CommandKind.EXEC, command=command, cwd=cwd, env=env
+    )
+    started = time.monotonic()
+    try:
+        result: CommandResult = backend_call(
+            run,
+            lambda: get_backend().run(
+                run.sandbox_id,
+                command,
+                timeout_s=timeout_s,
+                cwd=cwd,
+                envs=env,
+                max_output_bytes=settings.EXEC_MAX_OUTPUT_BYTES,
+            ),
+        )
+    except CommandTimeout as exc:
+        elapsed = int((time.monotonic() - started) * 1000)
+        command_finish(
+            command=row,
+            actor=actor,
+            status=CommandStatus.TIMED_OUT,
+            stdout=exc.stdout,
+            stderr=exc.stderr,
+            duration_ms=elapsed,
+        )
+        return ExecResult(None, exc.stdout, exc.stderr, False, True, elapsed, row.pk)
+    except AirlockError as exc:
+        command_finish(
+            command=row,
+            actor=actor,
+            status=CommandStatus.FAILED,
+            error={"code": exc.code, "message": exc.detail},
+        )
+        raise
+    finally:
+        services.run_touch(run=run)
+    command_finish(
+        command=row,
+        actor=actor,
+        status=CommandStatus.EXITED,
+        exit_code=result.exit_code,
+        stdout=result.stdout,
+        stderr=result.stderr,
+        truncated=result.truncated,
+        duration_ms=result.duration_ms,
+    )
+    return ExecResult(
+        result.exit_code,
+        result.stdout,
+        result.stderr,
+        result.truncated,
+        False,
+        result.duration_ms,
+        row.pk,
+    )
+
+
+# --- files ---------------------------------------------------------------------------
+
+
+class Readable(Protocol):
+    def read(self, size: int = ..., /) -> bytes: ...
+
+
+def spool_upload(stream: Readable, *, limit: int) -> BinaryIO:
+    """Read an upload fully before it reaches the sandbox, so an oversized body is refused
+    whole (413) instead of leaving half a file behind. Memory is bounded: big bodies spool
+    to a temporary file."""
+    spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY_BYTES)  # noqa: SIM115
+    total = 0
+    while chunk := stream.read(64 * 1024):
+        total += len(chunk)
+        if total > limit:
+            spool.close()
+            raise TooLarge(f"The upload is larger than {limit} bytes.")
+        spool.write(chunk)
+    spool.seek(0)
+    return spool  # type: ignore[return-value]  # a SpooledTemporaryFile reads like one
+
+
+def run_upload_file(*, run: SandboxRun, actor: Actor, path: str, stream: Readable) -> int:
+    """Write a file into the sandbox (parents created, replaced if there); `file.uploaded` on
+    the trail with its path and size."""
+    require_running(run)
+    path = validation.clean_sandbox_path(path)
+    spool = spool_upload(stream, limit=settings.UPLOAD_MAX_BYTES)
+    try:
+        size = spool.seek(0, 2)
+        spool.seek(0)
+        backend_call(run, lambda: get_backend().write_file(run.sandbox_id, path, spool))
+    finally:
+        spool.close()
+    with transaction.atomic():
+        events.record(
+            actor=actor,
+            type=EventType.FILE_UPLOADED,
+            subject=run,
+            data={"path": path, "size": size},
+        )
+    services.run_touch(run=run)
+    return size
+
+
+def run_download_file(
+    *, run: SandboxRun, path: str, chunk_size: int = 64 * 1024
+) -> Iterator[bytes]:
+    require_running(run)
+    path = validation.clean_sandbox_path(path)
+    services.run_touch(run=run)
+    chunks = backend_call(
+        run, lambda: get_backend().read_file(run.sandbox_id, path, chunk_size=chunk_size)
+    )
+    # read_file raises not-found before its first chunk: pull it now, inside the mapping.
+    first = backend_call(run, lambda: next(chunks, b""))
+
+    def stream() -> Iterator[bytes]:
+        yield first
+        yield from chunks
+
+    return stream()
+
+
+def run_list_files(*, run: SandboxRun, path: str) -> list[FileEntry]:
+    require_running(run)
+    path = validation.clean_sandbox_path(path)
+    services.run_touch(run=run)
+    return list(backend_call(run, lambda: get_backend().list_files(run.sandbox_id, path)))

@@ -1,0 +1,84 @@
+"""Checks of what callers ask of a sandbox (paths, env, metadata, timeouts), shared by the run
+services, the artifact capture and the commands. A refusal is an InvalidInput (a 400)."""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from typing import Any
+
+from django.conf import settings
+
+from config.exceptions import InvalidInput
+from sandboxes.backends.base import SANDBOX_HOME
+
+MAX_DURATION_LIMIT_MS = 24 * 60 * 60 * 1000  # E2B's longest sandbox lifetime
+MIN_TIMEOUT_MS = 1000
+MAX_METADATA_KEYS = 16
+MAX_ENV_VARS = 100
+MAX_FILES = 100
+PATH_MAX_LENGTH = 1024
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+
+
+def clean_sandbox_path(path: str, *, field: str = "path") -> str:
+    """An absolute, normalised path inside the sandbox home: no `..`, no NUL, not too long."""
+    if not isinstance(path, str) or not path:
+        raise InvalidInput(f"{field}: a path is required.", code="invalid_path")
+    if "\x00" in path:
+        raise InvalidInput(f"{field}: NUL bytes are not allowed in paths.", code="invalid_path")
+    if len(path) > PATH_MAX_LENGTH:
+        raise InvalidInput(f"{field}: path is longer than {PATH_MAX_LENGTH}.", code="invalid_path")
+    if not path.startswith("/"):
+        raise InvalidInput(f"{field}: the path must be absolute.", code="invalid_path")
+    if ".." in path.split("/"):
+        raise InvalidInput(f"{field}: `..` is not allowed in paths.", code="invalid_path")
+    normalised = posixpath.normpath(path)
+    if normalised != SANDBOX_HOME and not normalised.startswith(SANDBOX_HOME + "/"):
+        raise InvalidInput(f"{field}: the path must be under {SANDBOX_HOME}.", code="invalid_path")
+    return normalised
+
+
+def clean_env(env: dict[str, str] | None, *, field: str = "env") -> dict[str, str]:
+    env = env or {}
+    if len(env) > MAX_ENV_VARS:
+        raise InvalidInput(f"{field}: at most {MAX_ENV_VARS} variables.", code="too_many")
+    for name, value in env.items():
+        if not ENV_NAME.match(name):
+            raise InvalidInput(f"{field}: {name!r} is not a valid variable name.", code="invalid")
+        if not isinstance(value, str) or "\x00" in value:
+            raise InvalidInput(f"{field}: {name} must be a string without NUL.", code="invalid")
+    return env
+
+
+def clean_metadata(metadata: dict[str, Any] | None) -> dict[str, Any]:
+    metadata = metadata or {}
+    if len(metadata) > MAX_METADATA_KEYS:
+        raise InvalidInput(f"metadata: at most {MAX_METADATA_KEYS} keys.", code="too_many")
+    for key, value in metadata.items():
+        if len(key) > 64:
+            raise InvalidInput("metadata: keys are at most 64 characters.", code="invalid")
+        if not (value is None or isinstance(value, str | int | float | bool)):
+            raise InvalidInput(f"metadata: {key} must be a string, number, boolean or null.")
+        if isinstance(value, str) and len(value) > 512:
+            raise InvalidInput(f"metadata: {key} is longer than 512 characters.", code="invalid")
+    return metadata
+
+
+def clean_timeouts(max_duration_ms: int | None, idle_timeout_ms: int | None) -> tuple[int, int]:
+    max_duration = max_duration_ms or settings.SANDBOX_DEFAULT_MAX_DURATION_MS
+    idle = idle_timeout_ms or settings.SANDBOX_DEFAULT_IDLE_TIMEOUT_MS
+    for name, value in (("max_duration_ms", max_duration), ("idle_timeout_ms", idle)):
+        if not MIN_TIMEOUT_MS <= value <= MAX_DURATION_LIMIT_MS:
+            raise InvalidInput(
+                f"{name} must be between {MIN_TIMEOUT_MS} and {MAX_DURATION_LIMIT_MS}.",
+                code="out_of_range",
+            )
+    return max_duration, idle
+
+
+def clean_files(files: dict[str, str] | None) -> dict[str, str]:
+    files = files or {}
+    if len(files) > MAX_FILES:
+        raise InvalidInput(f"files: at most {MAX_FILES} files.", code="too_many")
+    return {clean_sandbox_path(path, field="files"): content for path, content in files.items()}

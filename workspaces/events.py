@@ -1,0 +1,96 @@
+"""The one place that writes the trail (SPEC §10): every service of every app calls `record`
+inside the transaction of the write it describes, so the event commits or rolls back with it.
+
+State-machine transitions reach the trail the same way: django-fsm-log's storage backend
+(`TrailBackend`, configured as DJANGO_FSM_LOG_STORAGE_METHOD) calls `record` when a transition
+runs, with the actor passed to the transition as `by=`. The transition record and the event are
+one row.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+from django.db import transaction
+from django_fsm_log.backends import BaseBackend
+from django_fsm_log.helpers import FSMLogDescriptor
+
+from workspaces.access import Actor
+from workspaces.models import Event, EventType, Subject
+
+
+@runtime_checkable
+class OnTrail(Protocol):
+    """A model whose writes are recorded: it says what it is as a subject."""
+
+    def trail_subject(self) -> Subject: ...
+
+
+@runtime_checkable
+class TransitionsOnTrail(OnTrail, Protocol):
+    """A model with a state machine: it also says what its transitions record (metadata only)."""
+
+    def trail_data(self, transition: str) -> dict[str, Any]: ...
+
+
+def record(
+    *,
+    actor: Actor,
+    type: EventType | str,
+    subject: Subject | OnTrail,
+    data: dict[str, Any] | None = None,
+) -> Event:
+    """Write one event for a write the caller is making now, in the caller's transaction."""
+    if not transaction.get_connection().in_atomic_block:
+        # Outside a transaction the event could commit without its write, or the reverse.
+        raise RuntimeError(f"record({type}) must run inside the write's transaction.atomic()")
+    about = subject if isinstance(subject, Subject) else subject.trail_subject()
+    return Event.objects.create(
+        workspace_id=about.workspace_id,
+        type=str(type),
+        actor=str(actor),
+        actor_user=actor.user,
+        actor_api_key=actor.api_key,
+        subject_type=about.kind,
+        subject_id=str(about.id),
+        run_id=about.run_id,
+        thread_id=about.thread_id,
+        data=data or {},
+    )
+
+
+class TrailBackend(BaseBackend):
+    """django-fsm-log storage backend: a transition is an event on the trail.
+
+    Transitions are called with `by=<Actor>` (`fsm_log_by`); the event's type is
+    `<subject kind>.<target state>`, e.g. `run.running` or `artifact.approved`."""
+
+    @staticmethod
+    def setup_model(model: Any) -> None:
+        pass
+
+    @staticmethod
+    def pre_transition_callback(*args: Any, **kwargs: Any) -> None:
+        pass
+
+    @staticmethod
+    def post_transition_callback(
+        sender: Any, instance: Any, name: str, source: str, target: str | None, **kwargs: Any
+    ) -> None:
+        if target is None:
+            return
+        try:
+            actor = FSMLogDescriptor(instance, "by").get()
+        except AttributeError:
+            actor = None
+        if not isinstance(actor, Actor):
+            raise TypeError(f"{sender.__name__}.{name} must be called with by=<Actor>")
+        if not isinstance(instance, TransitionsOnTrail):
+            raise TypeError(f"{sender.__name__} does not say what its transitions record")
+        subject = instance.trail_subject()
+        record(
+            actor=actor,
+            type=f"{subject.kind}.{target}",
+            subject=subject,
+            data={"transition": name, "from": source, "to": target, **instance.trail_data(name)},
+        )

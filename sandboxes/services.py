@@ -45,8 +45,10 @@ logger = logging.getLogger(__name__)
 TOUCH_MIN_INTERVAL = timedelta(seconds=1)
 # What each system task acts as, on the trail.
 SYSTEM_START = Actor.system("start_sandbox_run")
-# The command job runs the run's command and captures its outputs as artifacts, so it lives in
-# the artifacts app; named here, never imported: sandboxes does not depend on artifacts.
+# Tasks are enqueued by name: the task modules import the services, never the reverse. The
+# command job runs the run's command and captures its outputs as artifacts, so it lives in the
+# artifacts app (sandboxes never imports artifacts).
+START_TASK = "sandboxes.tasks.start_sandbox_run"
 COMMAND_JOB_TASK = "artifacts.tasks.execute_run_command"
 # Event data keeps the start of long texts: the trail is metadata, the row has the whole text.
 TRAIL_TEXT_CHARS = 2000
@@ -214,9 +216,7 @@ def _check_active_limit(workspace: Workspace) -> None:
 
 
 def _enqueue_start(run: SandboxRun) -> None:
-    from sandboxes.tasks import start_sandbox_run
-
-    start_sandbox_run.delay(str(run.pk))
+    current_app.send_task(START_TASK, args=(str(run.pk),))
 
 
 def _enqueue_command_job(run: SandboxRun) -> None:

@@ -22,7 +22,12 @@ def backoff_s(retries: int) -> int:
 
 
 @shared_task(
-    bind=True, acks_late=True, soft_time_limit=150, time_limit=180, max_retries=START_MAX_RETRIES
+    bind=True,
+    name="sandboxes.tasks.start_sandbox_run",  # services.START_TASK
+    acks_late=True,
+    soft_time_limit=150,
+    time_limit=180,
+    max_retries=START_MAX_RETRIES,
 )
 def start_sandbox_run(self: Any, run_id: str) -> None:
     try:

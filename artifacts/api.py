@@ -23,12 +23,11 @@ from config.api import StrictSerializer, page_of, paginate, validated
 from sandboxes.api import RunScopedView
 from sandboxes.services import run_touch
 from sandboxes.validation import PATH_MAX_LENGTH
-from workspaces import access
 from workspaces.access import Actor
 from workspaces.models import Role
 
 
-class ArtifactOut(serializers.ModelSerializer):
+class ArtifactOut(serializers.ModelSerializer[Artifact]):
     run_id = serializers.UUIDField(read_only=True)
     workspace_id = serializers.UUIDField(read_only=True)
     reviewed_by_id = serializers.IntegerField(read_only=True, allow_null=True)
@@ -47,7 +46,10 @@ class ArtifactOut(serializers.ModelSerializer):
 
     def get_preview_text(self, artifact: Artifact) -> str | None:
         # Set by every selector: a member sees what is in the airlock only once it is out.
-        return artifact.preview_text if artifact.content_visible else None
+        # One artifact: the view says (from selectors.content_visible); a list: the selector's
+        # per-row annotation.
+        visible = self.context.get("content_visible", getattr(artifact, "content_visible", False))
+        return artifact.preview_text if visible else None
 
 
 class CaptureIn(StrictSerializer):
@@ -78,7 +80,7 @@ class ArtifactFilter(django_filters.FilterSet):
         fields = ["review_state", "type", "thread_id", "run", "workspace"]
 
 
-class RunArtifactsView(RunScopedView, generics.GenericAPIView):
+class RunArtifactsView(RunScopedView, generics.GenericAPIView[Artifact]):
     filter_backends = [DjangoFilterBackend]
     filterset_class = ArtifactFilter
     queryset = Artifact.objects.none()
@@ -98,11 +100,12 @@ class RunArtifactsView(RunScopedView, generics.GenericAPIView):
         data = validated(CaptureIn, request)
         artifact = capture.artifact_capture(run=self.run, actor=self.actor, **data)
         # As in GET artifacts/{id}/: a member sees the preview once it is approved.
-        artifact.content_visible = access.has_role(self.role, Role.ADMIN)
-        return Response(ArtifactOut(artifact).data, status=status.HTTP_201_CREATED)
+        visible = selectors.content_visible(artifact=artifact, role=self.role)
+        body = ArtifactOut(artifact, context={"content_visible": visible}).data
+        return Response(body, status=status.HTTP_201_CREATED)
 
 
-class ArtifactListView(generics.GenericAPIView):
+class ArtifactListView(generics.GenericAPIView[Artifact]):
     filter_backends = [DjangoFilterBackend]
     filterset_class = ArtifactFilter
     queryset = Artifact.objects.none()
@@ -134,6 +137,11 @@ class ArtifactScopedView(APIView):
         )
         run_touch(run=self.artifact.run)
 
+    def serializer_context(self) -> dict[str, Any]:
+        return {
+            "content_visible": selectors.content_visible(artifact=self.artifact, role=self.role)
+        }
+
 
 class ArtifactDetailView(ArtifactScopedView):
     @extend_schema(
@@ -142,7 +150,7 @@ class ArtifactDetailView(ArtifactScopedView):
         "approved.",
     )
     def get(self, request: Request, artifact_id: str) -> Response:
-        return Response(ArtifactOut(self.artifact).data)
+        return Response(ArtifactOut(self.artifact, context=self.serializer_context()).data)
 
 
 class ArtifactContentView(ArtifactScopedView):
@@ -176,4 +184,4 @@ class ArtifactReviewView(ArtifactScopedView):
             decision=data["decision"],
             comment=data.get("comment", ""),
         )
-        return Response(ArtifactOut(artifact).data)
+        return Response(ArtifactOut(artifact, context=self.serializer_context()).data)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Any, ClassVar
 
 from django.conf import settings
 from django.db import models
@@ -39,6 +39,9 @@ class Artifact(ConcurrentTransitionMixin, models.Model):
     field); ConcurrentTransitionMixin makes the save of a second, concurrent decision fail,
     so of two reviewers exactly one wins. Decided artifacts are final."""
 
+    # Declared: django-stubs cannot infer the manager through django-fsm's mixin.
+    objects: ClassVar[models.Manager[Artifact]] = models.Manager()
+
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     run = models.ForeignKey(SandboxRun, on_delete=models.CASCADE, related_name="artifacts")
     # Denormalised from the run: every list is scoped by workspace and filtered by thread
@@ -66,9 +69,6 @@ class Artifact(ConcurrentTransitionMixin, models.Model):
     reviewed_at = models.DateTimeField(null=True, blank=True)
     review_comment = models.TextField(blank=True)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
-
-    # Set by the selectors (not a column): whether the caller may see the bytes and preview.
-    content_visible: bool = False
 
     class Meta:
         ordering = ["-created_at"]

@@ -73,11 +73,16 @@ def artifact_get(
         access.role_in(actor, artifact.workspace_id if artifact else None), minimum, what="artifact"
     )
     assert artifact is not None
-    visible = artifact.review_state == ReviewState.APPROVED or access.has_role(role, Role.ADMIN)
-    if content and not visible:
+    if content and not content_visible(artifact=artifact, role=role):
         raise NotFound("No such artifact.")
-    artifact.content_visible = visible
     return artifact, role
+
+
+def content_visible(*, artifact: Artifact, role: Role | None) -> bool:
+    """Whether a caller with this role may have the artifact's bytes and preview: once it is
+    approved, or when they review in its workspace (the same rule as `content_visible` in
+    lists)."""
+    return artifact.review_state == ReviewState.APPROVED or access.has_role(role, Role.ADMIN)
 
 
 def artifact_review_refusal(*, artifact: Artifact, actor: Actor, role: Role | None) -> str | None:

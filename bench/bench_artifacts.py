@@ -88,9 +88,11 @@ def _timed(call: Callable[[], Any]) -> tuple[float, Any]:
 
 def _people_and_run(workspace_name: str) -> tuple[Any, Any, Any]:
     from django.contrib.auth import get_user_model
+    from django.db import transaction
 
     from sandboxes.backends import get_backend
     from sandboxes.models import SandboxRun
+    from workspaces.access import Actor
     from workspaces.services import workspace_create
 
     User = get_user_model()
@@ -105,10 +107,11 @@ def _people_and_run(workspace_name: str) -> tuple[Any, Any, Any]:
         max_duration_ms=3_600_000,
         idle_timeout_ms=3_600_000,
     )
-    run.mark_running(
-        sandbox_id=info.sandbox_id, cpu_count=1, memory_mb=512, by=None, description="bench"
-    )
-    run.save()
+    with transaction.atomic():
+        run.mark_running(
+            sandbox_id=info.sandbox_id, cpu_count=1, memory_mb=512, by=Actor.system("bench")
+        )
+        run.save()
     return owner, workspace, run
 
 

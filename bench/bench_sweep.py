@@ -185,7 +185,7 @@ def main(sizes: tuple[int, ...] = DEFAULT_SIZES) -> None:
     from django.db import connection
     from django.utils import timezone
 
-    from sandboxes import sweep
+    from sandboxes.backends import override_backend
     from sandboxes.models import SandboxRun
     from tests.sandboxes.fake_backend import FakeBackend
 
@@ -196,11 +196,9 @@ def main(sizes: tuple[int, ...] = DEFAULT_SIZES) -> None:
     rng = random.Random(42)
     fixture = _Fixture()
     backend = FakeBackend(kill_latency_s=KILL_LATENCY_S)
-    original = sweep.get_backend
-    sweep.get_backend = lambda: backend
     rows: list[tuple[int, dict[str, float]]] = []
     plans: dict[int, str] = {}
-    try:
+    with override_backend(backend):
         for size in sorted(sizes):
             stored = SandboxRun.objects.count()
             _insert(fixture, timezone.now(), _background(max(0, size - DUE - stored), rng), rng)
@@ -214,8 +212,6 @@ def main(sizes: tuple[int, ...] = DEFAULT_SIZES) -> None:
                     plans[size] = _explain(now)
                 sweeps.append(_measure(now))
             rows.append((size, {k: statistics.median(m[k] for m in sweeps) for k in sweeps[0]}))
-    finally:
-        sweep.get_backend = original
 
     print("## Sweep\n")
     print(

@@ -49,7 +49,7 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _not_a_string(field: serializers.Field, value: Any) -> bool:
+def _not_a_string(field: serializers.Field[Any, Any, Any, Any], value: Any) -> bool:
     """DRF's CharField turns 123 into "123"; a strict API says the type is wrong instead."""
     if value is None or isinstance(value, str):
         return False
@@ -62,7 +62,7 @@ def _not_a_string(field: serializers.Field, value: Any) -> bool:
     return False
 
 
-class StrictSerializer(serializers.Serializer):
+class StrictSerializer(serializers.Serializer[Any]):
     """Input serializer that refuses fields it does not know instead of dropping them, and
     values of the wrong type instead of converting them."""
 
@@ -83,7 +83,7 @@ class CursorPagination(pagination.CursorPagination):
     max_page_size = 200
 
 
-def validated(serializer_class: type[serializers.Serializer], request: Any) -> dict[str, Any]:
+def validated(serializer_class: type[serializers.Serializer[Any]], request: Any) -> dict[str, Any]:
     """The request's JSON object, checked by an input serializer (400 otherwise)."""
     if not isinstance(request.data, dict):
         raise InvalidInput("Expected a JSON object.", code="not_an_object")
@@ -101,7 +101,7 @@ def paginate(view: Any, request: Any, queryset: Any, serializer: Any, ordering: 
 
 
 @functools.cache
-def page_of(serializer_class: type[serializers.Serializer]) -> serializers.Serializer:
+def page_of(serializer_class: type[serializers.Serializer[Any]]) -> serializers.Serializer[Any]:
     """The OpenAPI shape of one cursor page of `serializer_class` items (one component each)."""
     from drf_spectacular.utils import inline_serializer
 

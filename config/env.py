@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
@@ -22,7 +22,7 @@ def _parse(name: str, default: Any, parse: Callable[[str], T], *, secret: bool =
     if raw is None:
         if default is _UNSET:
             raise ImproperlyConfigured(f"Environment variable {name} is required but not set.")
-        return default
+        return cast(T, default)
     try:
         return parse(raw.strip())
     except (ValueError, InvalidOperation, ImproperlyConfigured) as exc:

@@ -12,6 +12,8 @@ import secrets
 from decimal import Decimal
 from pathlib import Path
 
+import django_stubs_ext
+
 from config.env import (
     env_bool,
     env_choice,
@@ -21,6 +23,9 @@ from config.env import (
     env_list,
     env_str,
 )
+
+# Lets Django's generic classes take type parameters at runtime (ModelAdmin[Model], …).
+django_stubs_ext.monkeypatch()
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("AIRLOCK_VAR_DIR", str(BASE_DIR / "var")))

@@ -35,7 +35,7 @@ class BlankIsNullChoiceField(serializers.ChoiceField):
         return super().to_representation(value) if value else None
 
 
-class RunOut(serializers.ModelSerializer):
+class RunOut(serializers.ModelSerializer[SandboxRun]):
     end_reason = BlankIsNullChoiceField(choices=EndReason.choices, allow_null=True)
     workspace_id = serializers.UUIDField(read_only=True)
     created_by_id = serializers.IntegerField(read_only=True)
@@ -108,7 +108,7 @@ IDEMPOTENCY_KEY = OpenApiParameter(
 )
 
 
-class WorkspaceRunsView(WorkspaceScopedView, generics.GenericAPIView):
+class WorkspaceRunsView(WorkspaceScopedView, generics.GenericAPIView[SandboxRun]):
     filter_backends = [DjangoFilterBackend]
     filterset_class = RunFilter
     queryset = SandboxRun.objects.none()
@@ -136,7 +136,7 @@ class WorkspaceRunsView(WorkspaceScopedView, generics.GenericAPIView):
         return Response(RunOut(run).data, status=201 if created else 200)
 
 
-class UsageTotalsOut(serializers.Serializer):
+class UsageTotalsOut(serializers.Serializer[Any]):
     runs = serializers.IntegerField()
     sandbox_seconds = serializers.FloatField(help_text="Including runs still running, so far.")
     cost_usd = serializers.DecimalField(
@@ -144,8 +144,8 @@ class UsageTotalsOut(serializers.Serializer):
     )
 
 
-class UsageByStatusOut(serializers.Serializer):
-    def get_fields(self) -> dict[str, serializers.Field]:
+class UsageByStatusOut(serializers.Serializer[Any]):
+    def get_fields(self) -> dict[str, serializers.Field[Any, Any, Any, Any]]:
         return {status: UsageTotalsOut() for status in RunStatus.values}
 
 
@@ -157,7 +157,7 @@ class UsageOut(UsageTotalsOut):
     by_status = UsageByStatusOut(help_text="One entry per run status.")
     by_day = UsageByDayOut(many=True)
 
-    def get_fields(self) -> dict[str, serializers.Field]:
+    def get_fields(self) -> dict[str, serializers.Field[Any, Any, Any, Any]]:
         # "from" is a Python keyword: these fields cannot be declared as class attributes.
         fields = super().get_fields()
         fields["from"] = serializers.DateField(source="start")
@@ -168,8 +168,8 @@ class UsageOut(UsageTotalsOut):
 USAGE_DEFAULT_DAYS = 30
 
 
-class UsageQuery(serializers.Serializer):
-    def get_fields(self) -> dict[str, serializers.Field]:
+class UsageQuery(serializers.Serializer[Any]):
+    def get_fields(self) -> dict[str, serializers.Field[Any, Any, Any, Any]]:
         return {
             "from": serializers.DateField(required=False),
             "to": serializers.DateField(required=False),
@@ -209,7 +209,7 @@ class WorkspaceUsageView(WorkspaceScopedView):
         return Response(UsageOut(usage).data)
 
 
-class RunListView(generics.GenericAPIView):
+class RunListView(generics.GenericAPIView[SandboxRun]):
     filter_backends = [DjangoFilterBackend]
     filterset_class = RunFilter
     queryset = SandboxRun.objects.none()
@@ -261,7 +261,7 @@ class ExecIn(StrictSerializer):
     )
 
 
-class ExecOut(serializers.Serializer):
+class ExecOut(serializers.Serializer[Any]):
     exit_code = serializers.IntegerField(allow_null=True, help_text="null when it timed out")
     stdout = serializers.CharField()
     stderr = serializers.CharField()
@@ -290,7 +290,7 @@ def _path(request: Request) -> str:
     return path
 
 
-class UploadOut(serializers.Serializer):
+class UploadOut(serializers.Serializer[Any]):
     path = serializers.CharField()
     size = serializers.IntegerField()
 
@@ -330,14 +330,14 @@ def _attachment(filename: str) -> str:
     return content_disposition_header(as_attachment=True, filename=filename) or "attachment"
 
 
-class FileEntryOut(serializers.Serializer):
+class FileEntryOut(serializers.Serializer[Any]):
     name = serializers.CharField()
     path = serializers.CharField()
     type = serializers.ChoiceField(choices=["file", "dir", "symlink", "other"])
     size = serializers.IntegerField(allow_null=True)
 
 
-class FileListOut(serializers.Serializer):
+class FileListOut(serializers.Serializer[Any]):
     path = serializers.CharField()
     entries = FileEntryOut(many=True)
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, ClassVar
 
 from django.conf import settings
 from django.db import models
@@ -54,6 +54,9 @@ class SandboxRun(ConcurrentTransitionMixin, models.Model):
     """One sandbox's life, from boot to its end. `status` moves only through the transitions
     below (protected field), and ConcurrentTransitionMixin makes a save fail when another
     process moved the status since this copy was read: two transitions cannot both win."""
+
+    # Declared: django-stubs cannot infer the manager through django-fsm's mixin.
+    objects: ClassVar[models.Manager[SandboxRun]] = models.Manager()
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE, related_name="runs")

@@ -21,6 +21,7 @@ from django.db.models import (
     Value,
     When,
 )
+from django.db.models.expressions import CombinedExpression
 from django.db.models.functions import Coalesce, TruncDate
 from django.utils import timezone
 
@@ -133,7 +134,7 @@ def run_usage(*, workspace: Workspace, start: date, end: date) -> Usage:
     )
 
 
-def _sandbox_time(now: datetime) -> ExpressionWrapper:
+def _sandbox_time(now: datetime) -> ExpressionWrapper[CombinedExpression]:
     """How long a run's sandbox has lived: from running (or, for a sandbox that never got
     that far, from the run's start if it had one) to the run's end, or to now."""
     started = Case(

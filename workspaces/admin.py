@@ -50,7 +50,7 @@ def _trail_line(event: Event) -> tuple[str, SafeString, str]:
     return when, what, event.actor
 
 
-class WorkspaceScopedAdmin(admin.ModelAdmin):
+class WorkspaceScopedAdmin(admin.ModelAdmin[Any]):
     """Limits lists, change pages and actions to administered workspaces."""
 
     workspace_field = "workspace"
@@ -75,7 +75,7 @@ class WorkspaceScopedAdmin(admin.ModelAdmin):
         return super().formfield_for_foreignkey(db_field, request, **kwargs)
 
 
-class ReadOnlyInline(admin.TabularInline):
+class ReadOnlyInline(admin.TabularInline[Any, Any]):
     """Rows shown to every staff user who may see the parent (the parent admin scopes that)
     but never edited inline: changes go through the services and state machines."""
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from django.contrib.auth import get_user_model
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -43,13 +43,21 @@ class WorkspaceScopedView(APIView):
 # --- Workspaces --------------------------------------------------------------------------
 
 
-class WorkspaceOut(serializers.ModelSerializer):
-    role = serializers.ChoiceField(choices=Role.choices, source="my_role", allow_null=True)
+class WorkspaceOut(serializers.ModelSerializer[Workspace]):
+    """A workspace and the caller's role in it: `role` in the context for one workspace, the
+    selector's `my_role` annotation for a list."""
+
+    role = serializers.SerializerMethodField()
     owner_id = serializers.IntegerField(read_only=True)
 
     class Meta:
         model = Workspace
         fields = ["id", "name", "owner_id", "role", "created_at"]
+
+    @extend_schema_field(serializers.ChoiceField(choices=Role.choices, allow_null=True))
+    def get_role(self, workspace: Workspace) -> str | None:
+        role = self.context.get("role", getattr(workspace, "my_role", None))
+        return str(role) if role is not None else None
 
 
 class WorkspaceIn(StrictSerializer):
@@ -70,8 +78,8 @@ class WorkspaceListView(APIView):
         assert actor.user is not None  # IsAuthenticated let the request in
         data = validated(WorkspaceIn, request)
         workspace = services.workspace_create(name=data["name"], owner=actor.user)
-        workspace.my_role = Role.OWNER
-        return Response(WorkspaceOut(workspace).data, status=status.HTTP_201_CREATED)
+        body = WorkspaceOut(workspace, context={"role": Role.OWNER}).data
+        return Response(body, status=status.HTTP_201_CREATED)
 
 
 class WorkspaceDetailView(WorkspaceScopedView):
@@ -79,13 +87,13 @@ class WorkspaceDetailView(WorkspaceScopedView):
 
     @extend_schema(responses=WorkspaceOut)
     def get(self, request: Request, workspace_id: str) -> Response:
-        return Response(WorkspaceOut(self.workspace).data)
+        return Response(WorkspaceOut(self.workspace, context={"role": self.role}).data)
 
     @extend_schema(request=WorkspaceIn, responses=WorkspaceOut)
     def patch(self, request: Request, workspace_id: str) -> Response:
         data = validated(WorkspaceIn, request)
         services.workspace_rename(workspace=self.workspace, name=data["name"], actor=self.actor)
-        return Response(WorkspaceOut(self.workspace).data)
+        return Response(WorkspaceOut(self.workspace, context={"role": self.role}).data)
 
     @extend_schema(responses={204: None})
     def delete(self, request: Request, workspace_id: str) -> Response:
@@ -96,7 +104,7 @@ class WorkspaceDetailView(WorkspaceScopedView):
 # --- Members -----------------------------------------------------------------------------
 
 
-class MemberOut(serializers.Serializer):
+class MemberOut(serializers.Serializer[Any]):
     user_id = serializers.IntegerField()
     username = serializers.CharField(source="user.username")
     role = serializers.ChoiceField(choices=Role.choices)
@@ -168,7 +176,7 @@ class MemberDetailView(WorkspaceScopedView):
 # --- API keys ----------------------------------------------------------------------------
 
 
-class ApiKeyOut(serializers.Serializer):
+class ApiKeyOut(serializers.Serializer[Any]):
     id = serializers.UUIDField()
     name = serializers.CharField()
     role = serializers.ChoiceField(choices=ApiKeyRole.choices)
@@ -222,12 +230,12 @@ EVENTS_PAGE_SIZE = 100
 EVENTS_MAX_PAGE_SIZE = 500
 
 
-class SubjectOut(serializers.Serializer):
+class SubjectOut(serializers.Serializer[Any]):
     type = serializers.CharField(source="subject_type")
     id = serializers.CharField(source="subject_id")
 
 
-class EventOut(serializers.Serializer):
+class EventOut(serializers.Serializer[Any]):
     id = serializers.IntegerField(help_text="The cursor: pass it as `after` to read on.")
     workspace_id = serializers.UUIDField()
     type = serializers.ChoiceField(choices=EventType.choices)
@@ -235,11 +243,18 @@ class EventOut(serializers.Serializer):
     subject = SubjectOut(source="*")
     run_id = serializers.UUIDField(allow_null=True)
     thread_id = serializers.CharField()
-    data = serializers.JSONField(help_text="Metadata only: never file contents or secrets.")
     created_at = serializers.DateTimeField()
 
+    def get_fields(self) -> dict[str, serializers.Field[Any, Any, Any, Any]]:
+        # `data` cannot be a class attribute: it would shadow Serializer.data.
+        fields = super().get_fields()
+        fields["data"] = serializers.JSONField(
+            help_text="Metadata only: never file contents or secrets."
+        )
+        return fields
 
-class EventPageOut(serializers.Serializer):
+
+class EventPageOut(serializers.Serializer[Any]):
     next = serializers.URLField(
         allow_null=True, help_text="The next page (`after` = the last id here), or null."
     )

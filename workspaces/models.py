@@ -40,9 +40,6 @@ class Workspace(models.Model):
     )
     created_at = models.DateTimeField(default=timezone.now, editable=False)
 
-    # Set by the selectors (not a column): the role the caller acts with here.
-    my_role: str | None
-
     class Meta:
         ordering = ["-created_at"]
 

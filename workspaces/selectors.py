@@ -34,7 +34,6 @@ def workspace_get(
         access.role_in(actor, workspace.pk if workspace else None), minimum, what="workspace"
     )
     assert workspace is not None
-    workspace.my_role = role.value
     return workspace, role
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Iterator
+from typing import TypeVar
 
 from django.conf import settings
 
@@ -50,6 +51,7 @@ __all__ = [
     "sandbox_tags",
 ]
 
+B = TypeVar("B", bound=SandboxBackend)
 # Set by override_backend (tests, benchmarks): every caller of get_backend gets this one.
 _override: list[SandboxBackend] = []
 
@@ -88,7 +90,7 @@ def _backend(name: str, config: tuple[object, ...]) -> SandboxBackend:
 
 
 @contextlib.contextmanager
-def override_backend(backend: SandboxBackend) -> Iterator[SandboxBackend]:
+def override_backend(backend: B) -> Iterator[B]:
     """Within the block every service, task and command uses ``backend`` (a test double, a
     backend with injected faults, a benchmark's instance), whatever the settings say."""
     _override.append(backend)

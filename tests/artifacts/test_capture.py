@@ -284,7 +284,7 @@ def test_a_file_that_vanishes_mid_walk_is_skipped(
 
     faulty = FaultyBackend(local_sandboxes)
     faulty.after("list_files", listing_with_a_ghost)
-    with override_backend(faulty):  # type: ignore[arg-type]
+    with override_backend(faulty):
         summary = capture.capture_run_outputs(run=sandbox_run, result=None, actor=JOB)
 
     assert [a.title for a in summary.captured] == ["kept.txt"]

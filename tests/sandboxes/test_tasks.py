@@ -75,7 +75,7 @@ def test_a_crash_between_create_and_save_is_healed_by_adopting_the_sandbox(
 
     faulty = FaultyBackend(local_sandboxes)
     faulty.after("create", crash)
-    with override_backend(faulty), pytest.raises(SystemExit):  # type: ignore[arg-type]
+    with override_backend(faulty), pytest.raises(SystemExit):
         start_sandbox_run(str(run.pk))
     [orphan] = _tagged(local_sandboxes, run)
 
@@ -104,7 +104,7 @@ def test_a_run_canceled_while_booting_kills_the_sandbox_the_boot_made(
 
     faulty = FaultyBackend(local_sandboxes)
     faulty.after("create", the_user_cancels)
-    with override_backend(faulty):  # type: ignore[arg-type]
+    with override_backend(faulty):
         start_sandbox_run(str(run.pk))
 
     run.refresh_from_db()

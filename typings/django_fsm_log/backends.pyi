@@ -1,0 +1,9 @@
+from typing import Any
+
+class BaseBackend:
+    @staticmethod
+    def setup_model(model: Any) -> None: ...
+    @staticmethod
+    def pre_transition_callback(*args: Any, **kwargs: Any) -> None: ...
+    @staticmethod
+    def post_transition_callback(*args: Any, **kwargs: Any) -> None: ...

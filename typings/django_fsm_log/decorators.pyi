@@ -1,0 +1,9 @@
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+def fsm_log_by(func: F) -> F: ...
+def fsm_log_description(
+    func: F | None = ..., allow_inline: bool = ..., description: str | None = ...
+) -> F: ...

@@ -4,6 +4,7 @@ A staff user who is not a superuser sees only workspaces they own or administer.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from django.contrib import admin, messages
@@ -30,7 +31,11 @@ def administered_workspace_ids(request: HttpRequest) -> Any:
 def trail_panel(kind: str, subject_id: Any) -> SafeString | str:
     """An object's history from the trail, oldest first, as escaped HTML (every admin's
     history panel)."""
-    rows = list(selectors.subject_events(kind=kind, subject_id=subject_id))
+    return events_panel(selectors.subject_events(kind=kind, subject_id=subject_id))
+
+
+def events_panel(events: Iterable[Event]) -> SafeString | str:
+    rows = list(events)
     if not rows:
         return "—"
     return format_html_join("", "<div>{} · {} by {}</div>", (_trail_line(e) for e in rows))
@@ -145,7 +150,7 @@ class WorkspaceAdmin(WorkspaceScopedAdmin):
 
     @admin.display(description="History")
     def history(self, obj: Workspace) -> SafeString | str:
-        return trail_panel("workspace", obj.pk)
+        return events_panel(selectors.workspace_history(workspace=obj))
 
     def save_model(self, request: HttpRequest, obj: Workspace, form: Any, change: bool) -> None:
         actor = admin_actor(request)

@@ -106,3 +106,14 @@ def event_list(
 def subject_events(*, kind: str, subject_id: Any) -> QuerySet[Event]:
     """What the trail holds about one object, oldest first (the admin's history panels)."""
     return Event.objects.filter(subject_type=kind, subject_id=str(subject_id)).order_by("id")
+
+
+# What a workspace's own history shows: its settings and people, not its runs' work.
+WORKSPACE_SUBJECTS = ("workspace", "member", "api_key", "webhook", "review_policy")
+
+
+def workspace_history(*, workspace: Workspace) -> QuerySet[Event]:
+    """The workspace's own writes (renames, members, keys, webhooks, policy), oldest first."""
+    return Event.objects.filter(
+        workspace_id=workspace.pk, subject_type__in=WORKSPACE_SUBJECTS
+    ).order_by("id")

@@ -19,9 +19,15 @@ from rest_framework.views import APIView
 
 from artifacts import capture, downloads, review, selectors
 from artifacts.models import REVIEW_COMMENT_MAX_CHARS, Artifact, ArtifactType, ReviewState
-from config.api import StrictSerializer, page_of, paginate, validated
+from config.api import (
+    CommaSeparatedChoices,
+    StrictSerializer,
+    page_of,
+    paginate,
+    validated,
+    validated_query,
+)
 from sandboxes.api import RunScopedView
-from sandboxes.services import run_touch
 from sandboxes.validation import PATH_MAX_LENGTH
 from workspaces.access import Actor
 from workspaces.models import Role
@@ -117,8 +123,8 @@ class ArtifactListView(generics.GenericAPIView[Artifact]):
 
 
 class ArtifactScopedView(APIView):
-    """Base of every `artifacts/{id}/…` route: resolves the artifact once (404 for outsiders),
-    checks the role for the method, and records activity on its run."""
+    """Base of every `artifacts/{id}/…` route: resolves the artifact once (404 for outsiders)
+    and checks the role for the method. Reading an artifact is not activity on its run."""
 
     minimum_role: ClassVar[dict[str, Role]] = {}
     needs_content = False  # the bytes: members only once approved
@@ -135,7 +141,6 @@ class ArtifactScopedView(APIView):
             minimum=self.minimum_role.get(request.method or "GET", Role.MEMBER),
             content=self.needs_content,
         )
-        run_touch(run=self.artifact.run)
 
     def serializer_context(self) -> dict[str, Any]:
         return {
@@ -143,13 +148,37 @@ class ArtifactScopedView(APIView):
         }
 
 
+class ArtifactWaitQuery(StrictSerializer):
+    wait_s = serializers.FloatField(
+        min_value=0,
+        max_value=selectors.WAIT_MAX_S,
+        required=False,
+        help_text="Wait up to this many seconds for the artifact to leave `while_state`.",
+    )
+    while_state = CommaSeparatedChoices(
+        choices=ReviewState.values,
+        required=False,
+        help_text="With wait_s: the review states to wait through (default: pending).",
+    )
+
+
 class ArtifactDetailView(ArtifactScopedView):
     @extend_schema(
+        parameters=[ArtifactWaitQuery],
         responses=ArtifactOut,
         description="One artifact's metadata; `preview_text` is null for members until it is "
-        "approved.",
+        "approved. With `wait_s` (how an agent waits for a human decision), the answer comes "
+        "as soon as the review state is none of `while_state` (default `pending`), or after "
+        f"`wait_s` seconds (at most {selectors.WAIT_MAX_S}) with the artifact as it is then.",
     )
     def get(self, request: Request, artifact_id: str) -> Response:
+        query = validated_query(ArtifactWaitQuery, request)
+        if query.get("wait_s"):
+            self.artifact = selectors.artifact_wait(
+                artifact=self.artifact,
+                while_state=set(query.get("while_state") or [ReviewState.PENDING]),
+                wait_s=query["wait_s"],
+            )
         return Response(ArtifactOut(self.artifact, context=self.serializer_context()).data)
 
 

@@ -14,7 +14,7 @@ from django.db.models import BooleanField, Case, Q, QuerySet, Value, When
 from artifacts.models import Artifact, ReviewState
 from config.exceptions import NotFound
 from sandboxes.models import RunStatus, SandboxRun
-from workspaces import access
+from workspaces import access, watch
 from workspaces.access import Actor
 from workspaces.models import Role
 
@@ -83,6 +83,27 @@ def content_visible(*, artifact: Artifact, role: Role | None) -> bool:
     approved, or when they review in its workspace (the same rule as `content_visible` in
     lists)."""
     return artifact.review_state == ReviewState.APPROVED or access.has_role(role, Role.ADMIN)
+
+
+WAIT_MAX_S = 60
+
+
+def artifact_wait(*, artifact: Artifact, while_state: set[str], wait_s: float) -> Artifact:
+    """The artifact as soon as its review state is none of `while_state` (how an agent waits
+    for a human decision), or after `wait_s` seconds (at most WAIT_MAX_S) as it is then. The
+    caller resolved `artifact` through `artifact_get`."""
+
+    def load() -> Artifact:
+        current = Artifact.objects.select_related(*ARTIFACT_RELATED).filter(pk=artifact.pk).first()
+        if current is None:
+            raise NotFound("No such artifact.")
+        return current
+
+    return watch.wait_while(
+        load=load,
+        waiting=lambda a: a.review_state in while_state,
+        wait_s=min(wait_s, WAIT_MAX_S),
+    )
 
 
 def artifact_review_refusal(*, artifact: Artifact, actor: Actor, role: Role | None) -> str | None:

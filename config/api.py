@@ -92,6 +92,36 @@ def validated(serializer_class: type[serializers.Serializer[Any]], request: Any)
     return dict(serializer.validated_data)
 
 
+def validated_query(
+    serializer_class: type[serializers.Serializer[Any]], request: Any
+) -> dict[str, Any]:
+    """The request's query parameters, checked by a (strict) serializer: an unknown parameter
+    or a bad value is a 400 naming it."""
+    params = request.query_params.dict()
+    params.pop(settings.REST_FRAMEWORK.get("URL_FORMAT_OVERRIDE", "format"), None)  # DRF's own
+    serializer = serializer_class(data=params)
+    serializer.is_valid(raise_exception=True)
+    return dict(serializer.validated_data)
+
+
+class CommaSeparatedChoices(serializers.CharField):
+    """`a,b,c` in a query parameter: each one of `choices` (400 naming the others)."""
+
+    def __init__(self, *, choices: list[str], **kwargs: Any):
+        self.choices = choices
+        super().__init__(**kwargs)
+
+    def to_internal_value(self, data: Any) -> Any:
+        items = [item.strip() for item in str(super().to_internal_value(data)).split(",")]
+        items = [item for item in items if item]
+        unknown = sorted(set(items) - set(self.choices))
+        if unknown:
+            raise serializers.ValidationError(
+                f"Unknown: {', '.join(unknown)}; one or more of {', '.join(self.choices)}."
+            )
+        return items
+
+
 def paginate(view: Any, request: Any, queryset: Any, serializer: Any, ordering: str) -> Response:
     """One cursor-paginated page of `queryset`, newest first unless `ordering` says otherwise."""
     paginator = CursorPagination()

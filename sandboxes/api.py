@@ -16,11 +16,24 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from config.api import StrictSerializer, page_of, paginate, validated
+from config.api import (
+    CommaSeparatedChoices,
+    StrictSerializer,
+    page_of,
+    paginate,
+    validated,
+    validated_query,
+)
 from config.exceptions import InvalidInput, PermissionDenied
 from sandboxes import execution, selectors, services, validation
 from sandboxes.backends.base import SANDBOX_HOME
-from sandboxes.models import DEFAULT_OUTPUT_DIR, EndReason, RunStatus, SandboxRun
+from sandboxes.models import (
+    ACTIVE_STATUSES,
+    DEFAULT_OUTPUT_DIR,
+    EndReason,
+    RunStatus,
+    SandboxRun,
+)
 from workspaces.access import Actor
 from workspaces.api import WorkspaceScopedView
 from workspaces.models import Role
@@ -221,8 +234,9 @@ class RunListView(generics.GenericAPIView[SandboxRun]):
 
 
 class RunScopedView(APIView):
-    """Base of every `runs/{id}/…` route: resolves the run once (404 for outsiders), checks
-    the role for the method, and records activity on the run."""
+    """Base of every `runs/{id}/…` route: resolves the run once (404 for outsiders) and
+    checks the role for the method. Activity is recorded by what works in the sandbox (exec,
+    files, commands, captures), never by reading the run."""
 
     minimum_role: ClassVar[dict[str, Role]] = {}
     controls_run = False  # cancel/complete: members only on their own runs
@@ -242,13 +256,38 @@ class RunScopedView(APIView):
             run=self.run, actor=self.actor, role=self.role
         ):
             raise PermissionDenied("Members may only end their own runs.")
-        services.run_touch(run=self.run)
+
+
+class RunWaitQuery(StrictSerializer):
+    wait_s = serializers.FloatField(
+        min_value=0,
+        max_value=selectors.WAIT_MAX_S,
+        required=False,
+        help_text="Wait up to this many seconds for the run to leave `while_status`.",
+    )
+    while_status = CommaSeparatedChoices(
+        choices=RunStatus.values,
+        required=False,
+        help_text="With wait_s: the statuses to wait through (default: booting,running).",
+    )
 
 
 class RunDetailView(RunScopedView):
-    @extend_schema(responses=RunOut)
+    @extend_schema(
+        parameters=[RunWaitQuery],
+        responses=RunOut,
+        description="One run. With `wait_s`, the answer comes as soon as the run's status is "
+        "none of `while_status` (default `booting,running`), or after `wait_s` seconds (at most "
+        f"{selectors.WAIT_MAX_S}) with the run as it is then. Waiting is not activity: it does "
+        "not keep the sandbox alive.",
+    )
     def get(self, request: Request, run_id: str) -> Response:
-        return Response(RunOut(self.run).data)
+        query = validated_query(RunWaitQuery, request)
+        run = self.run
+        if query.get("wait_s"):
+            while_status = set(query.get("while_status") or ACTIVE_STATUSES)
+            run = selectors.run_wait(run=run, while_status=while_status, wait_s=query["wait_s"])
+        return Response(RunOut(run).data)
 
 
 class ExecIn(StrictSerializer):

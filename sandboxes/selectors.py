@@ -25,8 +25,9 @@ from django.db.models.expressions import CombinedExpression
 from django.db.models.functions import Coalesce, TruncDate
 from django.utils import timezone
 
+from config.exceptions import NotFound
 from sandboxes.models import ACTIVE_STATUSES, Command, RunStatus, SandboxRun
-from workspaces import access
+from workspaces import access, watch
 from workspaces.access import Actor
 from workspaces.models import Role, Workspace
 
@@ -52,6 +53,25 @@ def run_get(
     )
     assert run is not None
     return run, role
+
+
+WAIT_MAX_S = 60
+
+
+def run_wait(*, run: SandboxRun, while_status: set[str], wait_s: float) -> SandboxRun:
+    """The run as soon as its status is none of `while_status`, or after `wait_s` seconds
+    (at most WAIT_MAX_S) as it is then. The caller resolved `run` through `run_get`; a run
+    deleted meanwhile (with its workspace) is a 404. Waiting is not activity."""
+
+    def load() -> SandboxRun:
+        current = SandboxRun.objects.select_related(*RUN_LIST_RELATED).filter(pk=run.pk).first()
+        if current is None:
+            raise NotFound("No such run.")
+        return current
+
+    return watch.wait_while(
+        load=load, waiting=lambda r: r.status in while_status, wait_s=min(wait_s, WAIT_MAX_S)
+    )
 
 
 def run_is_controlled_by(*, run: SandboxRun, actor: Actor, role: Role) -> bool:

@@ -11,7 +11,14 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from config.api import StrictSerializer, page_of, paginate, validated
+from config.api import (
+    CommaSeparatedChoices,
+    StrictSerializer,
+    page_of,
+    paginate,
+    validated,
+    validated_query,
+)
 from config.exceptions import PermissionDenied
 from workspaces import access, selectors, services
 from workspaces.access import Actor
@@ -263,28 +270,16 @@ class EventPageOut(serializers.Serializer[Any]):
 
 class EventQuery(StrictSerializer):
     after = serializers.IntegerField(min_value=0, required=False)
-    type = serializers.CharField(
-        required=False, help_text="One event type, or several separated by commas."
+    type = CommaSeparatedChoices(
+        choices=EventType.values,
+        required=False,
+        help_text="One event type, or several separated by commas.",
     )
     run_id = serializers.UUIDField(required=False)
     thread_id = serializers.CharField(max_length=255, required=False)
     page_size = serializers.IntegerField(
         min_value=1, max_value=EVENTS_MAX_PAGE_SIZE, required=False, default=EVENTS_PAGE_SIZE
     )
-
-    def validate_type(self, value: str) -> list[str]:
-        types = [item.strip() for item in value.split(",") if item.strip()]
-        unknown = sorted(set(types) - set(EventType.values))
-        if unknown:
-            raise serializers.ValidationError(f"Unknown event type: {', '.join(unknown)}.")
-        return types
-
-
-def event_query(request: Request) -> dict[str, Any]:
-    """The trail's filters from the query string (400 for unknown parameters)."""
-    query = EventQuery(data=request.query_params.dict())
-    query.is_valid(raise_exception=True)
-    return dict(query.validated_data)
 
 
 class EventListView(WorkspaceScopedView):
@@ -296,7 +291,7 @@ class EventListView(WorkspaceScopedView):
         "and up.",
     )
     def get(self, request: Request, workspace_id: str) -> Response:
-        query = event_query(request)
+        query = validated_query(EventQuery, request)
         size = query.pop("page_size")
         events = list(
             selectors.event_list(

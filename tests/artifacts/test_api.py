@@ -100,24 +100,31 @@ def test_capture_needs_a_running_run(api: Any, member: Any, workspace: Any, stat
 
 
 @pytest.mark.django_db
-def test_artifact_calls_record_activity_on_the_run(
+def test_a_capture_is_activity_and_reading_artifacts_is_not(
     api: Any, member: Any, local_sandboxes: Any, sandbox_run: SandboxRun
 ) -> None:
     path = plant(local_sandboxes, sandbox_run, "a.txt", b"a")
     client = client_as(api, member)
     long_ago = timezone.now() - timedelta(minutes=10)
 
+    SandboxRun.objects.filter(pk=sandbox_run.pk).update(last_activity_at=long_ago)
+    capture = client.post(
+        f"/api/v1/runs/{sandbox_run.pk}/artifacts/", {"path": path}, format="json"
+    )
+    assert capture.status_code == 201
+    sandbox_run.refresh_from_db()
+    assert sandbox_run.last_activity_at > long_ago
+
+    # Reads (and waits) never keep a sandbox alive (SPEC §11).
     for call in (
-        lambda: client.post(
-            f"/api/v1/runs/{sandbox_run.pk}/artifacts/", {"path": path}, format="json"
-        ),
         lambda: client.get(f"/api/v1/runs/{sandbox_run.pk}/artifacts/"),
         lambda: client.get(f"/api/v1/artifacts/{Artifact.objects.get().pk}/"),
+        lambda: client.get(f"/api/v1/artifacts/{Artifact.objects.get().pk}/?wait_s=0.2"),
     ):
         SandboxRun.objects.filter(pk=sandbox_run.pk).update(last_activity_at=long_ago)
-        assert call().status_code in (200, 201)
+        assert call().status_code == 200
         sandbox_run.refresh_from_db()
-        assert sandbox_run.last_activity_at > long_ago
+        assert sandbox_run.last_activity_at == long_ago
 
 
 # --- reading -------------------------------------------------------------------------------

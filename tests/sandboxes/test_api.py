@@ -211,16 +211,25 @@ def test_an_upload_over_the_limit_is_refused_whole(
 
 
 @pytest.mark.django_db
-def test_every_call_on_a_run_records_activity(
+def test_work_in_the_sandbox_is_activity_and_reading_or_waiting_is_not(
     api: Any, member: Any, sandbox_run: SandboxRun
 ) -> None:
     from datetime import timedelta
 
     from django.utils import timezone
 
+    client = client_as(api, member)
     long_ago = timezone.now() - timedelta(minutes=10)
-    SandboxRun.objects.filter(pk=sandbox_run.pk).update(last_activity_at=long_ago)
-    client_as(api, member).get(f"/api/v1/runs/{sandbox_run.pk}/")
+    for read in (f"/api/v1/runs/{sandbox_run.pk}/", f"/api/v1/runs/{sandbox_run.pk}/?wait_s=0.2"):
+        SandboxRun.objects.filter(pk=sandbox_run.pk).update(last_activity_at=long_ago)
+        assert client.get(read).status_code == 200
+        sandbox_run.refresh_from_db()
+        assert sandbox_run.last_activity_at == long_ago  # SPEC §11: waiting is not activity
+
+    response = client.post(
+        f"/api/v1/runs/{sandbox_run.pk}/exec/", {"command": "true"}, format="json"
+    )
+    assert response.status_code == 200
     sandbox_run.refresh_from_db()
     assert sandbox_run.last_activity_at > long_ago
 

@@ -1,0 +1,147 @@
+"""workspaces/watch.py: waiting for a change without polling the object, through the trail.
+
+Transactional tests: the change comes from another thread's own connection and transaction,
+as it would from another client."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from django.db import connection
+
+from artifacts import review
+from sandboxes import services
+from sandboxes.models import SandboxRun
+from tests.artifacts.conftest import make_artifact
+from tests.conftest import client_as
+from tests.factories import make_run
+from workspaces import watch
+from workspaces.access import Actor
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def _later(seconds: float, action: Callable[[], Any]) -> threading.Thread:
+    def run() -> None:
+        time.sleep(seconds)
+        try:
+            action()
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def test_a_wait_ends_soon_after_the_change(workspace: Any) -> None:
+    run = make_run(workspace=workspace, status="running")
+    actor = Actor(user=workspace.owner)
+    thread = _later(0.3, lambda: services.run_cancel(run=run, actor=actor))
+
+    started = time.monotonic()
+    current = watch.wait_while(
+        load=lambda: SandboxRun.objects.get(pk=run.pk),
+        waiting=lambda r: r.status == "running",
+        wait_s=10,
+    )
+    waited = time.monotonic() - started
+    thread.join()
+
+    assert current.status == "canceled"
+    assert waited < 1.3  # the change at 0.3 s, seen within a second (SPEC §11)
+
+
+def test_a_wait_that_sees_no_change_ends_at_its_time_with_the_current_state(
+    workspace: Any,
+) -> None:
+    run = make_run(workspace=workspace, status="running")
+    started = time.monotonic()
+    current = watch.wait_while(
+        load=lambda: SandboxRun.objects.get(pk=run.pk),
+        waiting=lambda r: r.status == "running",
+        wait_s=0.6,
+    )
+    assert current.status == "running"
+    assert 0.6 <= time.monotonic() - started < 2
+
+
+def test_many_waiters_are_all_woken_by_one_change(workspace: Any) -> None:
+    runs = [make_run(workspace=workspace, status="running") for _ in range(5)]
+    seen: dict[int, str] = {}
+
+    def wait(index: int) -> None:
+        try:
+            seen[index] = watch.wait_while(
+                load=lambda: SandboxRun.objects.get(pk=runs[index].pk),
+                waiting=lambda r: r.status == "running",
+                wait_s=10,
+            ).status
+        finally:
+            connection.close()
+
+    waiters = [threading.Thread(target=wait, args=(i,)) for i in range(5)]
+    for waiter in waiters:
+        waiter.start()
+    time.sleep(0.2)
+    for run in runs:
+        services.run_cancel(run=run, actor=Actor(user=workspace.owner))
+    for waiter in waiters:
+        waiter.join(5)
+    assert seen == dict.fromkeys(range(5), "canceled")
+
+
+def test_an_agent_waiting_on_its_artifact_hears_the_reviewers_decision(
+    api: Any, workspace: Any, member: Any, admin_user: Any
+) -> None:
+    artifact = make_artifact(make_run(workspace=workspace, status="running"))
+    reviewer = Actor(user=admin_user)
+    thread = _later(
+        0.3,
+        lambda: review.artifact_review(artifact=artifact, actor=reviewer, decision="approve"),
+    )
+
+    started = time.monotonic()
+    response = client_as(api, member).get(f"/api/v1/artifacts/{artifact.pk}/?wait_s=20")
+    thread.join()
+
+    assert response.status_code == 200
+    assert response.json()["review_state"] == "approved"
+    assert time.monotonic() - started < 1.5
+
+
+def test_waiting_for_a_run_to_leave_its_active_states(
+    api: Any, workspace: Any, member: Any
+) -> None:
+    run = make_run(workspace=workspace, status="running")
+    thread = _later(0.3, lambda: services.run_cancel(run=run, actor=Actor(user=workspace.owner)))
+    response = client_as(api, member).get(f"/api/v1/runs/{run.pk}/?wait_s=20")
+    thread.join()
+    assert (response.status_code, response.json()["status"]) == (200, "canceled")
+
+
+def test_a_wait_through_other_states_ends_when_the_run_reaches_none_of_them(
+    api: Any, workspace: Any, member: Any
+) -> None:
+    run = make_run(workspace=workspace, status="running")
+    started = time.monotonic()
+    response = client_as(api, member).get(f"/api/v1/runs/{run.pk}/?wait_s=20&while_status=booting")
+    assert (response.status_code, response.json()["status"]) == (200, "running")
+    assert time.monotonic() - started < 1  # already out of `booting`: no wait at all
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["wait_s=61", "wait_s=-1", "wait_s=soon", "while_status=sleeping", "wait=5", "wait_s=1&x=1"],
+)
+def test_bad_wait_parameters_are_a_400_naming_them(
+    api: Any, workspace: Any, member: Any, query: str
+) -> None:
+    run = make_run(workspace=workspace, status="running")
+    response = client_as(api, member).get(f"/api/v1/runs/{run.pk}/?{query}")
+    assert response.status_code == 400
+    assert response.json()["code"] == "invalid"

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from sandboxes.backends.e2b import E2BBackend
-from tests.fakes.e2b_server import FAKE_API_KEY, FakeE2BServer
+from tests.fakes.e2b import FAKE_API_KEY, FakeE2BServer
 
 __all__ = ["e2b_backend", "e2b_server", "e2b_server_session"]
 

@@ -22,7 +22,7 @@ from sandboxes.backends.base import (
     TransientBackendError,
 )
 from sandboxes.backends.e2b import E2BBackend
-from tests.fakes.e2b_server import FAKE_API_KEY, FakeE2BServer, FakeSandbox
+from tests.fakes.e2b import FAKE_API_KEY, FakeE2BServer, FakeSandbox
 
 TAGS = {"app": "airlock", "env": "test", "run_id": "run-1", "workspace_id": "ws-1"}
 ONE_SANDBOX = r"/sandboxes/[^/]+"

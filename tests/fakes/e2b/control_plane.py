@@ -54,8 +54,8 @@ class ControlPlane:
         self.routes: list[tuple[str, re.Pattern[str], str, Callable[..., Response]]] = [
             ("POST", route("/sandboxes"), "create", self.create_v1),
             ("POST", route("/v2/sandboxes"), "create", self.create_v2),
-            ("GET", route("/sandboxes"), "list", self.list_v1),
-            ("GET", route("/v2/sandboxes"), "list", self.list_v2),
+            ("GET", route("/sandboxes"), "listing", self.list_v1),
+            ("GET", route("/v2/sandboxes"), "listing", self.list_v2),
             ("GET", route(f"/sandboxes/{_ID}"), "get", self.get),
             ("DELETE", route(f"/sandboxes/{_ID}"), "kill", self.kill),
             ("POST", route(f"/sandboxes/{_ID}/connect"), "connect", self.connect_v1),
@@ -241,9 +241,10 @@ class ControlPlane:
         """GET /v2/sandboxes: running and paused unless ``state`` says; newest first unless
         ``order=asc``; ``startedAfter`` inclusive; ``template`` an ID or alias without tag;
         keyset pages of ``limit`` (1–100) with ``x-next-token`` (sandboxes_list.go)."""
-        order = request.param("order") or "desc"
-        if order not in ("asc", "desc"):
-            return error(400, f'Invalid order parameter: unknown order "{order}"')
+        raw_order = request.param("order") or "desc"
+        if raw_order not in ("asc", "desc"):
+            return error(400, f'Invalid order parameter: unknown order "{raw_order}"')
+        order: Order = "asc" if raw_order == "asc" else "desc"
         states = _states(request.param("state"))
         limit = _limit(request.param("limit"))
         cursor = _parse_cursor(request.param("nextToken"), order)

@@ -255,7 +255,8 @@ _Event = process_pb.ProcessEvent
 
 
 def _start_event(pid: int) -> _Event:
-    return _Event(event=Oneof("start", _Event.StartEvent(pid=pid)))
+    start: Oneof[Literal["start"], _Event.StartEvent] = Oneof("start", _Event.StartEvent(pid=pid))
+    return _Event(event=start)
 
 
 def _data_event(stream: Stream, data: bytes) -> _Event:
@@ -264,22 +265,21 @@ def _data_event(stream: Stream, data: bytes) -> _Event:
         output = Oneof[Literal["stdout"], bytes]("stdout", data)
     else:
         output = Oneof[Literal["stderr"], bytes]("stderr", data)
-    return _Event(event=Oneof("data", _Event.DataEvent(output=output)))
+    event: Oneof[Literal["data"], _Event.DataEvent] = Oneof("data", _Event.DataEvent(output=output))
+    return _Event(event=event)
 
 
 def _end_event(end: EndInfo) -> _Event:
-    return _Event(
-        event=Oneof(
-            "end",
-            _Event.EndEvent(
-                exit_code=end.exit_code, exited=end.exited, status=end.status, error=end.error
-            ),
-        )
+    info = _Event.EndEvent(
+        exit_code=end.exit_code, exited=end.exited, status=end.status, error=end.error
     )
+    event: Oneof[Literal["end"], _Event.EndEvent] = Oneof("end", info)
+    return _Event(event=event)
 
 
 def _keepalive_event() -> _Event:
-    return _Event(event=Oneof("keepalive", _Event.KeepAlive()))
+    event: Oneof[Literal["keepalive"], _Event.KeepAlive] = Oneof("keepalive", _Event.KeepAlive())
+    return _Event(event=event)
 
 
 def _keepalive_interval(ctx: RequestContext[Any, Any]) -> float | None:

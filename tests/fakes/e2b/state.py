@@ -106,13 +106,14 @@ class Latencies:
     ``(low, high)`` range drawn from uniformly per request. Zero (the default) answers at once.
 
     E.g. ``Latencies(create=(0.15, 0.45), exec=(0.02, 0.05), kill=0.05)`` for a load test.
-    ``exec`` delays a command's start event, ``files`` every file transfer and filesystem call.
+    ``exec`` delays a command's start event, ``files`` every file transfer and filesystem call,
+    ``listing`` each page of the sandbox list.
     """
 
     create: Latency = 0.0
     connect: Latency = 0.0
     get: Latency = 0.0
-    list: Latency = 0.0
+    listing: Latency = 0.0
     kill: Latency = 0.0
     set_timeout: Latency = 0.0
     pause: Latency = 0.0

@@ -108,6 +108,9 @@ _CONTROL_TIMEOUT_S = 30
 # The in-sandbox watchdog kills a timed-out command's group this long after its timeout, in
 # case the backend's own kill never arrives (the worker died meanwhile).
 _WATCHDOG_GRACE_S = 5
+# A command whose wrapper was killed by a signal this close to its timeout (or later) timed
+# out: envd's deadline and the client's run on different clocks.
+_DEADLINE_SLACK_S = 0.5
 _COMMAND_ID = re.compile(r"[0-9a-f]{32}")
 _EXIT_NOT_FOUND = 3  # what the status and kill scripts exit with for an unknown handle
 # E2B's ALL_TRAFFIC (infra sandbox-network AllInternetTrafficCIDR); IPv4 only.
@@ -794,7 +797,8 @@ class _ForegroundRun:
         return receive
 
     def _timed_out(self) -> bool:
-        return self.timeout_s > 0 and time.monotonic() - self.started >= self.timeout_s
+        elapsed = time.monotonic() - self.started
+        return self.timeout_s > 0 and elapsed >= self.timeout_s - _DEADLINE_SLACK_S
 
     def _watch(self, cancel: threading.Event) -> None:
         while not self.done.is_set():

@@ -42,7 +42,7 @@ from connectrpc.request import RequestContext
 from e2b.envd.process import process_connect, process_pb
 from protobuf import Oneof
 
-from .state import SANDBOX_HOME, FakeSandbox
+from .state import DEADLINE_LEAD_S, SANDBOX_HOME, FakeSandbox
 
 if TYPE_CHECKING:
     from .envd import Envd
@@ -308,6 +308,8 @@ class ProcessService(process_connect.ProcessSync):
             raise ConnectError(Code.UNIMPLEMENTED, "the E2B test double has no PTY")
         self.envd.state.latencies.wait("exec")
         deadline = self._deadline(ctx)
+        if deadline is not None and self.envd.state.deadline_sends_end_event:
+            deadline -= DEADLINE_LEAD_S
         events: queue.Queue[Event] = queue.Queue()
         process = self.envd.spawn(
             sandbox,

@@ -45,6 +45,7 @@ DEFAULT_TIMEOUT_S = 15
 # (NewSandboxV2, ConnectSandboxV2) document `Default: 300`. Not confirmed from a server source.
 DEFAULT_TIMEOUT_V2_S = 300
 MAX_TIMEOUT_S = 24 * 3600  # Pro teams; infra checks the team's MaxLengthHours
+DEADLINE_LEAD_S = 0.2  # see FakeE2BState.deadline_sends_end_event
 MAX_PAGE_SIZE = 100  # spec paginationLimit maximum, infra sandboxesMaxLimit
 CPU_COUNT = 2
 MEMORY_MB = 512
@@ -368,7 +369,11 @@ class FakeE2BState:
         # envd ends a Start stream at its deadline from two sides at once: the request's
         # context (DEADLINE_EXCEEDED) and the process's (the main process is killed, an end
         # event with exit -1 follows). Which one the client sees first is a race in envd
-        # (start.go); the double sends DEADLINE_EXCEEDED unless this is set.
+        # (start.go), and the client's own deadline runs too; the double sends
+        # DEADLINE_EXCEEDED. Set this to have the end event win instead: the double then
+        # applies the deadline DEADLINE_LEAD_S early, so that it reaches a client whose own
+        # deadline would otherwise fire first (the sync SDK's does; the async SDK was seen
+        # getting the end event).
         self.deadline_sends_end_event = False
         # The domain create and connect answer, where envd is reached as
         # https://49983-<sandbox id>.<domain> when no sandbox URL is configured.

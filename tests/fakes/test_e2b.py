@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import pytest
@@ -253,7 +253,11 @@ def test_listing_pages_with_a_next_token_in_either_order(e2b_server: FakeE2BServ
         for i in range(5)
     ]
 
-    for order, expected in (("desc", seeded[::-1]), ("asc", seeded)):
+    orders: list[tuple[Literal["asc", "desc"], list[str]]] = [
+        ("desc", seeded[::-1]),
+        ("asc", seeded),
+    ]
+    for order, expected in orders:
         paginator = Sandbox.list(limit=2, order=order, **opts(e2b_server))
         pages = []
         while paginator.has_next:

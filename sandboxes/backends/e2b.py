@@ -21,8 +21,8 @@ Things the SDK or E2B would otherwise decide:
   output through files in the sandbox (where background children can neither block nor die
   of a closed pipe) and streams them while the command's own process lives; a timeout, a
   cancel or an error kills that group with a second command (``_KILL_FOREGROUND``). The
-  wrapper needs bash and GNU coreutils (``tail --pid``, ``base64``) in the template, as E2B's
-  ``base`` has.
+  wrapper needs bash and GNU coreutils (``tail --pid``, ``dd iflag=count_bytes``, ``base64``)
+  in the template, as E2B's ``base`` has.
 """
 
 from __future__ import annotations
@@ -175,7 +175,7 @@ echo "$!" >"$d/pgid"
 _RUNNER = """\
 d=$1 m=$2
 cap() {
-  head -c "$m" >"$1"
+  dd of="$1" bs=64K count="$m" iflag=count_bytes status=none
   if LC_ALL=C read -r -d '' -n 1 _; then : >"$1.cut"; cat >/dev/null; fi
 }
 mkfifo "$d/out.fifo" "$d/err.fifo" || exit 125

@@ -72,7 +72,13 @@ class FakeBackend(SandboxBackend):
     # -- the interface ---------------------------------------------------------------------
 
     def create(
-        self, *, template: str, metadata: dict[str, str], envs: dict[str, str], timeout_s: int
+        self,
+        *,
+        template: str,
+        metadata: dict[str, str],
+        envs: dict[str, str],
+        timeout_s: int,
+        network: Any = None,
     ) -> SandboxInfo:
         return self._store(None, metadata, timeout_s)
 
@@ -132,6 +138,7 @@ class FakeBackend(SandboxBackend):
         envs: dict[str, str] | None = None,
         on_output: Any = None,
         max_output_bytes: int = 1024 * 1024,
+        cancel: threading.Event | None = None,
     ) -> CommandResult:
         """Commands are recorded, not run: every command succeeds and prints nothing."""
         with self._lock:

@@ -162,6 +162,19 @@ def test_a_client_going_away_leaves_the_command_running(
     assert wait_until(lambda: (root / "out").exists())
 
 
+def test_connect_attaches_to_a_running_command(e2b_server: FakeE2BServer, sandbox: Sandbox) -> None:
+    root = home(e2b_server, sandbox)
+    started = sandbox.commands.run(
+        "while [ ! -e go ]; do sleep 0.02; done; echo late", background=True, timeout=30
+    )
+    started.disconnect()
+
+    attached = sandbox.commands.connect(started.pid, timeout=30)
+    (root / "go").touch()
+
+    assert attached.wait().stdout == "late\n"
+
+
 def test_stdin_can_be_written_and_closed(sandbox: Sandbox) -> None:
     handle = sandbox.commands.run("cat", background=True, stdin=True, timeout=30)
 

@@ -71,6 +71,19 @@ def test_a_paused_sandbox_is_reported_paused_and_never_resumed_behind_the_caller
     assert e2b_server.state.requests_for("POST", r"/(v2/)?sandboxes/[^/]+/(connect|resume)") == []
 
 
+def test_a_sandbox_paused_during_a_command_raises_sandbox_paused(
+    e2b_backend: E2BBackend, e2b_server: FakeE2BServer, sandbox_id: str
+) -> None:
+    def pause_on_ready(stream: str, text: str) -> None:
+        if "ready" in text:
+            e2b_backend.pause(sandbox_id)
+
+    with pytest.raises(SandboxPaused):
+        e2b_backend.run(sandbox_id, "echo ready; sleep 30", timeout_s=30, on_output=pause_on_ready)
+
+    assert fake(e2b_server, sandbox_id).state == "paused"  # kept, with its processes
+
+
 def test_a_paused_sandbox_is_listed_and_has_no_provider_deadline(
     e2b_backend: E2BBackend, sandbox_id: str
 ) -> None:

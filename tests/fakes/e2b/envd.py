@@ -202,10 +202,8 @@ class Envd:
     def _route(self, request: Request) -> tuple[str, str]:
         """(sandbox id, port) from the host name on the per-sandbox domain, else from the
         headers the SDK sends to the one sandbox URL."""
-        host = request.host.rsplit(":", 1)[0] if request.host.count(":") == 1 else request.host
-        domain = self.state.sandbox_domain
-        match = _SANDBOX_HOST.fullmatch(request.host) or _SANDBOX_HOST.fullmatch(host)
-        if match and domain is not None and match["domain"] in (domain, domain.split(":")[0]):
+        match = _SANDBOX_HOST.fullmatch(request.host)
+        if match and match["domain"] == self.state.sandbox_domain:
             return match["sandbox_id"], match["port"]
         return request.header("E2b-Sandbox-Id") or "", request.header("E2b-Sandbox-Port") or ""
 

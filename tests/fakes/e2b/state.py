@@ -19,7 +19,6 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -534,7 +533,3 @@ class FakeE2BState:
             self.pause(sandbox)
         for sandbox in dead:
             sandbox.kill_processes()
-
-    def iter_sandboxes(self) -> Iterator[FakeSandbox]:
-        with self.lock:
-            yield from list(self.sandboxes.values())

@@ -137,9 +137,9 @@ p=$!
 set +m
 echo "$p" >"$d/pgid"
 %(watchdog)s
-tail -q -c +1 -s 0.05 --pid="$p" -f "$d/out" &
+tail -q -c +1 -s 0.02 --pid="$p" -f "$d/out" &
 o=$!
-tail -q -c +1 -s 0.05 --pid="$p" -f "$d/err" >&2 &
+tail -q -c +1 -s 0.02 --pid="$p" -f "$d/err" >&2 &
 e=$!
 wait "$p"
 r=$?

@@ -34,6 +34,15 @@ class FakeE2BServer:
 
     def __init__(self, *, host: str = "127.0.0.1", api_port: int = 0, envd_port: int = 0) -> None:
         self._root = Path(tempfile.mkdtemp(prefix="fake-e2b-"))
+        try:
+            self._setup(host, api_port, envd_port)
+        except BaseException:
+            shutil.rmtree(self._root, ignore_errors=True)  # e.g. the port was taken
+            raise
+        self._threads: list[threading.Thread] = []
+        self._stopping = threading.Event()
+
+    def _setup(self, host: str, api_port: int, envd_port: int) -> None:
         self.state = FakeE2BState(self._root / "sandboxes")
         self.state.root.mkdir()
         ca = trustme.CA()
@@ -46,8 +55,6 @@ class FakeE2BServer:
         self._envd = Server("envd", self.state, envd, host=host, port=envd_port)
         self._envd_tls = Server("envd", self.state, envd, host="127.0.0.1", tls=tls)
         self.state.sandbox_domain = f"{DOMAIN_NAME}:{self._envd_tls.port}"
-        self._threads: list[threading.Thread] = []
-        self._stopping = threading.Event()
 
     @property
     def api_url(self) -> str:

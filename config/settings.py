@@ -232,6 +232,7 @@ SANDBOX_LOCAL_GID = env_int("SANDBOX_LOCAL_GID", None, min_value=1)
 E2B_API_KEY = env_str("E2B_API_KEY", "")
 E2B_API_URL = env_str("E2B_API_URL", "") or None
 E2B_SANDBOX_URL = env_str("E2B_SANDBOX_URL", "") or None
+E2B_DOMAIN = env_str("E2B_DOMAIN", "e2b.app")
 E2B_TEMPLATE = env_str("E2B_TEMPLATE", "base")
 E2B_REQUEST_TIMEOUT_S = env_int("E2B_REQUEST_TIMEOUT_S", 30, min_value=1)
 SANDBOX_BOOT_TIMEOUT_S = env_int("SANDBOX_BOOT_TIMEOUT_S", 300, min_value=1)

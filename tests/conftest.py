@@ -194,7 +194,7 @@ def local_sandboxes(settings: Any, local_backend: Any) -> Any:
 @pytest.fixture
 def e2b_sandboxes(settings: Any, e2b_server: Any, e2b_backend: Any) -> Any:
     """Runs use the e2b backend (the real SDK) against the local E2B test double."""
-    from tests.fakes.e2b_server import FAKE_API_KEY
+    from tests.fakes.e2b import FAKE_API_KEY
 
     settings.SANDBOX_BACKEND = "e2b"
     settings.E2B_API_KEY = FAKE_API_KEY

@@ -59,6 +59,7 @@ _override: list[SandboxBackend] = []
 _BACKEND_SETTINGS = {
     "e2b": (
         "E2B_API_KEY", "E2B_API_URL", "E2B_SANDBOX_URL", "E2B_TEMPLATE", "E2B_REQUEST_TIMEOUT_S",
+        "E2B_DOMAIN",
     ),
     "local": (
         "SANDBOX_LOCAL_ROOT", "SANDBOX_LOCAL_CPU_SECONDS", "SANDBOX_LOCAL_MEMORY_MB",

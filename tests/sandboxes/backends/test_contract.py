@@ -304,3 +304,35 @@ def test_listing_a_missing_directory_raises_file_not_found(
 ) -> None:
     with pytest.raises(SandboxFileNotFound):
         backend.list_files(sandbox, f"{HOME}/missing")
+
+
+# -- E2B semantics (SPEC §14/§15), written for every backend ---------------------------------
+# Added with the E2B backend's envd work: a command's own process decides when the call
+# returns, and a timeout ends everything the command started. Checked from inside the
+# sandbox, so the same assertions hold wherever the sandbox runs.
+
+
+def test_a_background_child_does_not_hold_the_call_open(
+    backend: SandboxBackend, sandbox: str
+) -> None:
+    result = backend.run(sandbox, "sleep 30 & echo started", timeout_s=10)
+
+    assert (result.exit_code, result.stdout) == (0, "started\n")
+
+
+def test_a_timeout_kills_the_children_of_the_command(backend: SandboxBackend, sandbox: str) -> None:
+    with pytest.raises(CommandTimeout) as excinfo:
+        backend.run(
+            sandbox,
+            "sleep 30 & echo $! > child.pid; echo started; sleep 30",
+            timeout_s=1,
+        )
+
+    assert excinfo.value.stdout == "started\n"
+    check = backend.run(
+        sandbox,
+        "for _ in $(seq 50); do kill -0 $(cat child.pid) 2>/dev/null || exit 0; sleep 0.1; done;"
+        " exit 1",
+        timeout_s=30,
+    )
+    assert check.exit_code == 0  # the background child is gone

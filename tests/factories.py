@@ -99,3 +99,9 @@ def create_run(*, workspace: Workspace, actor: Actor | None = None, **fields: An
 def sandboxes_of(backend: Any, run: SandboxRun) -> list[Any]:
     """The live sandboxes a backend holds for a run, found by the run_id tag."""
     return backend.list_sandboxes({"run_id": str(run.pk)})
+
+
+def run_state(run: SandboxRun) -> tuple[str, str]:
+    """The run's status and end reason as stored now (the copy in hand is refreshed)."""
+    run.refresh_from_db()
+    return run.status, run.end_reason

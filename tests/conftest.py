@@ -267,6 +267,15 @@ def superuser(db: Any) -> Any:
 
 
 @pytest.fixture
+def reviewer(admin_user: Any) -> Any:
+    """Adam: staff, admin of the workspace (whose runs the owner starts): in the admin he
+    reviews its artifacts and manages its runs."""
+    admin_user.is_staff = True
+    admin_user.save(update_fields=["is_staff"])
+    return admin_user
+
+
+@pytest.fixture
 def sandbox_run(local_sandboxes: Any, workspace: Any) -> Any:
     """A running run on a real local sandbox, started by the owner."""
     from tests.factories import make_run

@@ -22,14 +22,6 @@ RUNS = "/admin/sandboxes/sandboxrun/"
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture
-def reviewer(admin_user: Any) -> Any:
-    """Adam: staff, admin of the workspace."""
-    admin_user.is_staff = True
-    admin_user.save(update_fields=["is_staff"])
-    return admin_user
-
-
 def test_the_admin_shows_each_runs_cost_and_each_workspaces_usage(
     client: Any, workspace: Workspace, time_machine: Any
 ) -> None:

@@ -238,7 +238,7 @@ def test_the_queue_is_pending_artifacts_oldest_first(
     assert list(selectors.review_queue(workspace_ids=[])) == []
 
 
-def test_the_index_counts_pending_reviews_and_running_sandboxes_in_scope(
+def test_the_console_counts_are_pending_reviews_and_running_sandboxes_in_scope(
     run: SandboxRun, beta: Workspace, workspace: Workspace
 ) -> None:
     make_artifact(run)

@@ -330,7 +330,7 @@ def test_an_upload_lands_in_the_sandbox_and_on_the_trail(
     assert (event.subject_type, event.subject_id) == ("run", str(run.pk))
 
 
-def test_an_upload_over_the_limit_is_refused_whole(
+def test_an_upload_over_the_limit_leaves_nothing_in_the_sandbox(
     run: SandboxRun, fake_backend: FakeBackend, mia: Actor, settings: Any
 ) -> None:
     settings.UPLOAD_MAX_BYTES = 1000

@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 
+from config.celery import app
+from sandboxes import services
 from sandboxes.backends import TransientBackendError, app_tags
 from sandboxes.tasks import backoff_s, reconcile_sandboxes, start_sandbox_run, sweep_sandboxes
 from tests.factories import create_run, sandboxes_of
@@ -69,6 +71,12 @@ def test_a_boot_that_stays_transient_fails_after_the_last_retry(
     assert (run.status, run.end_reason) == ("failed", "boot_error")
     assert run.error is not None
     assert run.error["code"] == TransientBackendError.code
+
+
+def test_the_start_task_is_registered_under_the_name_the_services_enqueue() -> None:
+    assert start_sandbox_run.name == services.START_TASK
+    assert app.tasks[services.START_TASK] == start_sandbox_run  # (a proxy of it)
+    assert start_sandbox_run.acks_late is True
 
 
 def test_the_retry_backoff_grows_exponentially_up_to_a_minute() -> None:

@@ -311,3 +311,11 @@ def run_command(*args: str) -> tuple[str, str]:
     out, err = StringIO(), StringIO()
     call_command(*args, stdout=out, stderr=err)
     return out.getvalue(), err.getvalue()
+
+
+def streamed(response: Any) -> bytes:
+    """A streaming response's body, read to the end; then closed, as the server would."""
+    try:
+        return b"".join(response.streaming_content)
+    finally:
+        response.close()

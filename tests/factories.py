@@ -105,3 +105,19 @@ def run_state(run: SandboxRun) -> tuple[str, str]:
     """The run's status and end reason as stored now (the copy in hand is refreshed)."""
     run.refresh_from_db()
     return run.status, run.end_reason
+
+
+def key_actor(*, workspace: Workspace, role: str = Role.MEMBER) -> Actor:
+    """The actor of a new API key of the workspace (made by its owner), as the API sees it."""
+    key, _ = make_api_key(workspace=workspace, role=role)
+    return Actor(user=key.created_by, api_key=key)
+
+
+def record_event(subject: Any, type: str, actor: Actor | None = None) -> Any:
+    """One event on the trail about `subject`, as a service would record it in its write."""
+    from django.db import transaction
+
+    from workspaces import events
+
+    with transaction.atomic():
+        return events.record(actor=actor or Actor.system("test"), type=type, subject=subject)

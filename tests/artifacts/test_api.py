@@ -13,15 +13,11 @@ from django.utils import timezone
 from artifacts.models import Artifact
 from sandboxes.models import SandboxRun
 from tests.artifacts.conftest import PNG, XSS, home_of, make_artifact, plant
-from tests.conftest import client_as, table
+from tests.conftest import client_as, streamed, table
 from tests.factories import make_run, make_workspace
 
 MEMBERS = dict(owner=200, admin=200, member=200, member_key=200, admin_key=200)
 REVIEWERS = dict(owner=200, admin=200, admin_key=200, member=404, member_key=404)
-
-
-def _content(response: Any) -> bytes:
-    return b"".join(response.streaming_content)
 
 
 # --- capture ---------------------------------------------------------------------------------
@@ -217,7 +213,7 @@ def test_pending_bytes_are_for_reviewers_only(
     response = as_caller(caller).get(f"/api/v1/artifacts/{artifact.pk}/content/")
     assert response.status_code == status
     if status == 200:
-        assert _content(response) == b"pending bytes"
+        assert streamed(response) == b"pending bytes"
 
 
 @pytest.mark.django_db
@@ -229,7 +225,7 @@ def test_approved_bytes_are_for_every_member(
     response = as_caller(caller).get(f"/api/v1/artifacts/{artifact.pk}/content/")
     assert response.status_code == status
     if status == 200:
-        assert _content(response) == b"approved bytes"
+        assert streamed(response) == b"approved bytes"
 
 
 @pytest.mark.django_db
@@ -255,7 +251,7 @@ def test_the_content_route_answers_with_the_download_headers(
     assert response["X-Content-Type-Options"] == "nosniff"
     assert response["Content-Security-Policy"] == "default-src 'none'; img-src 'self'; sandbox"
     assert response["Cache-Control"] == "private, no-store"
-    assert _content(response) == f"<html>{XSS}</html>".encode()
+    assert streamed(response) == f"<html>{XSS}</html>".encode()
 
 
 @pytest.mark.django_db

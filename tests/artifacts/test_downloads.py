@@ -16,6 +16,7 @@ from artifacts import downloads
 from artifacts.models import Artifact
 from sandboxes.models import SandboxRun
 from tests.artifacts.conftest import PNG, XSS, make_artifact
+from tests.conftest import streamed
 
 pytestmark = pytest.mark.django_db
 
@@ -26,10 +27,6 @@ def _chunks(response: StreamingHttpResponse) -> list[bytes]:
         return list(cast("Iterator[bytes]", response.streaming_content))
     finally:
         response.close()
-
-
-def _content(response: StreamingHttpResponse) -> bytes:
-    return b"".join(_chunks(response))
 
 
 @pytest.mark.parametrize(
@@ -57,7 +54,7 @@ def test_bytes_are_always_an_attachment_with_nosniff_and_a_safe_type(
     assert response["Content-Disposition"].startswith("attachment; filename=")
     assert response["X-Content-Type-Options"] == "nosniff"
     assert response["Content-Length"] == str(len(data))
-    assert _content(response) == data
+    assert streamed(response) == data
 
 
 def test_even_a_rendered_download_could_run_nothing(run: SandboxRun) -> None:
@@ -120,7 +117,7 @@ def test_a_proven_raster_image_is_shown_inline(run: SandboxRun) -> None:
 
     assert (response["Content-Type"], response["Content-Disposition"]) == ("image/png", "inline")
     assert response["X-Content-Type-Options"] == "nosniff"
-    assert _content(response) == PNG
+    assert streamed(response) == PNG
 
 
 @pytest.mark.parametrize(

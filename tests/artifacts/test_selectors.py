@@ -16,7 +16,7 @@ from artifacts.models import Artifact
 from config.exceptions import NotFound, PermissionDenied
 from sandboxes.models import SandboxRun
 from tests.artifacts.conftest import make_artifact
-from tests.factories import make_api_key, make_run, make_workspace
+from tests.factories import key_actor, make_run, make_workspace
 from workspaces.access import Actor
 from workspaces.models import Role, Workspace
 
@@ -41,11 +41,6 @@ def artifacts(run: SandboxRun, beta: Workspace) -> dict[str, Artifact]:
         "beta_pending": make_artifact(beta_run, title="beta_pending"),
         "beta_approved": make_artifact(beta_run, title="beta_approved", state="approved"),
     }
-
-
-def _key_actor(workspace: Workspace, role: str) -> Actor:
-    key, _ = make_api_key(workspace=workspace, role=role)
-    return Actor(user=key.created_by, api_key=key)
 
 
 def _visible(queryset: Any) -> dict[str, bool]:
@@ -102,7 +97,10 @@ def test_a_key_sees_its_workspace_with_its_own_role(
     workspace: Workspace, artifacts: dict[str, Artifact], role: str, expected: dict[str, bool]
 ) -> None:
     # The keys are the owner's: a member key still sees what a member sees.
-    assert _visible(selectors.artifact_list(actor=_key_actor(workspace, role))) == expected
+    assert (
+        _visible(selectors.artifact_list(actor=key_actor(workspace=workspace, role=role)))
+        == expected
+    )
 
 
 def test_the_list_needs_no_query_per_artifact(
@@ -193,9 +191,9 @@ def test_who_may_review_and_why_not(
 
     assert refusal(Actor(user=admin_user)) is None
     assert refusal(Actor(user=member)) == "role"
-    assert refusal(_key_actor(workspace, "member")) == "role"
+    assert refusal(key_actor(workspace=workspace, role="member")) == "role"
     assert refusal(Actor(user=owner)) == "self_review"
-    assert refusal(_key_actor(workspace, "admin")) == "self_review"  # the owner's key
+    assert refusal(key_actor(workspace=workspace, role="admin")) == "self_review"  # the owner's key
     settings.ALLOW_SELF_REVIEW = True
     assert refusal(Actor(user=owner)) is None
 

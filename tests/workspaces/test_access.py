@@ -11,16 +11,10 @@ from django.contrib.auth.models import AnonymousUser
 from rest_framework.test import APIRequestFactory
 
 from config.exceptions import NotFound, PermissionDenied
-from tests.factories import make_api_key, make_user, make_workspace
+from tests.factories import key_actor, make_api_key, make_user, make_workspace
 from workspaces import access, services
 from workspaces.access import Actor
 from workspaces.models import Role, Workspace
-
-
-@pytest.fixture
-def elsewhere(outsider: Any) -> Workspace:
-    """Another workspace, the outsider's."""
-    return make_workspace(owner=outsider, name="Elsewhere")
 
 
 @pytest.fixture
@@ -36,19 +30,15 @@ def actors(
     """Every kind of caller: people by their role in Lab, keys of Lab and of Elsewhere (all
     made by their workspace's owner), and a system task."""
 
-    def key(ws: Workspace, role: str) -> Actor:
-        api_key, _ = make_api_key(workspace=ws, role=role)
-        return Actor(user=api_key.created_by, api_key=api_key)
-
     return {
         "owner": Actor(user=owner),
         "admin": Actor(user=admin_user),
         "member": Actor(user=member),
         "outsider": Actor(user=outsider),
         "superuser": Actor(user=superuser),
-        "member_key": key(workspace, "member"),
-        "admin_key": key(workspace, "admin"),
-        "foreign_key": key(elsewhere, "admin"),
+        "member_key": key_actor(workspace=workspace, role="member"),
+        "admin_key": key_actor(workspace=workspace, role="admin"),
+        "foreign_key": key_actor(workspace=elsewhere, role="admin"),
         "system": Actor.system("sweep"),
     }
 

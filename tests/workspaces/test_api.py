@@ -11,7 +11,8 @@ from django.db import IntegrityError, transaction
 from rest_framework.authtoken.models import Token
 
 from tests.conftest import CALLERS, assert_error, client_as, table
-from tests.factories import make_api_key, make_run, make_user, make_workspace
+from tests.factories import make_api_key, make_run, make_user, make_workspace, record_event
+from tests.workspaces.conftest import keys_url, role_of
 from workspaces import events, services
 from workspaces.access import Actor
 from workspaces.models import ApiKey, Event, EventType, Membership, Role, Subject, Workspace
@@ -22,17 +23,8 @@ def _members_url(workspace: Workspace, user: Any = None) -> str:
     return base if user is None else f"{base}{user.pk}/"
 
 
-def _keys_url(workspace: Workspace) -> str:
-    return f"/api/v1/workspaces/{workspace.pk}/api-keys/"
-
-
 def _events_url(workspace: Workspace) -> str:
     return f"/api/v1/workspaces/{workspace.pk}/events/"
-
-
-def _role_of(workspace: Workspace, user: Any) -> str | None:
-    membership = Membership.objects.filter(workspace=workspace, user=user).first()
-    return membership.role if membership is not None else None
 
 
 # --- the role matrix ---------------------------------------------------------------------
@@ -133,7 +125,7 @@ def test_remove_member(
 def test_list_api_keys(
     as_caller: Any, caller: str, status: int, workspace: Workspace, target: dict[str, Any]
 ) -> None:
-    response = as_caller(caller).get(_keys_url(workspace))
+    response = as_caller(caller).get(keys_url(workspace))
     assert response.status_code == status
     if status == 200:
         body = response.json()["results"]
@@ -145,7 +137,7 @@ def test_list_api_keys(
 @pytest.mark.parametrize(("caller", "status"), table(**_table(201, ADMIN_UP)))
 def test_create_api_key(as_caller: Any, caller: str, status: int, workspace: Workspace) -> None:
     response = as_caller(caller).post(
-        _keys_url(workspace), {"name": "ci", "role": "member"}, format="json"
+        keys_url(workspace), {"name": "ci", "role": "member"}, format="json"
     )
     assert response.status_code == status
     assert ApiKey.objects.filter(workspace=workspace, name="ci").exists() == (status == 201)
@@ -156,7 +148,7 @@ def test_create_api_key(as_caller: Any, caller: str, status: int, workspace: Wor
 def test_revoke_api_key(
     as_caller: Any, caller: str, status: int, workspace: Workspace, target: dict[str, Any]
 ) -> None:
-    url = f"{_keys_url(workspace)}{target['key'].pk}/"
+    url = f"{keys_url(workspace)}{target['key'].pk}/"
     assert as_caller(caller).delete(url).status_code == status
     target["key"].refresh_from_db()
     assert (target["key"].revoked_at is not None) == (status == 204)
@@ -278,7 +270,7 @@ def test_the_owner_cannot_be_removed_through_the_api(
     response = client_as(api, caller).delete(_members_url(workspace, workspace.owner))
     assert response.status_code == 403
     assert response.json()["code"] == "owner_protected"
-    assert _role_of(workspace, workspace.owner) == Role.OWNER
+    assert role_of(workspace, workspace.owner) == Role.OWNER
 
 
 def test_the_owner_cannot_be_removed_with_an_admin_key(
@@ -286,7 +278,7 @@ def test_the_owner_cannot_be_removed_with_an_admin_key(
 ) -> None:
     response = client_as(api, admin_key).delete(_members_url(workspace, workspace.owner))
     assert response.status_code == 403
-    assert _role_of(workspace, workspace.owner) == Role.OWNER
+    assert role_of(workspace, workspace.owner) == Role.OWNER
 
 
 @pytest.mark.parametrize("role", ["admin", "member"])
@@ -298,7 +290,7 @@ def test_the_owner_cannot_be_demoted_through_the_api(
     )
     assert response.status_code == 403
     assert response.json()["code"] == "owner_protected"
-    assert _role_of(workspace, workspace.owner) == Role.OWNER
+    assert role_of(workspace, workspace.owner) == Role.OWNER
 
 
 def test_the_owner_cannot_demote_themselves(api: Any, workspace: Workspace, owner: Any) -> None:
@@ -306,7 +298,7 @@ def test_the_owner_cannot_demote_themselves(api: Any, workspace: Workspace, owne
         _members_url(workspace, owner), {"role": "admin"}, format="json"
     )
     assert response.status_code == 403
-    assert _role_of(workspace, owner) == Role.OWNER
+    assert role_of(workspace, owner) == Role.OWNER
 
 
 def test_nobody_can_be_promoted_to_owner_through_the_api(
@@ -317,7 +309,7 @@ def test_nobody_can_be_promoted_to_owner_through_the_api(
     )
     assert response.status_code == 400
     assert "role" in response.json()["errors"]
-    assert _role_of(workspace, admin_user) == Role.ADMIN
+    assert role_of(workspace, admin_user) == Role.ADMIN
     assert Workspace.objects.get(pk=workspace.pk).owner == owner
 
 
@@ -330,14 +322,14 @@ def test_nobody_can_be_added_as_owner_through_the_api(
     )
     assert response.status_code == 400
     assert "role" in response.json()["errors"]
-    assert _role_of(workspace, newcomer) is None
+    assert role_of(workspace, newcomer) is None
 
 
 def test_the_owner_cannot_leave(api: Any, workspace: Workspace, owner: Any) -> None:
     response = client_as(api, owner).delete(_members_url(workspace, owner))
     assert response.status_code == 403
     assert response.json()["code"] == "owner_protected"
-    assert _role_of(workspace, owner) == Role.OWNER
+    assert role_of(workspace, owner) == Role.OWNER
 
 
 # --- members: leaving, removing, roles ------------------------------------------------------
@@ -348,7 +340,7 @@ def test_a_member_can_leave(api: Any, workspace: Workspace, request: Any, who: s
     user = request.getfixturevalue(who)
     response = client_as(api, user).delete(_members_url(workspace, user))
     assert response.status_code == 204
-    assert _role_of(workspace, user) is None
+    assert role_of(workspace, user) is None
 
 
 def test_after_leaving_the_workspace_is_not_found(
@@ -364,7 +356,7 @@ def test_a_member_cannot_remove_others(
 ) -> None:
     response = client_as(api, member).delete(_members_url(workspace, admin_user))
     assert response.status_code == 403
-    assert _role_of(workspace, admin_user) == Role.ADMIN
+    assert role_of(workspace, admin_user) == Role.ADMIN
 
 
 def test_a_member_key_cannot_make_its_creator_leave(
@@ -373,7 +365,7 @@ def test_a_member_key_cannot_make_its_creator_leave(
     # A key acts for the workspace, not as its creator: "leaving" is a person's act.
     response = client_as(api, member_key).delete(_members_url(workspace, workspace.owner))
     assert response.status_code == 403
-    assert _role_of(workspace, workspace.owner) == Role.OWNER
+    assert role_of(workspace, workspace.owner) == Role.OWNER
 
 
 def test_an_admin_can_change_a_members_role(
@@ -384,7 +376,7 @@ def test_an_admin_can_change_a_members_role(
     )
     assert response.status_code == 200
     assert response.json()["role"] == "admin"
-    assert _role_of(workspace, member) == Role.ADMIN
+    assert role_of(workspace, member) == Role.ADMIN
 
 
 def test_changing_the_role_of_a_non_member_is_not_found(
@@ -394,7 +386,7 @@ def test_changing_the_role_of_a_non_member_is_not_found(
         _members_url(workspace, outsider), {"role": "admin"}, format="json"
     )
     assert response.status_code == 404
-    assert _role_of(workspace, outsider) is None
+    assert role_of(workspace, outsider) is None
 
 
 def test_removing_a_non_member_is_not_found(
@@ -415,7 +407,7 @@ def test_a_member_can_be_added_by_username(api: Any, workspace: Workspace, owner
     assert response.status_code == 201
     assert response.json()["user_id"] == newcomer.pk
     assert response.json()["role"] == "member"
-    assert _role_of(workspace, newcomer) == Role.MEMBER
+    assert role_of(workspace, newcomer) == Role.MEMBER
 
 
 def test_a_member_can_be_added_by_id_as_admin(api: Any, workspace: Workspace, owner: Any) -> None:
@@ -424,7 +416,7 @@ def test_a_member_can_be_added_by_id_as_admin(api: Any, workspace: Workspace, ow
         _members_url(workspace), {"user_id": newcomer.pk, "role": "admin"}, format="json"
     )
     assert response.status_code == 201
-    assert _role_of(workspace, newcomer) == Role.ADMIN
+    assert role_of(workspace, newcomer) == Role.ADMIN
 
 
 @pytest.mark.parametrize(
@@ -461,7 +453,7 @@ def test_adding_an_existing_member_is_a_conflict(
     )
     assert response.status_code == 409
     assert response.json()["code"] == "already_member"
-    assert _role_of(workspace, user) == (Role.MEMBER if who == "member" else Role.OWNER)
+    assert role_of(workspace, user) == (Role.MEMBER if who == "member" else Role.OWNER)
 
 
 @pytest.mark.parametrize(
@@ -490,12 +482,12 @@ def test_the_secret_is_shown_once_at_create_and_never_in_lists(
     api: Any, workspace: Workspace, owner: Any
 ) -> None:
     client = client_as(api, owner)
-    created = client.post(_keys_url(workspace), {"name": "ci", "role": "admin"}, format="json")
+    created = client.post(keys_url(workspace), {"name": "ci", "role": "admin"}, format="json")
     assert created.status_code == 201
     secret = created.json()["key"]
     assert secret.startswith(f"alk_{created.json()['prefix']}_")
 
-    listed = client.get(_keys_url(workspace))
+    listed = client.get(keys_url(workspace))
     assert listed.status_code == 200
     assert secret not in listed.content.decode()
     assert all("key" not in item for item in listed.json()["results"])
@@ -505,7 +497,7 @@ def test_revoking_an_unknown_key_is_not_found(api: Any, workspace: Workspace, ow
     elsewhere = make_workspace(owner=owner, name="Elsewhere")
     foreign, _ = make_api_key(workspace=elsewhere)
     for key_id in ("00000000-0000-0000-0000-000000000000", foreign.pk):
-        response = client_as(api, owner).delete(f"{_keys_url(workspace)}{key_id}/")
+        response = client_as(api, owner).delete(f"{keys_url(workspace)}{key_id}/")
         assert assert_error(response, 404)["detail"] == "No such API key."
     foreign.refresh_from_db()
     assert foreign.revoked_at is None
@@ -577,11 +569,6 @@ def _types(response: Any) -> list[str]:
     return [event["type"] for event in response.json()["results"]]
 
 
-def _record_run_event(run: Any, type: str) -> Event:
-    with transaction.atomic():
-        return events.record(actor=Actor.system("test"), type=type, subject=run)
-
-
 def test_renaming_adding_a_member_and_revoking_a_key_appear_in_the_trail_with_their_actor(
     api: Any, workspace: Workspace, owner: Any, admin_user: Any
 ) -> None:
@@ -595,7 +582,7 @@ def test_renaming_adding_a_member_and_revoking_a_key_appear_in_the_trail_with_th
         _members_url(workspace), {"username": "nina"}, format="json"
     )
     assert add.status_code == 201
-    assert client_as(api, owner).delete(f"{_keys_url(workspace)}{key.pk}/").status_code == 204
+    assert client_as(api, owner).delete(f"{keys_url(workspace)}{key.pk}/").status_code == 204
 
     results = client_as(api, owner).get(_events_url(workspace)).json()["results"]
     by_type = {event["type"]: event for event in results}
@@ -616,9 +603,9 @@ def test_the_trail_filters_by_type_run_and_thread(
 ) -> None:
     first = make_run(workspace=workspace, thread_id="thread-a")
     second = make_run(workspace=workspace, thread_id="thread-b")
-    _record_run_event(first, EventType.RUN_CREATED)
-    _record_run_event(second, EventType.RUN_CREATED)
-    _record_run_event(second, EventType.RUN_CANCELED)
+    record_event(first, EventType.RUN_CREATED)
+    record_event(second, EventType.RUN_CREATED)
+    record_event(second, EventType.RUN_CANCELED)
     client = client_as(api, owner)
     url = _events_url(workspace)
 

@@ -10,8 +10,7 @@ from django.core.cache import cache
 from rest_framework.throttling import ScopedRateThrottle
 
 from tests.conftest import assert_error
-
-PASSWORD = "correct horse battery"
+from tests.workspaces.conftest import PASSWORD, with_password
 
 
 @pytest.fixture(autouse=True)
@@ -22,14 +21,8 @@ def _fresh_throttle() -> Any:
     cache.clear()
 
 
-def _with_password(user: Any) -> Any:
-    user.set_password(PASSWORD)
-    user.save(update_fields=["password"])
-    return user
-
-
 def test_the_right_password_gets_a_token_that_works(api: Any, owner: Any) -> None:
-    _with_password(owner)
+    with_password(owner)
     response = api.post(
         "/api/v1/auth/token/", {"username": "olivia", "password": PASSWORD}, format="json"
     )
@@ -42,7 +35,7 @@ def test_the_right_password_gets_a_token_that_works(api: Any, owner: Any) -> Non
 
 
 def test_a_token_can_be_had_with_a_form_encoded_body(api: Any, owner: Any) -> None:
-    _with_password(owner)
+    with_password(owner)
     response = api.generic(
         "POST",
         "/api/v1/auth/token/",
@@ -54,7 +47,7 @@ def test_a_token_can_be_had_with_a_form_encoded_body(api: Any, owner: Any) -> No
 
 
 def test_asking_twice_returns_the_same_token(api: Any, owner: Any) -> None:
-    _with_password(owner)
+    with_password(owner)
     body = {"username": "olivia", "password": PASSWORD}
     first = api.post("/api/v1/auth/token/", body, format="json").json()["token"]
     second = api.post("/api/v1/auth/token/", body, format="json").json()["token"]
@@ -62,7 +55,7 @@ def test_asking_twice_returns_the_same_token(api: Any, owner: Any) -> None:
 
 
 def test_a_wrong_password_is_a_400_in_the_error_shape(api: Any, owner: Any) -> None:
-    _with_password(owner)
+    with_password(owner)
     response = api.post(
         "/api/v1/auth/token/", {"username": "olivia", "password": "wrong"}, format="json"
     )
@@ -72,7 +65,7 @@ def test_a_wrong_password_is_a_400_in_the_error_shape(api: Any, owner: Any) -> N
 
 
 def test_an_inactive_user_gets_no_token(api: Any, owner: Any) -> None:
-    _with_password(owner)
+    with_password(owner)
     owner.is_active = False
     owner.save(update_fields=["is_active"])
     response = api.post(

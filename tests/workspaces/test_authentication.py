@@ -15,23 +15,11 @@ from django.utils import timezone
 
 from tests.conftest import assert_error, client_as
 from tests.factories import make_api_key
+from tests.workspaces.conftest import PASSWORD, keys_url, with_password
 from workspaces import services
 from workspaces.access import Actor
 from workspaces.models import Workspace
 from workspaces.services import API_KEY_TOUCH_INTERVAL
-
-PASSWORD = "correct horse battery"
-
-
-def _with_password(user: Any) -> Any:
-    user.set_password(PASSWORD)
-    user.save(update_fields=["password"])
-    return user
-
-
-def _keys_url(workspace: Workspace) -> str:
-    return f"/api/v1/workspaces/{workspace.pk}/api-keys/"
-
 
 # --- tokens ----------------------------------------------------------------------------------
 
@@ -70,9 +58,7 @@ def test_a_well_formed_but_unknown_token_is_a_401(api: Any, db: Any) -> None:
 
 def test_a_new_key_works_as_a_bearer_token(api: Any, workspace: Workspace, owner: Any) -> None:
     secret = (
-        client_as(api, owner)
-        .post(_keys_url(workspace), {"name": "ci"}, format="json")
-        .json()["key"]
+        client_as(api, owner).post(keys_url(workspace), {"name": "ci"}, format="json").json()["key"]
     )
     api.force_authenticate(user=None)
     response = client_as(api, secret).get(f"/api/v1/workspaces/{workspace.pk}/")
@@ -84,7 +70,7 @@ def test_a_revoked_key_is_a_401_with_a_bearer_challenge(
     api: Any, workspace: Workspace, owner: Any
 ) -> None:
     key, secret = make_api_key(workspace=workspace)
-    assert client_as(api, owner).delete(f"{_keys_url(workspace)}{key.pk}/").status_code == 204
+    assert client_as(api, owner).delete(f"{keys_url(workspace)}{key.pk}/").status_code == 204
     api.force_authenticate(user=None)
 
     response = client_as(api, secret).get(f"/api/v1/workspaces/{workspace.pk}/")
@@ -146,7 +132,7 @@ def test_a_key_acts_for_its_creator_with_its_own_role(
     )
     response = client_as(api, secret).get(f"/api/v1/workspaces/{workspace.pk}/")
     assert response.json()["role"] == "member"
-    assert client_as(api, secret).get(_keys_url(workspace)).status_code == 403
+    assert client_as(api, secret).get(keys_url(workspace)).status_code == 403
     created = client_as(api, secret).post(
         f"/api/v1/workspaces/{workspace.pk}/runs/", {"thread_id": "t", "prompt": "p"}, format="json"
     )
@@ -205,7 +191,7 @@ def test_a_throttled_request_costs_no_write(api: Any, workspace: Workspace) -> N
 
 
 def test_session_auth_works_for_the_browsable_api(client: Any, workspace: Workspace) -> None:
-    _with_password(workspace.owner)
+    with_password(workspace.owner)
     assert client.login(username="olivia", password=PASSWORD)
     response = client.get("/api/v1/workspaces/", headers={"Accept": "text/html"})
     assert response.status_code == 200
@@ -217,7 +203,7 @@ def test_session_auth_enforces_csrf_on_writes(workspace: Workspace) -> None:
     from django.test import Client
 
     csrf_client = Client(enforce_csrf_checks=True)
-    _with_password(workspace.owner)
+    with_password(workspace.owner)
     assert csrf_client.login(username="olivia", password=PASSWORD)
     response = csrf_client.post(
         "/api/v1/workspaces/", {"name": "Via session"}, content_type="application/json"

@@ -11,16 +11,10 @@ import pytest
 from django.db import transaction
 
 from config.exceptions import NotFound, PermissionDenied
-from tests.factories import make_api_key, make_run, make_workspace
+from tests.factories import make_api_key, make_run, make_workspace, record_event
 from workspaces import events, selectors, services
 from workspaces.access import Actor
-from workspaces.models import Event, EventType, Role, Subject, Workspace
-
-
-@pytest.fixture
-def elsewhere(outsider: Any) -> Workspace:
-    return make_workspace(owner=outsider, name="Elsewhere")
-
+from workspaces.models import EventType, Role, Subject, Workspace
 
 # --- workspaces ------------------------------------------------------------------------------
 
@@ -154,11 +148,6 @@ def test_a_key_is_found_revoked_or_not_but_never_by_a_wrong_secret(
 # --- the trail -------------------------------------------------------------------------------
 
 
-def _record(run: Any, type: str) -> Event:
-    with transaction.atomic():
-        return events.record(actor=Actor.system("test"), type=type, subject=run)
-
-
 @pytest.fixture
 def trail(workspace: Workspace, elsewhere: Workspace) -> dict[str, Any]:
     """Lab's trail (created, two members added) plus events of two runs in two threads; and
@@ -168,10 +157,10 @@ def trail(workspace: Workspace, elsewhere: Workspace) -> dict[str, Any]:
     return {
         "first": first,
         "second": second,
-        "created": _record(first, EventType.RUN_CREATED),
-        "canceled": _record(first, EventType.RUN_CANCELED),
-        "other": _record(second, EventType.RUN_CREATED),
-        "foreign": _record(make_run(workspace=elsewhere, thread_id="thread-a"), "run.created"),
+        "created": record_event(first, EventType.RUN_CREATED),
+        "canceled": record_event(first, EventType.RUN_CANCELED),
+        "other": record_event(second, EventType.RUN_CREATED),
+        "foreign": record_event(make_run(workspace=elsewhere, thread_id="thread-a"), "run.created"),
     }
 
 

@@ -14,14 +14,10 @@ from django.utils import timezone
 
 from config.exceptions import Conflict, InvalidInput, PermissionDenied
 from tests.factories import make_api_key, make_user
+from tests.workspaces.conftest import role_of
 from workspaces import services
 from workspaces.access import Actor
 from workspaces.models import ApiKey, Event, Membership, Role, Workspace
-
-
-def _role_of(workspace: Workspace, user: Any) -> str | None:
-    membership = Membership.objects.filter(workspace=workspace, user=user).first()
-    return membership.role if membership is not None else None
 
 
 def _membership(workspace: Workspace, user: Any) -> Membership:
@@ -47,7 +43,7 @@ def test_the_owner_cannot_be_removed_by_the_service(workspace: Workspace, admin_
             membership=_membership(workspace, workspace.owner), actor=Actor(user=admin_user)
         )
     assert raised.value.code == "owner_protected"
-    assert _role_of(workspace, workspace.owner) == Role.OWNER
+    assert role_of(workspace, workspace.owner) == Role.OWNER
 
 
 def test_the_owner_cannot_leave_by_the_service(workspace: Workspace, owner: Any) -> None:
@@ -55,7 +51,7 @@ def test_the_owner_cannot_leave_by_the_service(workspace: Workspace, owner: Any)
         services.membership_remove(
             membership=_membership(workspace, owner), actor=Actor(user=owner)
         )
-    assert _role_of(workspace, owner) == Role.OWNER
+    assert role_of(workspace, owner) == Role.OWNER
 
 
 @pytest.mark.parametrize("role", ["admin", "member"])
@@ -67,7 +63,7 @@ def test_the_owner_cannot_be_demoted_by_the_service(
             membership=_membership(workspace, owner), role=role, actor=Actor(user=admin_user)
         )
     assert raised.value.code == "owner_protected"
-    assert _role_of(workspace, owner) == Role.OWNER
+    assert role_of(workspace, owner) == Role.OWNER
 
 
 def test_nobody_can_be_promoted_to_owner_by_the_service(
@@ -78,7 +74,7 @@ def test_nobody_can_be_promoted_to_owner_by_the_service(
             membership=_membership(workspace, member), role="owner", actor=Actor(user=owner)
         )
     assert raised.value.code == "owner"
-    assert _role_of(workspace, member) == Role.MEMBER
+    assert role_of(workspace, member) == Role.MEMBER
 
 
 def test_nobody_can_be_added_as_owner_by_the_service(workspace: Workspace, owner: Any) -> None:
@@ -87,7 +83,7 @@ def test_nobody_can_be_added_as_owner_by_the_service(workspace: Workspace, owner
         services.membership_add(
             workspace=workspace, user=newcomer, role="owner", actor=Actor(user=owner)
         )
-    assert _role_of(workspace, newcomer) is None
+    assert role_of(workspace, newcomer) is None
 
 
 def test_an_unknown_role_is_refused_by_the_service(workspace: Workspace, owner: Any) -> None:
@@ -106,7 +102,7 @@ def test_adding_an_existing_member_is_a_conflict_in_the_service(
             workspace=workspace, user=member, role="admin", actor=Actor(user=owner)
         )
     assert raised.value.code == "already_member"
-    assert _role_of(workspace, member) == Role.MEMBER
+    assert role_of(workspace, member) == Role.MEMBER
 
 
 # --- atomicity -------------------------------------------------------------------------------

@@ -254,3 +254,68 @@ def as_caller(
         return client_as(api, people.get(name) or keys[name])
 
     return login
+
+
+# --- shared by several apps' tests ----------------------------------------------------------
+
+
+@pytest.fixture
+def superuser(db: Any) -> Any:
+    from django.contrib.auth import get_user_model
+
+    return get_user_model().objects.create_superuser("root", "root@example.com", "pw")
+
+
+@pytest.fixture
+def reviewer(admin_user: Any) -> Any:
+    """Adam: staff, admin of the workspace (whose runs the owner starts): in the admin he
+    reviews its artifacts and manages its runs."""
+    admin_user.is_staff = True
+    admin_user.save(update_fields=["is_staff"])
+    return admin_user
+
+
+@pytest.fixture
+def sandbox_run(local_sandboxes: Any, workspace: Any) -> Any:
+    """A running run on a real local sandbox, started by the owner."""
+    from tests.factories import make_run
+
+    info = local_sandboxes.create(template="", metadata={"app": "airlock"}, envs={}, timeout_s=600)
+    return make_run(workspace=workspace, status="running", sandbox_id=info.sandbox_id)
+
+
+def assert_error(response: Any, status: int) -> dict[str, Any]:
+    """The response is an API error in the one shape, {"detail", "code"}; returns its body."""
+    assert response.status_code == status, response.content
+    assert response["Content-Type"] == "application/json"
+    body: dict[str, Any] = response.json()
+    assert isinstance(body.get("detail"), str)
+    assert body["detail"]
+    assert isinstance(body.get("code"), str)
+    return body
+
+
+def messages_of(response: Any) -> list[str]:
+    """The admin's flash messages for a response."""
+    from django.contrib.messages import get_messages
+
+    return [str(m) for m in get_messages(response.wsgi_request)]
+
+
+def run_command(*args: str) -> tuple[str, str]:
+    """`manage.py <args>` in process: what it printed to stdout and to stderr."""
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    out, err = StringIO(), StringIO()
+    call_command(*args, stdout=out, stderr=err)
+    return out.getvalue(), err.getvalue()
+
+
+def streamed(response: Any) -> bytes:
+    """A streaming response's body, read to the end; then closed, as the server would."""
+    try:
+        return b"".join(response.streaming_content)
+    finally:
+        response.close()

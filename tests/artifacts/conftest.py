@@ -1,6 +1,6 @@
-"""Artifact fixtures: storage in a temporary directory, a running run on a real local sandbox,
-files planted in its home the way a sandboxed program would leave them, and artifacts made
-directly for the console and API tests."""
+"""Artifact fixtures and helpers: files planted in a real local sandbox's home the way a
+sandboxed program would leave them (the running run is the root conftest's `sandbox_run`),
+captures and what storage holds, and artifacts made directly for the console and API tests."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from django.core.files.storage import default_storage
 from django.db import transaction
 from django.utils.text import get_valid_filename
 
-from artifacts import content
+from artifacts import capture, content
 from artifacts.models import Artifact, ReviewState
 from sandboxes.models import SandboxRun
 from tests.factories import make_run
@@ -33,10 +33,9 @@ def stored_files(root: Path) -> list[Path]:
 
 
 @pytest.fixture
-def sandbox_run(local_sandboxes: Any, workspace: Any) -> SandboxRun:
-    """A running run on a real local sandbox, started by the owner."""
-    info = local_sandboxes.create(template="", metadata={"app": "airlock"}, envs={}, timeout_s=600)
-    return make_run(workspace=workspace, status="running", sandbox_id=info.sandbox_id)
+def run(workspace: Any) -> SandboxRun:
+    """A running run of the owner's, with no sandbox behind it: for reading and reviewing."""
+    return make_run(workspace=workspace, status="running", thread_id="thread-a")
 
 
 def home_of(backend: Any, run: SandboxRun) -> Path:
@@ -92,4 +91,18 @@ def make_artifact(
     return artifact
 
 
-# --- callers of the API, by role ------------------------------------------------------------
+def capture_file(run: SandboxRun, path: str, **kwargs: Any) -> Artifact:
+    """Capture a sandbox file the way the API does, as the run's creator."""
+    return capture.artifact_capture(run=run, actor=Actor(user=run.created_by), path=path, **kwargs)
+
+
+def stored_bytes(artifact: Artifact) -> bytes:
+    with default_storage.open(artifact.file.name, "rb") as file:
+        data: bytes = file.read()
+    return data
+
+
+def review_state(artifact: Artifact) -> str:
+    """The artifact's review state as stored now (the copy in hand is refreshed)."""
+    artifact.refresh_from_db()
+    return artifact.review_state

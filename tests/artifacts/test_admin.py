@@ -8,14 +8,14 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from django.contrib.messages import get_messages
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from artifacts.models import Artifact
 from sandboxes.models import SandboxRun
-from tests.artifacts.conftest import PNG, XSS, make_artifact
+from tests.artifacts.conftest import PNG, XSS, make_artifact, review_state
+from tests.conftest import messages_of
 from tests.factories import make_run, make_workspace, transitions
 
 CHANGELIST = "/admin/artifacts/artifact/"
@@ -29,36 +29,9 @@ def _change(artifact: Artifact) -> str:
     return f"{CHANGELIST}{artifact.pk}/change/"
 
 
-def _messages(response: Any) -> list[str]:
-    return [str(m) for m in get_messages(response.wsgi_request)]
-
-
 def _listed(response: Any) -> list[str]:
     assert response.status_code == 200
     return [a.title for a in response.context["cl"].result_list]
-
-
-def _state(artifact: Artifact) -> str:
-    artifact.refresh_from_db()
-    return artifact.review_state
-
-
-@pytest.fixture
-def reviewer(admin_user: Any) -> Any:
-    """Adam: staff, admin of the workspace (whose runs the owner starts)."""
-    admin_user.is_staff = True
-    admin_user.save(update_fields=["is_staff"])
-    return admin_user
-
-
-@pytest.fixture
-def superuser(django_user_model: Any) -> Any:
-    return django_user_model.objects.create_superuser("root", "root@example.com", "pw")
-
-
-@pytest.fixture
-def run(workspace: Any) -> SandboxRun:
-    return make_run(workspace=workspace, status="running", thread_id="thread-a")
 
 
 @pytest.fixture
@@ -191,7 +164,7 @@ def test_staff_see_and_act_only_in_workspaces_they_administer(
         {"action": "approve_selected", "_selected_action": [mine.pk, beta.pk, gamma.pk]},
     )
 
-    assert [_state(a) for a in (mine, beta, gamma)] == ["approved", "pending", "pending"]
+    assert [review_state(a) for a in (mine, beta, gamma)] == ["approved", "pending", "pending"]
     assert client.get(f"{CHANGELIST}{mine.pk}/image/").status_code == 200
 
 
@@ -244,8 +217,12 @@ def test_bulk_approve_goes_through_the_service_and_counts(
         follow=True,
     )
 
-    assert "2 approved, 1 skipped (already decided)." in _messages(response)
-    assert [_state(a) for a in (first, second, decided)] == ["approved", "approved", "rejected"]
+    assert "2 approved, 1 skipped (already decided)." in messages_of(response)
+    assert [review_state(a) for a in (first, second, decided)] == [
+        "approved",
+        "approved",
+        "rejected",
+    ]
     rows = transitions(first.pk, second.pk)
     assert {(r.actor, r.actor_user_id, r.data["to"]) for r in rows} == {
         ("user:adam", reviewer.pk, "approved")
@@ -261,7 +238,7 @@ def test_bulk_reject_asks_for_a_comment_first(client: Any, reviewer: Any, run: S
     page = client.post(CHANGELIST, selected)
     assert page.status_code == 200
     assert page.templates[0].name == "admin/artifacts/artifact/reject_selected.html"
-    assert [_state(a) for a in (first, second)] == ["pending", "pending"]
+    assert [review_state(a) for a in (first, second)] == ["pending", "pending"]
 
     empty = client.post(CHANGELIST, {**selected, "apply": "yes", "comment": "  "})
     assert empty.status_code == 200
@@ -270,7 +247,7 @@ def test_bulk_reject_asks_for_a_comment_first(client: Any, reviewer: Any, run: S
     done = client.post(
         CHANGELIST, {**selected, "apply": "yes", "comment": "leaks a key"}, follow=True
     )
-    assert "2 rejected, 0 skipped (already decided)." in _messages(done)
+    assert "2 rejected, 0 skipped (already decided)." in messages_of(done)
     for artifact in (first, second):
         artifact.refresh_from_db()
         assert (artifact.review_state, artifact.review_comment) == ("rejected", "leaks a key")
@@ -287,9 +264,9 @@ def test_bulk_actions_report_refusals(client: Any, owner: Any, run: SandboxRun) 
         CHANGELIST, {"action": "approve_selected", "_selected_action": [own.pk]}, follow=True
     )
 
-    assert "0 approved, 0 skipped (already decided)." in _messages(response)
-    assert any("1 refused" in m and "own run" in m for m in _messages(response))
-    assert _state(own) == "pending"
+    assert "0 approved, 0 skipped (already decided)." in messages_of(response)
+    assert any("1 refused" in m and "own run" in m for m in messages_of(response))
+    assert review_state(own) == "pending"
 
 
 # --- the change page -------------------------------------------------------------------------
@@ -326,10 +303,10 @@ def test_reject_with_the_transition_button_asks_for_a_comment(
     response = client.post(_change(artifact), {"_fsm_transition_to": "reject"})
     assert response.status_code == 302
     assert response["Location"] == form_url
-    assert _state(artifact) == "pending"
+    assert review_state(artifact) == "pending"
 
     assert client.post(form_url, {"comment": ""}).status_code == 200
-    assert _state(artifact) == "pending"
+    assert review_state(artifact) == "pending"
 
     client.post(form_url, {"comment": "wrong customer data"})
     artifact.refresh_from_db()
@@ -352,8 +329,8 @@ def test_no_buttons_for_your_own_run_and_posting_anyway_changes_nothing(
     assert "You started this run: someone else must review its artifacts." in page
 
     response = client.post(_change(artifact), {"_fsm_transition_to": "approve"}, follow=True)
-    assert "You started this run; someone else must review its artifacts." in _messages(response)
-    assert _state(artifact) == "pending"
+    assert "You started this run; someone else must review its artifacts." in messages_of(response)
+    assert review_state(artifact) == "pending"
 
 
 @pytest.mark.django_db
@@ -365,10 +342,10 @@ def test_only_the_review_transitions_can_be_posted(
     for name in ("delete", "save", "_decide", "approve_"):
         response = client.post(_change(artifact), {"_fsm_transition_to": name}, follow=True)
         assert response.status_code == 200
-        assert "Unknown transition." in _messages(response)
+        assert "Unknown transition." in messages_of(response)
         assert client.get(f"{CHANGELIST}{artifact.pk}/transition/{name}/").status_code == 404
     assert Artifact.objects.filter(pk=artifact.pk).exists()
-    assert _state(artifact) == "pending"
+    assert review_state(artifact) == "pending"
 
 
 @pytest.mark.django_db

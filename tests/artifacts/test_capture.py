@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from django.core.files.storage import default_storage
 
 from artifacts import capture, jobs
 from artifacts.models import Artifact, ReviewState
@@ -17,7 +16,7 @@ from config.exceptions import Conflict, InvalidInput, NotFound
 from sandboxes import services as run_services
 from sandboxes.backends import CommandResult, FileEntry, override_backend
 from sandboxes.models import SandboxRun
-from tests.artifacts.conftest import PNG, home_of, plant, stored_files
+from tests.artifacts.conftest import PNG, capture_file, home_of, plant, stored_bytes, stored_files
 from tests.factories import make_run
 from tests.sandboxes.faults import FaultyBackend
 from workspaces.access import Actor
@@ -26,22 +25,13 @@ EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855
 JOB = Actor.system("execute_run_command")
 
 
-def _capture(run: SandboxRun, path: str, **kwargs: Any) -> Artifact:
-    return capture.artifact_capture(run=run, actor=Actor(user=run.created_by), path=path, **kwargs)
-
-
-def _stored_bytes(artifact: Artifact) -> bytes:
-    with default_storage.open(artifact.file.name, "rb") as file:
-        return file.read()
-
-
 def test_a_capture_stores_the_file_as_a_pending_artifact(
     local_sandboxes: Any, sandbox_run: SandboxRun
 ) -> None:
     data = b"line one\nline two\n"
     path = plant(local_sandboxes, sandbox_run, "artifacts/report.txt", data)
 
-    artifact = _capture(sandbox_run, path)
+    artifact = capture_file(sandbox_run, path)
 
     assert artifact.review_state == ReviewState.PENDING
     assert (artifact.type, artifact.content_type) == ("file", "text/plain")
@@ -54,14 +44,14 @@ def test_a_capture_stores_the_file_as_a_pending_artifact(
         sandbox_run.workspace_id,
         sandbox_run.thread_id,
     )
-    assert _stored_bytes(artifact) == data
+    assert stored_bytes(artifact) == data
 
 
 def test_capturing_the_same_path_twice_makes_two_artifacts_with_one_hash(
     local_sandboxes: Any, sandbox_run: SandboxRun
 ) -> None:
     path = plant(local_sandboxes, sandbox_run, "out.csv", b"a,b\n1,2\n")
-    first, second = _capture(sandbox_run, path), _capture(sandbox_run, path)
+    first, second = capture_file(sandbox_run, path), capture_file(sandbox_run, path)
 
     assert first.pk != second.pk
     assert first.sha256 == second.sha256
@@ -92,7 +82,7 @@ def test_type_and_content_type_come_from_the_name_and_the_first_bytes(
     content_type: str,
     has_preview: bool,
 ) -> None:
-    artifact = _capture(sandbox_run, plant(local_sandboxes, sandbox_run, name, data))
+    artifact = capture_file(sandbox_run, plant(local_sandboxes, sandbox_run, name, data))
 
     assert (artifact.type, artifact.content_type) == (kind, content_type)
     assert bool(artifact.preview_text) is has_preview
@@ -102,7 +92,7 @@ def test_a_given_type_and_title_win_over_inference(
     local_sandboxes: Any, sandbox_run: SandboxRun
 ) -> None:
     path = plant(local_sandboxes, sandbox_run, "notes.txt", b"x = 1\n")
-    artifact = _capture(sandbox_run, path, type="code", title="  The config  ")
+    artifact = capture_file(sandbox_run, path, type="code", title="  The config  ")
     assert (artifact.type, artifact.title) == ("code", "The config")
 
 
@@ -110,9 +100,9 @@ def test_non_utf8_text_is_kept_byte_for_byte_and_previewed_with_replacements(
     local_sandboxes: Any, sandbox_run: SandboxRun
 ) -> None:
     data = "café — naïve\n".encode("latin-1", "replace") + b"\xff\xfe tail\n"
-    artifact = _capture(sandbox_run, plant(local_sandboxes, sandbox_run, "legacy.txt", data))
+    artifact = capture_file(sandbox_run, plant(local_sandboxes, sandbox_run, "legacy.txt", data))
 
-    assert _stored_bytes(artifact) == data
+    assert stored_bytes(artifact) == data
     assert artifact.content_type == "text/plain"
     assert "\ufffd" in artifact.preview_text
     assert "caf" in artifact.preview_text
@@ -121,8 +111,10 @@ def test_non_utf8_text_is_kept_byte_for_byte_and_previewed_with_replacements(
 def test_binary_content_has_no_preview_and_nul_never_reaches_one(
     local_sandboxes: Any, sandbox_run: SandboxRun
 ) -> None:
-    binary = _capture(sandbox_run, plant(local_sandboxes, sandbox_run, "blob", b"\x00\x01\x02" * 9))
-    forced = _capture(
+    binary = capture_file(
+        sandbox_run, plant(local_sandboxes, sandbox_run, "blob", b"\x00\x01\x02" * 9)
+    )
+    forced = capture_file(
         sandbox_run, plant(local_sandboxes, sandbox_run, "odd.py", b"a\x00b\n"), type="code"
     )
 
@@ -135,15 +127,15 @@ def test_the_preview_is_at_most_4096_characters_and_never_cuts_a_character(
     local_sandboxes: Any, sandbox_run: SandboxRun
 ) -> None:
     data = ("é" * 5000).encode()
-    artifact = _capture(sandbox_run, plant(local_sandboxes, sandbox_run, "long.txt", data))
+    artifact = capture_file(sandbox_run, plant(local_sandboxes, sandbox_run, "long.txt", data))
     assert artifact.preview_text == "é" * 4096
     assert artifact.size == len(data)
 
 
 def test_an_empty_file_is_an_empty_artifact(local_sandboxes: Any, sandbox_run: SandboxRun) -> None:
-    artifact = _capture(sandbox_run, plant(local_sandboxes, sandbox_run, "empty.txt", b""))
+    artifact = capture_file(sandbox_run, plant(local_sandboxes, sandbox_run, "empty.txt", b""))
     assert (artifact.size, artifact.sha256, artifact.preview_text) == (0, EMPTY_SHA256, "")
-    assert _stored_bytes(artifact) == b""
+    assert stored_bytes(artifact) == b""
 
 
 def test_links_out_of_the_sandbox_are_refused_and_leak_nothing(
@@ -157,7 +149,7 @@ def test_links_out_of_the_sandbox_are_refused_and_leak_nothing(
 
     for path in ("/home/user/out", "/home/user/etc/host-secret"):
         with pytest.raises(InvalidInput) as error:
-            _capture(sandbox_run, path)
+            capture_file(sandbox_run, path)
         assert "link" in error.value.detail
     assert Artifact.objects.count() == 0
     assert stored_files(media) == []
@@ -169,7 +161,7 @@ def test_what_is_not_a_regular_file_is_refused(
 ) -> None:
     make(home_of(local_sandboxes, sandbox_run) / "odd")
     with pytest.raises(InvalidInput):
-        _capture(sandbox_run, "/home/user/odd")
+        capture_file(sandbox_run, "/home/user/odd")
 
 
 @pytest.mark.parametrize(
@@ -179,26 +171,26 @@ def test_bad_paths_are_refused_before_the_sandbox_is_asked(
     sandbox_run: SandboxRun, path: str
 ) -> None:
     with pytest.raises(InvalidInput):
-        _capture(sandbox_run, path)
+        capture_file(sandbox_run, path)
 
 
 def test_a_missing_file_is_not_found(sandbox_run: SandboxRun) -> None:
     with pytest.raises(NotFound):
-        _capture(sandbox_run, "/home/user/nothing-here.txt")
+        capture_file(sandbox_run, "/home/user/nothing-here.txt")
 
 
 def test_bad_type_or_title_is_refused(local_sandboxes: Any, sandbox_run: SandboxRun) -> None:
     path = plant(local_sandboxes, sandbox_run, "a.txt", b"a")
     for kwargs in ({"type": "movie"}, {"title": " "}, {"title": "x" * 256}):
         with pytest.raises(InvalidInput):
-            _capture(sandbox_run, path, **kwargs)
+            capture_file(sandbox_run, path, **kwargs)
 
 
 @pytest.mark.parametrize("status", ["booting", "succeeded", "failed", "canceled"])
 def test_only_a_running_run_can_capture(workspace: Any, status: str) -> None:
     run = make_run(workspace=workspace, status=status)
     with pytest.raises(Conflict):
-        _capture(run, "/home/user/a.txt")
+        capture_file(run, "/home/user/a.txt")
 
 
 def _result(**fields: Any) -> CommandResult:
@@ -270,7 +262,7 @@ def test_output_names_that_are_not_utf8_are_kept_printable(
 
     assert artifact.title == "caf\ufffd[31m.txt"
     assert artifact.sandbox_path == "/home/user/artifacts/caf\ufffd[31m.txt"
-    assert _stored_bytes(artifact) == b"latin-1 name"
+    assert stored_bytes(artifact) == b"latin-1 name"
 
 
 def test_a_file_that_vanishes_mid_walk_is_skipped(
@@ -345,4 +337,4 @@ def test_the_command_job_keeps_its_outputs_as_pending_artifacts(
     artifacts = {a.title: a for a in Artifact.objects.filter(run=run)}
     assert set(artifacts) == {"Command output", "r.csv"}
     assert "done" in artifacts["Command output"].preview_text
-    assert _stored_bytes(artifacts["r.csv"]) == b"a,b\n"
+    assert stored_bytes(artifacts["r.csv"]) == b"a,b\n"

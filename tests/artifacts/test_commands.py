@@ -12,14 +12,13 @@ from django.utils import timezone
 
 from artifacts.models import Artifact
 from sandboxes.models import SandboxRun
-from tests.artifacts.conftest import make_artifact
+from tests.artifacts.conftest import make_artifact, review_state
+from tests.conftest import run_command
 from tests.factories import make_run, make_workspace, transitions
 
 
 def review(*args: str) -> tuple[str, str]:
-    out, err = StringIO(), StringIO()
-    call_command("review", *args, stdout=out, stderr=err)
-    return out.getvalue(), err.getvalue()
+    return run_command("review", *args)
 
 
 def failing(*args: str) -> str:
@@ -28,16 +27,6 @@ def failing(*args: str) -> str:
     with pytest.raises(CommandError) as error:
         call_command("review", *args, stdout=StringIO(), stderr=err)
     return f"{err.getvalue()}{error.value}"
-
-
-@pytest.fixture
-def run(workspace: Any) -> SandboxRun:
-    return make_run(workspace=workspace, status="running")
-
-
-def _state(artifact: Artifact) -> str:
-    artifact.refresh_from_db()
-    return artifact.review_state
 
 
 @pytest.mark.django_db
@@ -72,7 +61,7 @@ def test_approve_and_reject_as_a_reviewer(run: SandboxRun, admin_user: Any) -> N
     out, _ = review("reject", str(second.pk), "--as", "adam", "--comment", "no thanks")
     assert f"{second.pk}: rejected" in out
 
-    assert (_state(first), _state(second)) == ("approved", "rejected")
+    assert (review_state(first), review_state(second)) == ("approved", "rejected")
     assert set(transitions(first.pk, second.pk).values_list("actor", flat=True)) == {"user:adam"}
 
 
@@ -90,7 +79,7 @@ def test_one_failure_does_not_stop_the_others_and_the_command_fails(
     assert "already rejected" in errors
     assert "nope: not an artifact id" in errors
     assert f"{missing}: No such artifact." in errors
-    assert _state(good) == "approved"
+    assert review_state(good) == "approved"
 
 
 @pytest.mark.django_db
@@ -107,7 +96,7 @@ def test_bad_invocations_are_clear_errors(
     artifact = make_artifact(run)
     with pytest.raises(CommandError, match=message):
         review("reject", str(artifact.pk), *args)
-    assert _state(artifact) == "pending"
+    assert review_state(artifact) == "pending"
 
 
 @pytest.mark.django_db
@@ -129,4 +118,4 @@ def test_the_service_rules_apply(
             "review", "approve", str(artifact.pk), "--as", username, stdout=out, stderr=err
         )
     assert error in err.getvalue()
-    assert _state(artifact) == "pending"
+    assert review_state(artifact) == "pending"

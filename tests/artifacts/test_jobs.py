@@ -13,23 +13,8 @@ from artifacts.tasks import execute_run_command
 from sandboxes import services
 from sandboxes.models import SandboxRun
 from sandboxes.tasks import start_sandbox_run
+from tests.factories import create_run, sandboxes_of
 from workspaces.access import Actor
-
-
-def _create(workspace: Any, **fields: Any) -> SandboxRun:
-    run, created = services.run_create(
-        workspace=workspace,
-        actor=Actor(user=workspace.owner),
-        thread_id="t-1",
-        prompt="test",
-        **fields,
-    )
-    assert created
-    return run
-
-
-def _tagged(backend: Any, run: SandboxRun) -> list[Any]:
-    return backend.list_sandboxes({"run_id": str(run.pk)})
 
 
 def _boot(run: SandboxRun) -> SandboxRun:
@@ -43,19 +28,19 @@ def _boot(run: SandboxRun) -> SandboxRun:
 def test_a_command_that_exits_0_succeeds_and_its_sandbox_is_killed(
     local_sandboxes: Any, workspace: Any
 ) -> None:
-    run = _boot(_create(workspace, command="python3 -c 'print(42)'"))
+    run = _boot(create_run(workspace=workspace, command="python3 -c 'print(42)'"))
     execute_run_command(str(run.pk))
     run.refresh_from_db()
     assert (run.status, run.end_reason, run.exit_code) == ("succeeded", "completed", 0)
     assert run.cost_usd is not None
-    assert _tagged(local_sandboxes, run) == []
+    assert sandboxes_of(local_sandboxes, run) == []
 
 
 @pytest.mark.django_db
 def test_a_command_that_exits_non_zero_fails_with_its_exit_code(
     local_sandboxes: Any, workspace: Any
 ) -> None:
-    run = _boot(_create(workspace, command="echo oops >&2; exit 3"))
+    run = _boot(create_run(workspace=workspace, command="echo oops >&2; exit 3"))
     execute_run_command(str(run.pk))
     run.refresh_from_db()
     assert (run.status, run.end_reason, run.exit_code) == ("failed", "command_failed", 3)
@@ -65,8 +50,8 @@ def test_a_command_that_exits_non_zero_fails_with_its_exit_code(
 @pytest.mark.django_db
 def test_files_are_written_before_the_command_runs(local_sandboxes: Any, workspace: Any) -> None:
     run = _boot(
-        _create(
-            workspace,
+        create_run(
+            workspace=workspace,
             files={"/home/user/in/data.txt": "hello"},
             command='test "$(cat in/data.txt)" = hello',
         )
@@ -80,18 +65,20 @@ def test_files_are_written_before_the_command_runs(local_sandboxes: Any, workspa
 def test_a_command_running_past_the_max_duration_fails_the_run(
     local_sandboxes: Any, workspace: Any
 ) -> None:
-    run = _boot(_create(workspace, command="sleep 30", max_duration_ms=2000))
+    run = _boot(create_run(workspace=workspace, command="sleep 30", max_duration_ms=2000))
     execute_run_command(str(run.pk))
     run.refresh_from_db()
     assert (run.status, run.end_reason) == ("failed", "max_duration"), run.error
-    assert _tagged(local_sandboxes, run) == []
+    assert sandboxes_of(local_sandboxes, run) == []
 
 
 @pytest.mark.django_db
 def test_a_repeated_command_message_does_not_run_the_command_twice(
     local_sandboxes: Any, workspace: Any
 ) -> None:
-    run = _boot(_create(workspace, command="echo x >> count; test $(wc -l < count) = 1"))
+    run = _boot(
+        create_run(workspace=workspace, command="echo x >> count; test $(wc -l < count) = 1")
+    )
     SandboxRun.objects.filter(pk=run.pk).update(command_started_at=timezone.now())
     execute_run_command(str(run.pk))  # another delivery already claimed it: nothing happens
     run.refresh_from_db()

@@ -72,27 +72,29 @@ def test_a_decision_is_final(sandbox_run: SandboxRun, admin_user: Any, owner: An
 
 
 def test_a_stale_copy_loses_to_the_decision_already_saved(
-    sandbox_run: SandboxRun, admin_user: Any
+    sandbox_run: SandboxRun, admin_user: Any, superuser: Any
 ) -> None:
     artifact = make_artifact(sandbox_run)
     stale = Artifact.objects.select_related("run").get(pk=artifact.pk)
 
     _review(artifact, admin_user, "reject", "no")
     with pytest.raises(Conflict) as error:
-        _review(stale, _superuser())  # ConcurrentTransitionMixin: the row is no longer pending
+        _review(stale, superuser)  # ConcurrentTransitionMixin: the row is no longer pending
 
     assert "rejected" in error.value.detail
     assert stale.review_state == "rejected"  # refreshed: the caller sees the winner
     assert [row.data["to"] for row in _log_rows(artifact)] == ["rejected"]
 
 
-def test_who_may_review(sandbox_run: SandboxRun, member: Any, outsider: Any) -> None:
+def test_who_may_review(
+    sandbox_run: SandboxRun, member: Any, outsider: Any, superuser: Any
+) -> None:
     artifact = make_artifact(sandbox_run)
     with pytest.raises(PermissionDenied):
         _review(artifact, member)
     with pytest.raises(NotFound):
         _review(artifact, outsider)
-    assert _review(artifact, _superuser()).review_state == "approved"
+    assert _review(artifact, superuser).review_state == "approved"
 
 
 def test_self_review_is_refused_unless_allowed(
@@ -148,7 +150,7 @@ def test_bulk_review_counts_what_it_did(
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
 def test_of_two_concurrent_reviewers_exactly_one_wins(
-    workspace: Any, admin_user: Any, owner: Any, media: Path
+    workspace: Any, admin_user: Any, owner: Any, superuser: Any, media: Path
 ) -> None:
     require_service(connection.vendor == "postgresql", "needs PostgreSQL (DATABASE_URL)")
     from django_fsm.signals import post_transition
@@ -179,7 +181,7 @@ def test_of_two_concurrent_reviewers_exactly_one_wins(
     try:
         threads = [
             threading.Thread(target=review, args=("admin", admin_user, "approve")),
-            threading.Thread(target=review, args=("superuser", _superuser(), "reject")),
+            threading.Thread(target=review, args=("superuser", superuser, "reject")),
         ]
         for thread in threads:
             thread.start()
@@ -193,9 +195,3 @@ def test_of_two_concurrent_reviewers_exactly_one_wins(
     winner = "approved" if outcomes["admin"] == "won" else "rejected"
     assert artifact.review_state == winner
     assert [row.data["to"] for row in _log_rows(artifact)] == [winner]
-
-
-def _superuser() -> Any:
-    from django.contrib.auth import get_user_model
-
-    return get_user_model().objects.create_superuser("root", "root@example.com", "pw")

@@ -14,35 +14,32 @@ import pytest
 from django.core.files.storage import default_storage
 from django.db import transaction
 
-from artifacts import capture, storage
+from artifacts import storage
 from artifacts.models import Artifact
 from config.exceptions import TooLarge
 from sandboxes.models import SandboxRun
-from tests.artifacts.conftest import home_of, make_artifact, plant, stored_files
+from tests.artifacts.conftest import (
+    capture_file,
+    home_of,
+    make_artifact,
+    plant,
+    stored_files,
+)
 from workspaces.access import Actor
-
-
-def _capture(run: SandboxRun, path: str, **kwargs: Any) -> Artifact:
-    return capture.artifact_capture(run=run, actor=Actor(user=run.created_by), path=path, **kwargs)
-
-
-def _stored_bytes(artifact: Artifact) -> bytes:
-    with default_storage.open(artifact.file.name, "rb") as file:
-        return file.read()
 
 
 def test_storage_keys_are_random_per_capture_and_never_just_the_sandbox_name(
     local_sandboxes: Any, sandbox_run: SandboxRun
 ) -> None:
     path = plant(local_sandboxes, sandbox_run, "évil name;$(rm) <b>.txt", b"x")
-    first, second = _capture(sandbox_run, path), _capture(sandbox_run, path)
+    first, second = capture_file(sandbox_run, path), capture_file(sandbox_run, path)
 
     pattern = rf"artifacts/{sandbox_run.workspace_id}/[0-9a-f]{{32}}/[\w.-]+"
     assert re.fullmatch(pattern, first.file.name)
     assert first.file.name != second.file.name
     assert "/" not in first.file.name.rsplit("/", 1)[1]
     for odd, title in (("???", "???"), ("...", "..."), (" ", "file")):
-        stored = _capture(sandbox_run, plant(local_sandboxes, sandbox_run, odd, b"x"))
+        stored = capture_file(sandbox_run, plant(local_sandboxes, sandbox_run, odd, b"x"))
         assert stored.file.name.endswith("/file")
         assert stored.title == title
 
@@ -65,7 +62,7 @@ def test_a_200_mb_capture_streams_in_small_constant_memory(
 
     tracemalloc.start()
     try:
-        artifact = _capture(sandbox_run, "/home/user/big.bin")
+        artifact = capture_file(sandbox_run, "/home/user/big.bin")
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -85,9 +82,9 @@ def test_past_the_size_limit_nothing_is_stored(
     at_limit = plant(local_sandboxes, sandbox_run, "fits.bin", b"a" * 200_000)
     over = plant(local_sandboxes, sandbox_run, "too-big.bin", b"a" * 200_001)
 
-    assert _capture(sandbox_run, at_limit).size == 200_000
+    assert capture_file(sandbox_run, at_limit).size == 200_000
     with pytest.raises(TooLarge) as error:
-        _capture(sandbox_run, over)
+        capture_file(sandbox_run, over)
 
     assert error.value.status_code == 413
     assert Artifact.objects.count() == 1

@@ -16,13 +16,11 @@ from typing import Any
 
 import pytest
 
-from artifacts import capture
 from artifacts.models import Artifact
 from config.exceptions import TooLarge
 from sandboxes.models import SandboxRun
-from tests.artifacts.conftest import PNG, home_of, plant
-from tests.conftest import client_as
-from workspaces.access import Actor
+from tests.artifacts.conftest import PNG, capture_file, home_of, plant
+from tests.conftest import client_as, streamed
 
 REGION = "us-east-1"
 CREDENTIALS = {"access_key": "testing", "secret_key": "testing"}
@@ -81,17 +79,13 @@ def bucket(moto_url: str, settings: Any) -> Any:
     return s3.Bucket(name)
 
 
-def _capture(run: SandboxRun, path: str) -> Artifact:
-    return capture.artifact_capture(run=run, actor=Actor(user=run.created_by), path=path)
-
-
 @pytest.mark.django_db
 def test_a_capture_lands_in_the_bucket_and_downloads_stream_back(
     bucket: Any, local_sandboxes: Any, sandbox_run: SandboxRun, api: Any, owner: Any
 ) -> None:
     path = plant(local_sandboxes, sandbox_run, "artifacts/page.html", b"<html>hi</html>")
 
-    artifact = _capture(sandbox_run, path)
+    artifact = capture_file(sandbox_run, path)
 
     [stored] = list(bucket.objects.all())
     assert stored.key == artifact.file.name
@@ -104,7 +98,7 @@ def test_a_capture_lands_in_the_bucket_and_downloads_stream_back(
     response: Any = client_as(api, owner).get(f"/api/v1/artifacts/{artifact.pk}/content/")
     assert response.status_code == 200
     assert response["Content-Type"] == "application/octet-stream"
-    assert b"".join(response.streaming_content) == b"<html>hi</html>"
+    assert streamed(response) == b"<html>hi</html>"
 
 
 @pytest.mark.django_db
@@ -114,7 +108,7 @@ def test_a_large_capture_goes_up_in_parts(
     data = os.urandom(20 * 1024 * 1024)  # past s3transfer's 8 MB multipart threshold
     (home_of(local_sandboxes, sandbox_run) / "big.bin").write_bytes(data)
 
-    artifact = _capture(sandbox_run, "/home/user/big.bin")
+    artifact = capture_file(sandbox_run, "/home/user/big.bin")
 
     obj = bucket.Object(artifact.file.name)
     assert obj.content_length == len(data)
@@ -131,7 +125,7 @@ def test_a_refused_capture_leaves_no_object_and_no_open_upload(
     (home_of(local_sandboxes, sandbox_run) / "big.bin").write_bytes(b"x" * size)
 
     with pytest.raises(TooLarge):
-        _capture(sandbox_run, "/home/user/big.bin")
+        capture_file(sandbox_run, "/home/user/big.bin")
 
     assert list(bucket.objects.all()) == []
     assert list(bucket.multipart_uploads.all()) == []
@@ -142,13 +136,13 @@ def test_a_refused_capture_leaves_no_object_and_no_open_upload(
 def test_the_admin_serves_images_from_the_bucket(
     bucket: Any, local_sandboxes: Any, sandbox_run: SandboxRun, client: Any, django_user_model: Any
 ) -> None:
-    artifact = _capture(sandbox_run, plant(local_sandboxes, sandbox_run, "chart.png", PNG))
+    artifact = capture_file(sandbox_run, plant(local_sandboxes, sandbox_run, "chart.png", PNG))
     client.force_login(django_user_model.objects.create_superuser("root", "r@example.com", "pw"))
 
     response = client.get(f"/admin/artifacts/artifact/{artifact.pk}/image/")
 
     assert response["Content-Type"] == "image/png"
-    assert b"".join(response.streaming_content) == PNG
+    assert streamed(response) == PNG
 
 
 def test_settings_select_s3_from_the_environment(moto_url: str, tmp_path: Path) -> None:

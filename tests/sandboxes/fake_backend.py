@@ -304,7 +304,8 @@ class FakeBackend(SandboxBackend):
 def fake_backend_fixture() -> Iterator[FakeBackend]:
     """Every service, task and command that asks for the backend gets this one. Test modules
     import this function to make the `fake_backend` fixture available."""
-    with override_backend(FakeBackend()) as backend:
+    backend = FakeBackend()
+    with override_backend(backend):
         yield backend
 
 

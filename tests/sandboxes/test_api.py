@@ -1,4 +1,6 @@
-"""Run routes: the role matrix, real sandboxes behind exec and files, and bad input."""
+"""sandboxes/api.py: the run and usage routes — the role matrix, real sandboxes behind exec and
+files, idempotency and limits as HTTP sees them, bad input. Every response is checked against
+the OpenAPI schema by the `api` client."""
 
 from __future__ import annotations
 
@@ -12,13 +14,6 @@ from tests.factories import make_run
 from workspaces.selectors import api_key_find
 
 RUN_BODY = {"thread_id": "t-1", "prompt": "say hi"}
-
-
-@pytest.fixture
-def sandbox_run(local_sandboxes: Any, workspace: Any) -> SandboxRun:
-    """A running run on a real local sandbox, started by the owner."""
-    info = local_sandboxes.create(template="", metadata={"app": "airlock"}, envs={}, timeout_s=600)
-    return make_run(workspace=workspace, status="running", sandbox_id=info.sandbox_id)
 
 
 EVERYONE = dict(owner=200, admin=200, member=200, member_key=200, admin_key=200)
@@ -234,32 +229,6 @@ def test_work_in_the_sandbox_is_activity_and_reading_or_waiting_is_not(
     assert sandbox_run.last_activity_at > long_ago
 
 
-@pytest.mark.django_db
-def test_exec_output_is_bounded_and_flagged(
-    api: Any, member: Any, sandbox_run: SandboxRun, settings: Any
-) -> None:
-    settings.EXEC_MAX_OUTPUT_BYTES = 1024
-    response = client_as(api, member).post(
-        f"/api/v1/runs/{sandbox_run.pk}/exec/",
-        {"command": "head -c 100000 /dev/zero | tr '\\\\0' a"},
-        format="json",
-    )
-    body = response.json()
-    assert body["truncated"] is True
-    assert len(body["stdout"]) == 1024
-
-
-@pytest.mark.django_db
-def test_exec_that_times_out_says_so(api: Any, member: Any, sandbox_run: SandboxRun) -> None:
-    response = client_as(api, member).post(
-        f"/api/v1/runs/{sandbox_run.pk}/exec/",
-        {"command": "echo started; sleep 30", "timeout_s": 1},
-        format="json",
-    )
-    body = response.json()
-    assert (body["timed_out"], body["exit_code"], body["stdout"]) == (True, None, "started\n")
-
-
 # --- idempotency and limits ------------------------------------------------------------
 
 
@@ -388,3 +357,92 @@ def test_deleting_a_workspace_cancels_its_runs_and_kills_their_sandboxes(
     assert response.status_code == 204
     assert local_sandboxes.list_sandboxes({}) == []
     assert not SandboxRun.objects.filter(pk=sandbox_run.pk).exists()
+
+
+# --- usage -----------------------------------------------------------------------------------
+
+
+def _usage_url(workspace: Any) -> str:
+    return f"/api/v1/workspaces/{workspace.pk}/usage/"
+
+
+def _totals(runs: int, seconds: float, cost: str) -> dict[str, Any]:
+    return {"runs": runs, "sandbox_seconds": seconds, "cost_usd": cost}
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("caller", "status"), table(owner=200, admin=200, member=403, member_key=403, admin_key=200)
+)
+def test_only_admins_and_owners_see_usage(
+    as_caller: Any, caller: str, status: int, workspace: Any
+) -> None:
+    response = as_caller(caller).get(_usage_url(workspace))
+    assert response.status_code == status, response.json()
+    if status == 200:
+        assert set(response.json()) >= {"runs", "sandbox_seconds", "cost_usd", "by_status"}
+
+
+@pytest.mark.django_db
+def test_usage_by_status_and_by_day(
+    usage_history: None, api: Any, owner: Any, workspace: Any
+) -> None:
+    query = {"from": "2026-01-05", "to": "2026-01-07"}
+    response = client_as(api, owner).get(_usage_url(workspace), query)
+
+    assert response.status_code == 200, response.json()
+    assert response.json() == {
+        "from": "2026-01-05",
+        "to": "2026-01-07",
+        **_totals(5, 1200.0, "0.875000"),
+        "by_status": {
+            "booting": _totals(1, 0.0, "0.000000"),
+            "running": _totals(1, 300.0, "0.000000"),
+            "succeeded": _totals(1, 600.0, "0.500000"),
+            "failed": _totals(1, 100.0, "0.250000"),
+            "canceled": _totals(1, 200.0, "0.125000"),
+        },
+        "by_day": [
+            {"day": "2026-01-05", **_totals(2, 700.0, "0.750000")},
+            {"day": "2026-01-06", **_totals(2, 200.0, "0.125000")},
+            {"day": "2026-01-07", **_totals(1, 300.0, "0.000000")},
+        ],
+    }
+
+
+@pytest.mark.django_db
+def test_by_default_usage_covers_the_last_30_days(
+    usage_history: None, api: Any, owner: Any, workspace: Any
+) -> None:
+    body = client_as(api, owner).get(_usage_url(workspace)).json()
+    assert (body["from"], body["to"]) == ("2025-12-09", "2026-01-07")
+    assert len(body["by_day"]) == 30
+    assert body["runs"] == 6  # the run of the day before the three days counts here
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ({"from": "2026-13-01"}, "from"),
+        ({"to": "yesterday"}, "to"),
+        ({"from": "2026-01-07", "to": "2026-01-05"}, "from"),
+        ({"from": "2025-01-01", "to": "2026-01-05"}, "from"),  # 370 days
+        ({"from": "2026-01-05\x00"}, "from"),
+    ],
+)
+def test_bad_dates_are_a_400_naming_the_field(
+    query: dict[str, str], field: str, api: Any, owner: Any, workspace: Any
+) -> None:
+    response = client_as(api, owner).get(_usage_url(workspace), query)
+    assert response.status_code == 400
+    assert response.json()["code"] == "invalid"
+    assert field in response.json()["errors"]
+
+
+@pytest.mark.django_db
+def test_a_year_is_allowed(api: Any, owner: Any, workspace: Any) -> None:
+    query = {"from": "2025-01-06", "to": "2026-01-06"}  # 366 days
+    response = client_as(api, owner).get(_usage_url(workspace), query)
+    assert response.status_code == 200
+    assert len(response.json()["by_day"]) == 366

@@ -1,21 +1,27 @@
-"""The operator commands: thin wrappers, clear errors."""
+"""The sandboxes app's operator commands (sandboxes/management/commands/): thin wrappers over
+the services, dry runs where they are destructive, clear errors."""
 
 from __future__ import annotations
 
-from io import StringIO
+import uuid
 from typing import Any
 
 import pytest
-from django.core.management import CommandError, call_command
+from django.core.management import CommandError
 
+from sandboxes.backends import TransientBackendError, app_tags
 from sandboxes.models import SandboxRun
-from tests.factories import make_run
+from tests.conftest import run_command
+from tests.factories import make_run, run_state
+from tests.sandboxes.fake_backend import FakeBackend, start_run
+from workspaces.models import Workspace
 
 
 def _call(*args: str) -> str:
-    out = StringIO()
-    call_command(*args, stdout=out, stderr=StringIO())
-    return out.getvalue()
+    return run_command(*args)[0]
+
+
+# --- start_run, list_runs, cancel_run --------------------------------------------------------
 
 
 @pytest.mark.django_db
@@ -68,6 +74,9 @@ def test_cancel_run_dry_run_changes_nothing_then_cancels(workspace: Any) -> None
     assert (run.status, run.end_reason) == ("canceled", "canceled_by_user")
 
 
+# --- sandbox_check ---------------------------------------------------------------------------
+
+
 @pytest.mark.django_db
 def test_sandbox_check_reports_a_working_backend(local_sandboxes: Any) -> None:
     assert _call("sandbox_check").startswith("OK  local: bubblewrap")
@@ -80,15 +89,58 @@ def test_sandbox_check_says_what_is_wrong(settings: Any) -> None:
         _call("sandbox_check")
 
 
-@pytest.mark.django_db
-def test_create_api_key_prints_the_secret_once(workspace: Any) -> None:
-    out = _call("create_api_key", str(workspace.pk), "--name", "ci", "--role", "admin")
-    assert "alk_" in out and "not shown again" in out
+# --- sweep_sandboxes -------------------------------------------------------------------------
 
 
 @pytest.mark.django_db
-def test_bootstrap_demo_is_idempotent(settings: Any, tmp_path: Any) -> None:
-    settings.VAR_DIR = tmp_path
-    first, second = _call("bootstrap_demo"), _call("bootstrap_demo")
-    assert first == second
-    assert "Password:" in first and "curl" in first
+def test_sweep_sandboxes_is_a_dry_run_unless_told_otherwise(
+    clock: Any, workspace: Workspace, fake_backend: FakeBackend
+) -> None:
+    run = start_run(workspace=workspace, idle_timeout_ms=60_000)
+    clock(61)
+
+    out, _ = run_command("sweep_sandboxes")
+    assert f"would cancel and kill idle_timeout run={run.pk}" in out
+    assert "--for-real" in out
+    assert run_state(run) == ("running", "")
+
+    out, _ = run_command("sweep_sandboxes", "--for-real")
+    assert f"killed idle_timeout run={run.pk} sandbox={run.sandbox_id}" in out
+    assert "killed 1, failed 0, errors 0" in out
+    assert run_state(run) == ("canceled", "idle_timeout")
+
+
+@pytest.mark.django_db
+def test_sweep_sandboxes_fails_when_a_kill_failed(
+    clock: Any, workspace: Workspace, fake_backend: FakeBackend
+) -> None:
+    run = start_run(workspace=workspace, idle_timeout_ms=60_000)
+    fake_backend.fail_next_kill(run.sandbox_id, TransientBackendError("E2B is busy"))
+    clock(61)
+    with pytest.raises(CommandError, match="1 errors"):
+        run_command("sweep_sandboxes", "--for-real")
+
+
+# --- reconcile_sandboxes ---------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_reconcile_sandboxes_is_a_dry_run_unless_told_otherwise(
+    workspace: Workspace, fake_backend: FakeBackend
+) -> None:
+    orphan = fake_backend.add({**app_tags(), "run_id": str(uuid.uuid4()), "workspace_id": "w"})
+    lost = start_run(workspace=workspace)
+    fake_backend.kill(lost.sandbox_id)
+
+    out, _ = run_command("reconcile_sandboxes")
+    assert "would kill unknown run" in out
+    assert f"would fail sandbox_lost run={lost.pk}" in out
+    assert orphan.sandbox_id in fake_backend.live_ids()
+    lost.refresh_from_db()
+    assert lost.status == "running"
+
+    out, _ = run_command("reconcile_sandboxes", "--for-real")
+    assert "killed 1 orphans, failed 1 lost runs, errors 0" in out
+    assert fake_backend.live_ids() == set()
+    lost.refresh_from_db()
+    assert (lost.status, lost.end_reason) == ("failed", "sandbox_lost")

@@ -1,22 +1,27 @@
-"""Reconcile (sandboxes/sweep.py): orphan sandboxes are killed, runs whose sandbox is gone fail
-as sandbox_lost, and nothing of another deployment or app is ever touched."""
+"""Reconcile (sandboxes/reconcile.py): orphan sandboxes are killed, runs whose sandbox is gone
+fail as sandbox_lost, and nothing of another deployment or app is ever touched. On the
+in-memory backend, with faults injected through the backend interface (FaultyBackend). Its
+command is in test_commands."""
 
 from __future__ import annotations
 
 import uuid
-from io import StringIO
-from typing import Any
 
 import pytest
-from django.core.management import call_command
 
 from sandboxes import services
-from sandboxes.backends import SandboxInfo, SandboxNotFound, TransientBackendError, app_tags
-from sandboxes.models import SandboxRun
+from sandboxes.backends import (
+    SandboxInfo,
+    SandboxNotFound,
+    TransientBackendError,
+    app_tags,
+    override_backend,
+)
 from sandboxes.reconcile import sandboxes_reconcile
 from sandboxes.tasks import reconcile_sandboxes
-from tests.factories import transitions
-from tests.sandboxes.fake_backend import FakeBackend, fake_backend_fixture, start_run  # noqa: F401
+from tests.factories import make_run, transitions
+from tests.sandboxes.fake_backend import FakeBackend, start_run
+from tests.sandboxes.faults import FaultyBackend
 from workspaces.access import Actor
 from workspaces.models import Workspace
 
@@ -25,13 +30,6 @@ pytestmark = pytest.mark.django_db
 
 def _tags(run_id: str) -> dict[str, str]:
     return {**app_tags(), "run_id": run_id, "workspace_id": str(uuid.uuid4())}
-
-
-def _booting(workspace: Workspace) -> SandboxRun:
-    return SandboxRun.objects.create(
-        workspace=workspace, created_by=workspace.owner, thread_id="t", prompt="p",
-        max_duration_ms=3_600_000, idle_timeout_ms=900_000,
-    )  # fmt: skip
 
 
 def test_the_sandbox_of_an_ended_run_is_killed(
@@ -79,19 +77,22 @@ def test_a_second_sandbox_tagged_for_a_running_run_is_killed_and_its_own_kept(
 
 
 def test_sandboxes_of_another_deployment_or_app_are_never_touched(
-    workspace: Workspace, fake_backend: FakeBackend, monkeypatch: Any
+    workspace: Workspace, fake_backend: FakeBackend
 ) -> None:
     elsewhere = {
         fake_backend.add({**_tags(str(uuid.uuid4())), "env": "staging"}).sandbox_id,
         fake_backend.add({**_tags(str(uuid.uuid4())), "app": "other-app"}).sandbox_id,
         fake_backend.add({"purpose": "check"}).sandbox_id,
     }
-    # Even from a backend that ignores the metadata filter and lists everything.
-    monkeypatch.setattr(
-        fake_backend, "list_sandboxes", lambda metadata: list(fake_backend.sandboxes.values())
-    )
 
-    report = sandboxes_reconcile()
+    def ignore_the_filter(listed: list[SandboxInfo]) -> None:
+        listed[:] = list(fake_backend.sandboxes.values())
+
+    # Even from a backend that ignores the metadata filter and lists everything.
+    faulty = FaultyBackend(fake_backend)
+    faulty.after("list_sandboxes", ignore_the_filter)
+    with override_backend(faulty):
+        report = sandboxes_reconcile()
 
     assert report.as_dict() == {"killed": 0, "lost": 0, "errors": 0}
     assert fake_backend.live_ids() == elsewhere
@@ -118,46 +119,42 @@ def test_a_running_run_whose_sandbox_is_gone_fails_as_lost(
 
 
 def test_a_sandbox_the_listing_missed_is_asked_for_by_id_before_its_run_is_failed(
-    workspace: Workspace, fake_backend: FakeBackend, monkeypatch: Any
+    workspace: Workspace, fake_backend: FakeBackend
 ) -> None:
     run = start_run(workspace=workspace)
-    monkeypatch.setattr(fake_backend, "list_sandboxes", lambda metadata: [])  # a lagging list
-
-    assert sandboxes_reconcile().as_dict() == {"killed": 0, "lost": 0, "errors": 0}
+    faulty = FaultyBackend(fake_backend)
+    faulty.after("list_sandboxes", lambda listed: listed.clear())  # a lagging list
+    with override_backend(faulty):
+        assert sandboxes_reconcile().as_dict() == {"killed": 0, "lost": 0, "errors": 0}
     run.refresh_from_db()
     assert run.status == "running"
 
 
 def test_a_run_that_starts_while_the_sandboxes_are_listed_is_not_lost(
-    workspace: Workspace, fake_backend: FakeBackend, monkeypatch: Any
+    workspace: Workspace, fake_backend: FakeBackend
 ) -> None:
-    run = _booting(workspace)
-    listing = fake_backend.list_sandboxes
+    run = make_run(workspace=workspace)  # booting
+    faulty = FaultyBackend(fake_backend)
 
-    def list_then_the_boot_finishes(metadata: dict[str, str]) -> list[SandboxInfo]:
-        listed = listing(metadata)
-        if "run_id" not in metadata:  # the reconcile's listing, not the boot's own
-            monkeypatch.setattr(fake_backend, "list_sandboxes", listing)
-            services.run_boot(run_id=str(run.pk))
-            monkeypatch.setattr(fake_backend, "get_info", _gone)  # a lagging get_info too
-        return listed
+    def the_boot_finishes(listed: list[SandboxInfo]) -> None:
+        # Right after the reconcile's listing: the boot makes a sandbox the listing missed...
+        services.run_boot(run_id=str(run.pk))
+        # ...and a lagging get_info does not see it either.
+        faulty.fail_next("get_info", SandboxNotFound("not yet"))
 
-    monkeypatch.setattr(fake_backend, "list_sandboxes", list_then_the_boot_finishes)
-    report = sandboxes_reconcile()
+    faulty.after("list_sandboxes", the_boot_finishes)
+    with override_backend(faulty):
+        report = sandboxes_reconcile()
 
     run.refresh_from_db()
     assert run.status == "running"
     assert report.as_dict() == {"killed": 0, "lost": 0, "errors": 0}
 
 
-def _gone(sandbox_id: str) -> SandboxInfo:
-    raise SandboxNotFound(sandbox_id)
-
-
 def test_the_sandbox_of_a_booting_run_is_left_to_the_boot(
     workspace: Workspace, fake_backend: FakeBackend
 ) -> None:
-    run = _booting(workspace)
+    run = make_run(workspace=workspace)  # booting
     made = fake_backend.add(_tags(str(run.pk)))  # created, id not saved yet
 
     assert sandboxes_reconcile().as_dict() == {"killed": 0, "lost": 0, "errors": 0}
@@ -178,26 +175,3 @@ def test_a_failed_kill_is_counted_and_retried_by_the_next_reconcile(
     assert orphan.sandbox_id in fake_backend.live_ids()
     assert reconcile_sandboxes() == {"killed": 1, "lost": 0, "errors": 0}
     assert fake_backend.live_ids() == set()
-
-
-def test_the_command_is_a_dry_run_unless_told_otherwise(
-    workspace: Workspace, fake_backend: FakeBackend
-) -> None:
-    orphan = fake_backend.add(_tags(str(uuid.uuid4())))
-    lost = start_run(workspace=workspace)
-    fake_backend.kill(lost.sandbox_id)
-
-    out = StringIO()
-    call_command("reconcile_sandboxes", stdout=out)
-    assert "would kill unknown run" in out.getvalue()
-    assert f"would fail sandbox_lost run={lost.pk}" in out.getvalue()
-    assert orphan.sandbox_id in fake_backend.live_ids()
-    lost.refresh_from_db()
-    assert lost.status == "running"
-
-    out = StringIO()
-    call_command("reconcile_sandboxes", "--for-real", stdout=out)
-    assert "killed 1 orphans, failed 1 lost runs, errors 0" in out.getvalue()
-    assert fake_backend.live_ids() == set()
-    lost.refresh_from_db()
-    assert (lost.status, lost.end_reason) == ("failed", "sandbox_lost")

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 from django.contrib.auth import get_user_model
-from django.contrib.messages import get_messages
 
+from tests.conftest import messages_of
 from tests.factories import make_api_key, make_workspace
 from workspaces import services
 from workspaces.access import Actor
@@ -30,11 +30,6 @@ NO_INLINE_FORMS = {
 
 def _person(username: str, **flags: Any) -> Any:
     return User.objects.create_user(username, f"{username}@example.com", "pw", **flags)
-
-
-@pytest.fixture
-def superuser(db: Any) -> Any:
-    return _person("root", is_staff=True, is_superuser=True)
 
 
 @pytest.fixture
@@ -58,10 +53,6 @@ def keys(spaces: dict[str, Workspace]) -> dict[str, ApiKey]:
         name: make_api_key(workspace=workspace, name=f"{name}-key")[0]
         for name, workspace in spaces.items()
     }
-
-
-def _messages(response: Any) -> list[str]:
-    return [str(m) for m in get_messages(response.wsgi_request)]
 
 
 def _changelist_names(response: Any) -> set[str]:
@@ -301,7 +292,7 @@ def test_creating_a_key_in_the_admin_shows_the_secret_once_and_stores_only_its_h
         follow=True,
     )
     assert response.status_code == 200
-    shown = [m for m in _messages(response) if "alk_" in m]
+    shown = [m for m in messages_of(response) if "alk_" in m]
     assert len(shown) == 1
     secret = re.search(r"alk_[0-9a-f]+_[A-Za-z0-9_-]+", shown[0]).group(0)  # type: ignore[union-attr]
 
@@ -345,7 +336,7 @@ def test_the_revoke_action_revokes_and_reports_counts(
         follow=True,
     )
     assert response.status_code == 200
-    assert "2 revoked, 1 already revoked." in _messages(response)
+    assert "2 revoked, 1 already revoked." in messages_of(response)
     assert all(key.revoked_at is not None for key in ApiKey.objects.all())
     assert ApiKey.objects.get(pk=keys["gamma"].pk).revoked_at == revoked_before
 
@@ -359,7 +350,7 @@ def test_the_revoke_action_cannot_reach_keys_of_other_workspaces(
         {"action": "revoke_keys", "_selected_action": [str(k.pk) for k in keys.values()]},
         follow=True,
     )
-    assert "1 revoked, 0 already revoked." in _messages(response)
+    assert "1 revoked, 0 already revoked." in messages_of(response)
     assert ApiKey.objects.get(pk=keys["alpha"].pk).revoked_at is not None
     assert ApiKey.objects.get(pk=keys["beta"].pk).revoked_at is None
     assert ApiKey.objects.get(pk=keys["gamma"].pk).revoked_at is None

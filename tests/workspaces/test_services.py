@@ -1,41 +1,34 @@
-"""workspaces/services.py: owner protections, membership rules, names, atomicity — through the
-services and through the API that calls them."""
+"""workspaces/services.py: owner protections, membership rules, names, API keys, atomicity, and
+the one event on the trail that each write records (SPEC §10)."""
 
 from __future__ import annotations
 
+import hashlib
+from datetime import timedelta
 from typing import Any
 
 import pytest
-from django.db import IntegrityError, transaction
-from rest_framework.authtoken.models import Token
+import time_machine
+from django.db import IntegrityError
+from django.utils import timezone
 
 from config.exceptions import Conflict, InvalidInput, PermissionDenied
-from tests.conftest import client_as
-from tests.factories import UserFactory
+from tests.factories import make_api_key, make_user
+from tests.workspaces.conftest import role_of
 from workspaces import services
 from workspaces.access import Actor
-from workspaces.models import Membership, Role, Workspace
-
-
-def _new_user(**fields: Any) -> Any:
-    return UserFactory(**fields)
-
-
-def _members_url(workspace: Workspace, user: Any = None) -> str:
-    base = f"/api/v1/workspaces/{workspace.pk}/members/"
-    return base if user is None else f"{base}{user.pk}/"
-
-
-def _role_of(workspace: Workspace, user: Any) -> str | None:
-    membership = Membership.objects.filter(workspace=workspace, user=user).first()
-    return membership.role if membership is not None else None
+from workspaces.models import ApiKey, Event, Membership, Role, Workspace
 
 
 def _membership(workspace: Workspace, user: Any) -> Membership:
     return Membership.objects.get(workspace=workspace, user=user)
 
 
-# --- Owner protections: services -------------------------------------------------------------
+def _trail(workspace: Workspace, type: str) -> list[Event]:
+    return list(Event.objects.filter(workspace_id=workspace.pk, type=type).order_by("id"))
+
+
+# --- owner protections -----------------------------------------------------------------------
 
 
 def test_creating_a_workspace_makes_the_creator_its_one_owner(owner: Any) -> None:
@@ -50,7 +43,7 @@ def test_the_owner_cannot_be_removed_by_the_service(workspace: Workspace, admin_
             membership=_membership(workspace, workspace.owner), actor=Actor(user=admin_user)
         )
     assert raised.value.code == "owner_protected"
-    assert _role_of(workspace, workspace.owner) == Role.OWNER
+    assert role_of(workspace, workspace.owner) == Role.OWNER
 
 
 def test_the_owner_cannot_leave_by_the_service(workspace: Workspace, owner: Any) -> None:
@@ -58,7 +51,7 @@ def test_the_owner_cannot_leave_by_the_service(workspace: Workspace, owner: Any)
         services.membership_remove(
             membership=_membership(workspace, owner), actor=Actor(user=owner)
         )
-    assert _role_of(workspace, owner) == Role.OWNER
+    assert role_of(workspace, owner) == Role.OWNER
 
 
 @pytest.mark.parametrize("role", ["admin", "member"])
@@ -70,7 +63,7 @@ def test_the_owner_cannot_be_demoted_by_the_service(
             membership=_membership(workspace, owner), role=role, actor=Actor(user=admin_user)
         )
     assert raised.value.code == "owner_protected"
-    assert _role_of(workspace, owner) == Role.OWNER
+    assert role_of(workspace, owner) == Role.OWNER
 
 
 def test_nobody_can_be_promoted_to_owner_by_the_service(
@@ -81,22 +74,22 @@ def test_nobody_can_be_promoted_to_owner_by_the_service(
             membership=_membership(workspace, member), role="owner", actor=Actor(user=owner)
         )
     assert raised.value.code == "owner"
-    assert _role_of(workspace, member) == Role.MEMBER
+    assert role_of(workspace, member) == Role.MEMBER
 
 
 def test_nobody_can_be_added_as_owner_by_the_service(workspace: Workspace, owner: Any) -> None:
-    newcomer = _new_user()
+    newcomer = make_user()
     with pytest.raises(InvalidInput):
         services.membership_add(
             workspace=workspace, user=newcomer, role="owner", actor=Actor(user=owner)
         )
-    assert _role_of(workspace, newcomer) is None
+    assert role_of(workspace, newcomer) is None
 
 
 def test_an_unknown_role_is_refused_by_the_service(workspace: Workspace, owner: Any) -> None:
     with pytest.raises(InvalidInput) as raised:
         services.membership_add(
-            workspace=workspace, user=_new_user(), role="superhero", actor=Actor(user=owner)
+            workspace=workspace, user=make_user(), role="superhero", actor=Actor(user=owner)
         )
     assert raised.value.code == "invalid_choice"
 
@@ -109,28 +102,10 @@ def test_adding_an_existing_member_is_a_conflict_in_the_service(
             workspace=workspace, user=member, role="admin", actor=Actor(user=owner)
         )
     assert raised.value.code == "already_member"
-    assert _role_of(workspace, member) == Role.MEMBER
+    assert role_of(workspace, member) == Role.MEMBER
 
 
-def test_the_single_owner_constraint_holds_in_the_database(
-    workspace: Workspace, member: Any
-) -> None:
-    with pytest.raises(IntegrityError), transaction.atomic():
-        Membership.objects.filter(workspace=workspace, user=member).update(role=Role.OWNER)
-    assert Membership.objects.filter(workspace=workspace, role=Role.OWNER).count() == 1
-
-
-def test_a_second_owner_membership_cannot_be_created(workspace: Workspace) -> None:
-    with pytest.raises(IntegrityError), transaction.atomic():
-        Membership.objects.create(workspace=workspace, user=_new_user(), role=Role.OWNER)
-
-
-def test_a_user_is_a_member_of_a_workspace_at_most_once(workspace: Workspace, member: Any) -> None:
-    with pytest.raises(IntegrityError), transaction.atomic():
-        Membership.objects.create(workspace=workspace, user=member, role=Role.ADMIN)
-
-
-# --- Atomicity -------------------------------------------------------------------------------
+# --- atomicity -------------------------------------------------------------------------------
 
 
 def test_a_failure_creating_the_owner_membership_leaves_no_workspace(
@@ -145,29 +120,19 @@ def test_a_failure_creating_the_owner_membership_leaves_no_workspace(
         services.workspace_create(name="Doomed", owner=owner)
     assert Workspace.objects.count() == before
     assert not Workspace.objects.filter(name="Doomed").exists()
+    assert not Event.objects.exists()  # the event rolled back with the write
 
 
-def test_a_failed_workspace_create_through_the_api_leaves_no_workspace(
-    client: Any, owner: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    def fail(**kwargs: Any) -> Membership:
-        raise IntegrityError("simulated failure")
-
-    monkeypatch.setattr(Membership.objects, "create", fail)
-    client.raise_request_exception = False
-    token = Token.objects.create(user=owner)
-    response = client.post(
-        "/api/v1/workspaces/",
-        {"name": "Doomed"},
-        content_type="application/json",
-        headers={"Authorization": f"Token {token.key}"},
-    )
-    assert response.status_code == 500
-    assert response.json() == {"detail": "Server error.", "code": "server_error"}
-    assert not Workspace.objects.filter(name="Doomed").exists()
+def test_a_refused_member_leaves_no_event(workspace: Workspace, owner: Any, member: Any) -> None:
+    before = Event.objects.count()
+    with pytest.raises(Conflict):
+        services.membership_add(
+            workspace=workspace, user=member, role="admin", actor=Actor(user=owner)
+        )
+    assert Event.objects.count() == before
 
 
-# --- Names -----------------------------------------------------------------------------------
+# --- names -----------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("name", ["", "   ", "\t\n", "x" * 101])
@@ -188,241 +153,155 @@ def test_a_bad_rename_is_refused_and_keeps_the_old_name(workspace: Workspace, ow
     assert workspace.name == "Lab"
 
 
-@pytest.mark.parametrize("name", ["", "   ", "x" * 101])
-def test_the_api_refuses_a_bad_workspace_name(api: Any, owner: Any, name: str) -> None:
-    response = client_as(api, owner).post("/api/v1/workspaces/", {"name": name}, format="json")
-    assert response.status_code == 400
-    body = response.json()
-    assert body["code"] == "invalid"
-    assert "name" in body["errors"]
-    assert not Workspace.objects.exists()
+# --- the trail: one event per write ----------------------------------------------------------
 
 
-def test_the_api_accepts_a_name_of_100_characters(api: Any, owner: Any) -> None:
-    response = client_as(api, owner).post("/api/v1/workspaces/", {"name": "x" * 100}, format="json")
-    assert response.status_code == 201
-    assert response.json()["name"] == "x" * 100
+def test_creating_a_workspace_is_on_the_trail_as_its_owner(owner: Any) -> None:
+    workspace = services.workspace_create(name="Lab", owner=owner)
+    [event] = _trail(workspace, "workspace.created")
+    assert (event.actor, event.actor_user, event.data) == ("user:olivia", owner, {"name": "Lab"})
+    assert (event.subject_type, event.subject_id) == ("workspace", str(workspace.pk))
 
 
-def test_the_api_strips_the_name(api: Any, owner: Any) -> None:
-    response = client_as(api, owner).post(
-        "/api/v1/workspaces/", {"name": "  " + "x" * 100 + "  "}, format="json"
-    )
-    assert response.status_code == 201
-    assert Workspace.objects.get(pk=response.json()["id"]).name == "x" * 100
-
-
-def test_the_api_refuses_a_blank_rename(api: Any, workspace: Workspace, owner: Any) -> None:
-    response = client_as(api, owner).patch(
-        f"/api/v1/workspaces/{workspace.pk}/", {"name": " "}, format="json"
-    )
-    assert response.status_code == 400
-    assert "name" in response.json()["errors"]
+def test_a_rename_records_the_old_and_new_name_and_a_same_name_rename_nothing(
+    workspace: Workspace, owner: Any
+) -> None:
+    services.workspace_rename(workspace=workspace, name=" Lab 2 ", actor=Actor(user=owner))
+    services.workspace_rename(workspace=workspace, name="Lab 2", actor=Actor(user=owner))
     workspace.refresh_from_db()
-    assert workspace.name == "Lab"
+    assert workspace.name == "Lab 2"
+    [event] = _trail(workspace, "workspace.renamed")
+    assert (event.actor, event.data) == ("user:olivia", {"from": "Lab", "to": "Lab 2"})
 
 
-# --- Owner protections: API ------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("who", ["owner", "admin"])
-def test_the_owner_cannot_be_removed_through_the_api(
-    api: Any, workspace: Workspace, request: Any, who: str
+def test_a_deleted_workspace_keeps_its_trail_with_the_deletion_last(
+    workspace: Workspace, owner: Any
 ) -> None:
-    caller = request.getfixturevalue({"owner": "owner", "admin": "admin_user"}[who])
-    response = client_as(api, caller).delete(_members_url(workspace, workspace.owner))
-    assert response.status_code == 403
-    assert response.json()["code"] == "owner_protected"
-    assert _role_of(workspace, workspace.owner) == Role.OWNER
+    workspace_id = workspace.pk
+    key, _ = make_api_key(workspace=workspace)
+    services.workspace_delete(workspace=workspace, actor=Actor(user=owner))
 
-
-def test_the_owner_cannot_be_removed_with_an_admin_key(
-    api: Any, workspace: Workspace, admin_key: str
-) -> None:
-    response = client_as(api, admin_key).delete(_members_url(workspace, workspace.owner))
-    assert response.status_code == 403
-    assert _role_of(workspace, workspace.owner) == Role.OWNER
-
-
-@pytest.mark.parametrize("role", ["admin", "member"])
-def test_the_owner_cannot_be_demoted_through_the_api(
-    api: Any, workspace: Workspace, admin_user: Any, role: str
-) -> None:
-    response = client_as(api, admin_user).patch(
-        _members_url(workspace, workspace.owner), {"role": role}, format="json"
+    assert not Workspace.objects.filter(pk=workspace_id).exists()
+    assert not Membership.objects.filter(workspace_id=workspace_id).exists()
+    assert not ApiKey.objects.filter(pk=key.pk).exists()
+    trail = Event.objects.filter(workspace_id=workspace_id).order_by("id")
+    last = trail.last()
+    assert last is not None
+    assert (last.type, last.actor, last.data) == (
+        "workspace.deleted",
+        "user:olivia",
+        {"name": "Lab"},
     )
-    assert response.status_code == 403
-    assert response.json()["code"] == "owner_protected"
-    assert _role_of(workspace, workspace.owner) == Role.OWNER
+    assert trail.count() == 5  # created, two members added, a key created, deleted
 
 
-def test_the_owner_cannot_demote_themselves(api: Any, workspace: Workspace, owner: Any) -> None:
-    response = client_as(api, owner).patch(
-        _members_url(workspace, owner), {"role": "admin"}, format="json"
+def test_adding_changing_and_removing_a_member_each_record_one_event(
+    workspace: Workspace, admin_user: Any
+) -> None:
+    adam = Actor(user=admin_user)
+    newcomer = make_user(username="nina")
+    membership = services.membership_add(
+        workspace=workspace, user=newcomer, role="member", actor=adam
     )
-    assert response.status_code == 403
-    assert _role_of(workspace, owner) == Role.OWNER
+    services.membership_change_role(membership=membership, role="admin", actor=adam)
+    services.membership_change_role(membership=membership, role="admin", actor=adam)  # no-op
+    services.membership_remove(membership=membership, actor=adam)
+
+    person = {"user_id": newcomer.pk, "username": "nina"}
+    [added] = [e for e in _trail(workspace, "member.added") if e.data["username"] == "nina"]
+    assert (added.actor, added.data) == ("user:adam", {**person, "role": "member"})
+    [changed] = _trail(workspace, "member.role_changed")
+    assert changed.data == {**person, "from": "member", "to": "admin"}
+    [removed] = _trail(workspace, "member.removed")
+    assert removed.data == {**person, "role": "admin", "left": False}
+    assert (removed.subject_type, removed.subject_id) == ("member", str(newcomer.pk))
 
 
-def test_nobody_can_be_promoted_to_owner_through_the_api(
-    api: Any, workspace: Workspace, owner: Any, admin_user: Any
-) -> None:
-    response = client_as(api, owner).patch(
-        _members_url(workspace, admin_user), {"role": "owner"}, format="json"
+def test_leaving_is_recorded_as_leaving(workspace: Workspace, member: Any) -> None:
+    services.membership_remove(membership=_membership(workspace, member), actor=Actor(user=member))
+    [event] = _trail(workspace, "member.removed")
+    assert (event.actor, event.data["left"]) == ("user:mia", True)
+
+
+def test_a_key_removing_its_creator_is_not_leaving(workspace: Workspace, admin_user: Any) -> None:
+    # A key acts for the workspace, not as the person who made it: leaving is a person's act.
+    key, _ = services.api_key_create(
+        workspace=workspace, name="ops", role="admin", actor=Actor(user=admin_user)
     )
-    assert response.status_code == 400
-    assert "role" in response.json()["errors"]
-    assert _role_of(workspace, admin_user) == Role.ADMIN
-    assert Workspace.objects.get(pk=workspace.pk).owner == owner
-
-
-def test_nobody_can_be_added_as_owner_through_the_api(
-    api: Any, workspace: Workspace, owner: Any
-) -> None:
-    newcomer = _new_user()
-    response = client_as(api, owner).post(
-        _members_url(workspace), {"user_id": newcomer.pk, "role": "owner"}, format="json"
+    services.membership_remove(
+        membership=_membership(workspace, admin_user), actor=Actor(user=admin_user, api_key=key)
     )
-    assert response.status_code == 400
-    assert "role" in response.json()["errors"]
-    assert _role_of(workspace, newcomer) is None
+    [event] = _trail(workspace, "member.removed")
+    assert (event.actor, event.data["left"]) == (f"api_key:{key.prefix}", False)
 
 
-def test_the_owner_cannot_leave(api: Any, workspace: Workspace, owner: Any) -> None:
-    response = client_as(api, owner).delete(_members_url(workspace, owner))
-    assert response.status_code == 403
-    assert response.json()["code"] == "owner_protected"
-    assert _role_of(workspace, owner) == Role.OWNER
+# --- API keys --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("who", ["member", "admin_user"])
-def test_a_member_can_leave(api: Any, workspace: Workspace, request: Any, who: str) -> None:
-    user = request.getfixturevalue(who)
-    response = client_as(api, user).delete(_members_url(workspace, user))
-    assert response.status_code == 204
-    assert _role_of(workspace, user) is None
+def test_only_the_sha256_of_the_secret_is_stored(workspace: Workspace) -> None:
+    key, secret = make_api_key(workspace=workspace)
+    stored = ApiKey.objects.filter(pk=key.pk).values()[0]
+    assert secret not in {str(value) for value in stored.values()}
+    assert stored["secret_hash"] == hashlib.sha256(secret.encode()).hexdigest()
 
 
-def test_after_leaving_the_workspace_is_not_found(
-    api: Any, workspace: Workspace, member: Any
-) -> None:
-    client = client_as(api, member)
-    assert client.delete(_members_url(workspace, member)).status_code == 204
-    assert client.get(f"/api/v1/workspaces/{workspace.pk}/").status_code == 404
-
-
-def test_a_member_cannot_remove_others(
-    api: Any, workspace: Workspace, member: Any, admin_user: Any
-) -> None:
-    response = client_as(api, member).delete(_members_url(workspace, admin_user))
-    assert response.status_code == 403
-    assert _role_of(workspace, admin_user) == Role.ADMIN
-
-
-def test_a_member_key_cannot_make_its_creator_leave(
-    api: Any, workspace: Workspace, member_key: str
-) -> None:
-    # A key acts for the workspace, not as its creator: "leaving" is a person's act.
-    response = client_as(api, member_key).delete(_members_url(workspace, workspace.owner))
-    assert response.status_code == 403
-    assert _role_of(workspace, workspace.owner) == Role.OWNER
-
-
-def test_an_admin_can_change_a_members_role(
-    api: Any, workspace: Workspace, admin_user: Any, member: Any
-) -> None:
-    response = client_as(api, admin_user).patch(
-        _members_url(workspace, member), {"role": "admin"}, format="json"
+def test_a_new_key_is_on_the_trail_without_its_secret(workspace: Workspace, owner: Any) -> None:
+    key, secret = services.api_key_create(
+        workspace=workspace, name=" ci ", role="admin", actor=Actor(user=owner)
     )
-    assert response.status_code == 200
-    assert response.json()["role"] == "admin"
-    assert _role_of(workspace, member) == Role.ADMIN
+    assert (key.name, key.role, key.created_by) == ("ci", "admin", owner)
+    assert secret.startswith(f"alk_{key.prefix}_")
+    [event] = _trail(workspace, "api_key.created")
+    assert event.data == {"name": "ci", "role": "admin", "prefix": key.prefix}
+    assert secret not in str(event.data) and key.secret_hash not in str(event.data)
 
 
-def test_changing_the_role_of_a_non_member_is_not_found(
-    api: Any, workspace: Workspace, owner: Any, outsider: Any
-) -> None:
-    response = client_as(api, owner).patch(
-        _members_url(workspace, outsider), {"role": "admin"}, format="json"
-    )
-    assert response.status_code == 404
-    assert _role_of(workspace, outsider) is None
+@pytest.mark.parametrize("role", ["owner", "superhero", ""])
+def test_a_key_is_a_member_or_an_admin(workspace: Workspace, owner: Any, role: str) -> None:
+    with pytest.raises(InvalidInput) as raised:
+        services.api_key_create(workspace=workspace, name="ci", role=role, actor=Actor(user=owner))
+    assert raised.value.code == "invalid_choice"
+    assert not ApiKey.objects.exists()
 
 
-# --- Adding members --------------------------------------------------------------------------
+def test_a_key_is_created_by_a_person(workspace: Workspace) -> None:
+    with pytest.raises(PermissionDenied) as raised:
+        services.api_key_create(
+            workspace=workspace, name="ci", role="member", actor=Actor.system("test")
+        )
+    assert raised.value.code == "needs_user"
+    assert not ApiKey.objects.exists()
 
 
-def test_a_member_can_be_added_by_username(api: Any, workspace: Workspace, owner: Any) -> None:
-    newcomer = _new_user(username="nina")
-    response = client_as(api, owner).post(
-        _members_url(workspace), {"username": "nina"}, format="json"
-    )
-    assert response.status_code == 201
-    assert response.json()["user_id"] == newcomer.pk
-    assert response.json()["role"] == "member"
-    assert _role_of(workspace, newcomer) == Role.MEMBER
+def test_revoking_twice_revokes_once_and_records_once(workspace: Workspace, owner: Any) -> None:
+    key, _ = make_api_key(workspace=workspace, name="ci")
+    first = services.api_key_revoke(api_key=key, actor=Actor(user=owner))
+    revoked_at = first.revoked_at
+    assert revoked_at is not None and not first.is_active
+
+    stale = ApiKey.objects.get(pk=key.pk)
+    stale.revoked_at = None  # a copy read before the first revoke
+    again = services.api_key_revoke(api_key=stale, actor=Actor(user=owner))
+
+    assert again.revoked_at == revoked_at
+    [event] = _trail(workspace, "api_key.revoked")
+    assert (event.actor, event.data) == ("user:olivia", {"name": "ci", "prefix": key.prefix})
 
 
-def test_a_member_can_be_added_by_id_as_admin(api: Any, workspace: Workspace, owner: Any) -> None:
-    newcomer = _new_user()
-    response = client_as(api, owner).post(
-        _members_url(workspace), {"user_id": newcomer.pk, "role": "admin"}, format="json"
-    )
-    assert response.status_code == 201
-    assert _role_of(workspace, newcomer) == Role.ADMIN
+def test_marking_a_key_used_writes_at_most_once_per_interval(workspace: Workspace) -> None:
+    key, _ = make_api_key(workspace=workspace)
+    events_before = Event.objects.count()
+    start = timezone.now()
+    with time_machine.travel(start, tick=False):
+        services.api_key_mark_used(api_key=key)
+    with time_machine.travel(start + services.API_KEY_TOUCH_INTERVAL / 2, tick=False):
+        services.api_key_mark_used(api_key=key)
+    key.refresh_from_db()
+    assert key.last_used_at == start
 
-
-@pytest.mark.parametrize(
-    ("body", "field"),
-    [
-        ({"user_id": 999_999}, "user_id"),
-        ({"username": "nobody-by-that-name"}, "username"),
-    ],
-)
-def test_adding_an_unknown_user_names_the_field(
-    api: Any, workspace: Workspace, owner: Any, body: dict[str, Any], field: str
-) -> None:
-    response = client_as(api, owner).post(_members_url(workspace), body, format="json")
-    assert response.status_code == 400
-    assert field in response.json()["errors"]
-
-
-def test_adding_an_inactive_user_is_refused(api: Any, workspace: Workspace, owner: Any) -> None:
-    UserFactory(username="gone", is_active=False)
-    response = client_as(api, owner).post(
-        _members_url(workspace), {"username": "gone"}, format="json"
-    )
-    assert response.status_code == 400
-    assert "username" in response.json()["errors"]
-
-
-@pytest.mark.parametrize("who", ["member", "owner"])
-def test_adding_an_existing_member_is_a_conflict(
-    api: Any, workspace: Workspace, owner: Any, request: Any, who: str
-) -> None:
-    user = request.getfixturevalue(who)
-    response = client_as(api, owner).post(
-        _members_url(workspace), {"user_id": user.pk, "role": "admin"}, format="json"
-    )
-    assert response.status_code == 409
-    assert response.json()["code"] == "already_member"
-    assert _role_of(workspace, user) == (Role.MEMBER if who == "member" else Role.OWNER)
-
-
-@pytest.mark.parametrize(
-    "body",
-    [
-        pytest.param({"role": "member"}, id="neither"),
-        pytest.param({"user_id": 1, "username": "mia", "role": "member"}, id="both"),
-        pytest.param({}, id="empty"),
-    ],
-)
-def test_adding_a_member_needs_exactly_one_of_user_id_or_username(
-    api: Any, workspace: Workspace, owner: Any, body: dict[str, Any]
-) -> None:
-    before = Membership.objects.count()
-    response = client_as(api, owner).post(_members_url(workspace), body, format="json")
-    assert response.status_code == 400
-    assert response.json()["code"] == "invalid"
-    assert "user_id or username" in str(response.json()["errors"])
-    assert Membership.objects.count() == before
+    later = start + services.API_KEY_TOUCH_INTERVAL + timedelta(seconds=1)
+    with time_machine.travel(later, tick=False):
+        services.api_key_mark_used(api_key=key)
+    key.refresh_from_db()
+    assert key.last_used_at == later
+    assert Event.objects.count() == events_before  # using a key is not a write on the trail

@@ -1,4 +1,6 @@
-"""SPEC §9: bad input is a clear 4xx in the {"detail", "code"} shape, never a 500."""
+"""config/api.py, the API plumbing every app's routes share (SPEC §9): strict input (unknown
+fields, wrong types), JSON bodies and their size limit, the one error shape for 4xx and 500,
+JSON 404s under /api/, and pagination. Driven through the workspace routes."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ from typing import Any
 import pytest
 from rest_framework.authtoken.models import Token
 
-from tests.conftest import client_as
+from tests.conftest import assert_error, client_as
 from workspaces import selectors
 from workspaces.models import Workspace
 
@@ -16,16 +18,6 @@ from workspaces.models import Workspace
 @pytest.fixture
 def as_owner(api: Any, owner: Any) -> Any:
     return client_as(api, owner)
-
-
-def _error(response: Any, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.content
-    assert response["Content-Type"] == "application/json"
-    body = response.json()
-    assert isinstance(body.get("detail"), str)
-    assert body["detail"]
-    assert isinstance(body.get("code"), str)
-    return body
 
 
 def _token_client(client: Any, user: Any) -> Any:
@@ -45,7 +37,7 @@ def test_an_unknown_field_is_named(as_owner: Any) -> None:
     response = as_owner.post(
         "/api/v1/workspaces/", {"name": "Lab", "owner_id": 7, "colour": "red"}, format="json"
     )
-    body = _error(response, 400)
+    body = assert_error(response, 400)
     assert body["code"] == "invalid"
     assert set(body["errors"]) == {"owner_id", "colour"}
     assert not Workspace.objects.exists()
@@ -59,7 +51,7 @@ def test_an_unknown_field_on_a_member_is_named(
         {"user_id": outsider.pk, "is_superuser": True},
         format="json",
     )
-    assert set(_error(response, 400)["errors"]) == {"is_superuser"}
+    assert set(assert_error(response, 400)["errors"]) == {"is_superuser"}
 
 
 @pytest.mark.parametrize(
@@ -75,7 +67,7 @@ def test_an_unknown_field_on_a_member_is_named(
 )
 def test_a_name_of_the_wrong_type_is_refused(as_owner: Any, name: Any) -> None:
     response = as_owner.post("/api/v1/workspaces/", {"name": name}, format="json")
-    body = _error(response, 400)
+    body = assert_error(response, 400)
     assert "name" in body["errors"]
     assert not Workspace.objects.exists()
 
@@ -97,12 +89,12 @@ def test_a_user_id_of_the_wrong_type_is_refused(
     response = as_owner.post(
         f"/api/v1/workspaces/{workspace.pk}/members/", {"user_id": user_id}, format="json"
     )
-    assert "user_id" in _error(response, 400)["errors"]
+    assert "user_id" in assert_error(response, 400)["errors"]
 
 
 def test_a_name_with_a_nul_byte_is_refused(as_owner: Any) -> None:
     response = as_owner.post("/api/v1/workspaces/", {"name": "La\x00b"}, format="json")
-    assert "name" in _error(response, 400)["errors"]
+    assert "name" in assert_error(response, 400)["errors"]
 
 
 # --- Bodies ----------------------------------------------------------------------------------
@@ -111,7 +103,7 @@ def test_a_name_with_a_nul_byte_is_refused(as_owner: Any) -> None:
 def test_a_body_over_the_limit_is_a_413(as_owner: Any, settings: Any) -> None:
     settings.API_MAX_BODY_BYTES = 1024
     response = as_owner.post("/api/v1/workspaces/", {"name": "x" * 2000}, format="json")
-    assert _error(response, 413)["code"] == "too_large"
+    assert assert_error(response, 413)["code"] == "too_large"
     assert not Workspace.objects.exists()
 
 
@@ -134,7 +126,7 @@ def test_a_body_just_under_the_limit_is_accepted(as_owner: Any, settings: Any) -
 )
 def test_malformed_json_is_a_400(as_owner: Any, body: Any) -> None:
     response = _post_raw(as_owner, "/api/v1/workspaces/", body, "application/json")
-    assert _error(response, 400)["code"] == "parse_error"
+    assert assert_error(response, 400)["code"] == "parse_error"
     assert not Workspace.objects.exists()
 
 
@@ -150,7 +142,7 @@ def test_malformed_json_is_a_400(as_owner: Any, body: Any) -> None:
 )
 def test_json_that_is_not_an_object_is_a_400(as_owner: Any, body: str) -> None:
     response = _post_raw(as_owner, "/api/v1/workspaces/", body, "application/json")
-    assert _error(response, 400)["code"] == "not_an_object"
+    assert assert_error(response, 400)["code"] == "not_an_object"
 
 
 @pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
@@ -158,12 +150,12 @@ def test_non_standard_json_constants_are_a_400(as_owner: Any, constant: str) -> 
     response = _post_raw(
         as_owner, "/api/v1/workspaces/", f'{{"name": "Lab", "x": {constant}}}', "application/json"
     )
-    assert _error(response, 400)["code"] == "parse_error"
+    assert assert_error(response, 400)["code"] == "parse_error"
 
 
 def test_an_unsupported_content_type_is_a_415(as_owner: Any) -> None:
     response = _post_raw(as_owner, "/api/v1/workspaces/", "name=Lab", "text/plain")
-    assert _error(response, 415)["code"] == "unsupported_media_type"
+    assert assert_error(response, 415)["code"] == "unsupported_media_type"
     assert not Workspace.objects.exists()
 
 
@@ -171,7 +163,7 @@ def test_a_form_post_to_a_json_route_is_a_415(as_owner: Any) -> None:
     response = _post_raw(
         as_owner, "/api/v1/workspaces/", "name=Lab", "application/x-www-form-urlencoded"
     )
-    assert _error(response, 415)["code"] == "unsupported_media_type"
+    assert assert_error(response, 415)["code"] == "unsupported_media_type"
 
 
 # --- URLs and methods ------------------------------------------------------------------------
@@ -179,18 +171,18 @@ def test_a_form_post_to_a_json_route_is_a_415(as_owner: Any) -> None:
 
 def test_a_bad_uuid_in_the_url_is_a_json_404(as_owner: Any) -> None:
     response = as_owner.get("/api/v1/workspaces/not-a-uuid/")
-    assert _error(response, 404)["code"] == "not_found"
+    assert assert_error(response, 404)["code"] == "not_found"
 
 
 def test_an_unknown_workspace_is_a_json_404(as_owner: Any) -> None:
     response = as_owner.get("/api/v1/workspaces/00000000-0000-0000-0000-000000000000/")
-    assert _error(response, 404)["code"] == "not_found"
+    assert assert_error(response, 404)["code"] == "not_found"
 
 
 def test_an_unknown_url_under_the_api_is_a_json_404(client: Any) -> None:
     # Not a documented route, so the plain client: the schema-checking one has no path to match.
     response = client.get("/api/v1/no-such-thing/")
-    assert _error(response, 404) == {"detail": "Not found.", "code": "not_found"}
+    assert assert_error(response, 404) == {"detail": "Not found.", "code": "not_found"}
 
 
 def test_an_unknown_url_outside_the_api_is_not_json(client: Any) -> None:
@@ -203,7 +195,7 @@ def test_a_wrong_method_is_a_405_in_the_shape(client: Any, owner: Any) -> None:
     _token_client(client, owner)
     # The plain client: PUT is not a documented operation of this path.
     response = client.put("/api/v1/workspaces/", {"name": "x"}, content_type="application/json")
-    body = _error(response, 405)
+    body = assert_error(response, 405)
     assert body["code"] == "method_not_allowed"
     assert "PUT" in body["detail"]
 
@@ -215,7 +207,7 @@ def test_a_wrong_method_on_a_workspace_is_a_405(
     response = client.post(
         f"/api/v1/workspaces/{workspace.pk}/", {}, content_type="application/json"
     )
-    assert _error(response, 405)["code"] == "method_not_allowed"
+    assert assert_error(response, 405)["code"] == "method_not_allowed"
 
 
 def test_anonymous_is_a_401(api: Any, workspace: Workspace) -> None:
@@ -224,12 +216,12 @@ def test_anonymous_is_a_401(api: Any, workspace: Workspace) -> None:
         api.post("/api/v1/workspaces/", {"name": "x"}, format="json"),
         api.get(f"/api/v1/workspaces/{workspace.pk}/members/"),
     ):
-        assert _error(response, 401)["code"] == "not_authenticated"
+        assert assert_error(response, 401)["code"] == "not_authenticated"
 
 
 def test_a_bad_pagination_cursor_is_a_404(as_owner: Any, workspace: Workspace) -> None:
     response = as_owner.get("/api/v1/workspaces/?cursor=not-a-cursor")
-    assert _error(response, 404)["code"] == "not_found"
+    assert assert_error(response, 404)["code"] == "not_found"
 
 
 @pytest.mark.parametrize("size", ["abc", "-1", "0"])
@@ -254,5 +246,5 @@ def test_a_crash_in_an_api_view_is_a_json_500(
     client.raise_request_exception = False
     _token_client(client, owner)
     response = client.get("/api/v1/workspaces/")
-    assert _error(response, 500) == {"detail": "Server error.", "code": "server_error"}
+    assert assert_error(response, 500) == {"detail": "Server error.", "code": "server_error"}
     assert b"hunter2" not in response.content

@@ -1,0 +1,114 @@
+"""sandboxes/admin.py with Django's test client: runs read-only with their cost and timeline,
+the cancel action through the service, scoping of staff users, and the usage line it adds to
+the workspace admin."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from sandboxes.models import SandboxRun
+from tests.conftest import messages_of
+from tests.factories import make_run, make_user, make_workspace, transitions
+from tests.sandboxes.conftest import T0
+from tests.sandboxes.fake_backend import FakeBackend, start_run
+from workspaces.models import Workspace
+
+RUNS = "/admin/sandboxes/sandboxrun/"
+
+pytestmark = pytest.mark.django_db
+
+
+def test_the_admin_shows_each_runs_cost_and_each_workspaces_usage(
+    client: Any, workspace: Workspace, time_machine: Any
+) -> None:
+    time_machine.move_to(T0, tick=False)
+    ended = make_run(
+        workspace=workspace, status="succeeded", running_at=T0 - timedelta(hours=2),
+        finished_at=T0 - timedelta(minutes=30), cost_usd=Decimal("1.234567"),
+    )  # fmt: skip
+    make_run(workspace=workspace, status="running", running_at=T0 - timedelta(minutes=30))
+    client.force_login(make_user(username="root", is_staff=True, is_superuser=True))
+
+    runs_page = client.get(RUNS).content.decode()
+    assert "1.234567" in runs_page
+    run_page = client.get(f"{RUNS}{ended.pk}/change/").content.decode()
+    assert "1.234567" in run_page
+
+    page = client.get(f"/admin/workspaces/workspace/{workspace.pk}/change/").content.decode()
+    # 1 h 30 min ended + 30 min still running = 2 sandbox-hours; cost of the ended run only.
+    assert "1 active now · last 30 days: 2 runs, 2.00 sandbox-hours, $1.234567" in page
+
+
+def test_the_cancel_action_cancels_through_the_service_and_counts(
+    client: Any, reviewer: Any, workspace: Workspace, fake_backend: FakeBackend
+) -> None:
+    running = start_run(workspace=workspace)
+    booting = make_run(workspace=workspace)
+    ended = make_run(workspace=workspace, status="succeeded")
+    client.force_login(reviewer)
+
+    response = client.post(
+        RUNS,
+        {"action": "cancel_runs", "_selected_action": [running.pk, booting.pk, ended.pk]},
+        follow=True,
+    )
+
+    assert "2 canceled, 1 skipped (already ended)." in messages_of(response)
+    assert fake_backend.live_ids() == set()
+    for run in (running, booting):
+        run.refresh_from_db()
+        assert (run.status, run.end_reason) == ("canceled", "canceled_by_user")
+    canceled = transitions(running.pk, booting.pk).filter(type="run.canceled")
+    assert {(e.actor, e.actor_user_id) for e in canceled} == {("user:adam", reviewer.pk)}
+
+
+def test_staff_see_and_cancel_only_runs_of_workspaces_they_administer(
+    client: Any, reviewer: Any, workspace: Workspace, outsider: Any
+) -> None:
+    mine = make_run(workspace=workspace)
+    beta = make_workspace(owner=outsider, name="Beta", members={reviewer: "member"})
+    hidden = make_run(workspace=beta)
+    client.force_login(reviewer)
+
+    listed = client.get(RUNS).context["cl"].result_list
+    assert [run.pk for run in listed] == [mine.pk]
+    assert client.get(f"{RUNS}{hidden.pk}/change/").status_code == 302  # "does not exist"
+    client.post(RUNS, {"action": "cancel_runs", "_selected_action": [hidden.pk]})
+    hidden.refresh_from_db()
+    assert hidden.status == "booting"
+
+
+def test_a_run_is_read_only_and_keeps_its_secrets(
+    client: Any, reviewer: Any, workspace: Workspace
+) -> None:
+    run = make_run(
+        workspace=workspace, status="running", env={"TOKEN": "hunter2"},
+        files={"/home/user/in.txt": "the contents"}, prompt="Summarise Q3",
+    )  # fmt: skip
+    client.force_login(reviewer)
+
+    page = client.get(f"{RUNS}{run.pk}/change/").content.decode()
+    assert "Summarise Q3" in page
+    assert "hunter2" not in page and "the contents" not in page
+    assert client.get(f"{RUNS}add/").status_code == 403
+    client.post(f"{RUNS}{run.pk}/change/", {"prompt": "changed", "_save": "1"})
+    client.post(f"{RUNS}{run.pk}/delete/", {"post": "yes"})
+    run.refresh_from_db()
+    assert (run.prompt, run.status) == ("Summarise Q3", "running")
+    assert SandboxRun.objects.filter(pk=run.pk).exists()
+
+
+def test_the_timeline_shows_the_runs_transitions_from_the_trail(
+    client: Any, reviewer: Any, workspace: Workspace, fake_backend: FakeBackend
+) -> None:
+    run = start_run(workspace=workspace)
+    client.force_login(reviewer)
+    client.post(RUNS, {"action": "cancel_runs", "_selected_action": [run.pk]})
+
+    page = client.get(f"{RUNS}{run.pk}/change/").content.decode()
+    assert "booting → running · <code>mark_running</code> by system:start_sandbox_run" in page
+    assert "running → canceled · <code>cancel</code> by user:adam" in page

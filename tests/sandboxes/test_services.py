@@ -1,0 +1,686 @@
+"""sandboxes/services.py: a run's life — create (validated, idempotent, limited per workspace
+under its row lock), boot (tagged, adopted after a crash, never doubled), touch (throttled
+deadlines), complete and cancel (the sandbox killed), and the workspace-delete hook. Mostly on
+the in-memory backend; the provider's own deadline through the real SDK against the E2B double,
+and crashes mid-boot on real local sandboxes."""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+import time_machine
+from django.db import connection
+from django.utils import timezone
+
+from config.exceptions import Conflict, InvalidInput, LimitExceeded
+from sandboxes import services
+from sandboxes.backends import (
+    BackendError,
+    TransientBackendError,
+    override_backend,
+    sandbox_tags,
+)
+from sandboxes.models import SandboxRun
+from tests.conftest import require_service
+from tests.factories import (
+    create_run,
+    make_api_key,
+    make_run,
+    make_user,
+    make_workspace,
+    run_state,
+    sandboxes_of,
+    transitions,
+)
+from tests.sandboxes.conftest import T0
+from tests.sandboxes.fake_backend import FakeBackend, start_run
+from tests.sandboxes.faults import FaultyBackend
+from workspaces.access import Actor
+from workspaces.models import Event, Workspace
+
+pytestmark = pytest.mark.django_db
+
+
+# --- run_create ------------------------------------------------------------------------------
+
+
+def test_a_new_run_is_booting_and_its_start_is_enqueued_on_commit(
+    workspace: Workspace, django_capture_on_commit_callbacks: Any
+) -> None:
+    with django_capture_on_commit_callbacks() as enqueued:
+        run = create_run(
+            workspace=workspace,
+            env={"TOKEN": "hunter2"},
+            metadata={"ticket": 7},
+            files={"/home/user/in//./a.txt": "contents"},
+            output_dir="/home/user/out/",
+        )
+    assert len(enqueued) == 1  # the start task, sent only once the run is committed
+    run.refresh_from_db()
+    assert (run.status, run.created_by) == ("booting", workspace.owner)
+    assert (run.env, run.metadata) == ({"TOKEN": "hunter2"}, {"ticket": 7})
+    assert (run.files, run.output_dir) == ({"/home/user/in/a.txt": "contents"}, "/home/user/out")
+    assert (run.max_duration_ms, run.idle_timeout_ms) == (3_600_000, 900_000)  # the defaults
+
+
+def test_run_created_is_on_the_trail_without_env_values_or_file_contents(
+    workspace: Workspace,
+) -> None:
+    run = create_run(
+        workspace=workspace,
+        prompt="p" * (services.TRAIL_TEXT_CHARS + 10),
+        env={"TOKEN": "hunter2", "A": "b"},
+        files={"/home/user/secret.txt": "the contents"},
+    )
+    [event] = Event.objects.filter(type="run.created", subject_id=str(run.pk))
+    assert (event.actor, event.run_id, event.thread_id) == ("user:olivia", run.pk, "t-1")
+    assert event.data["env_names"] == ["A", "TOKEN"]
+    assert event.data["files"] == ["/home/user/secret.txt"]
+    assert event.data["prompt"] == "p" * services.TRAIL_TEXT_CHARS + "…"
+    assert "hunter2" not in str(event.data) and "the contents" not in str(event.data)
+
+
+def test_a_run_started_with_a_key_is_the_keys_and_its_creators(workspace: Workspace) -> None:
+    key, _ = make_api_key(workspace=workspace)
+    run = create_run(workspace=workspace, actor=Actor(user=key.created_by, api_key=key))
+    assert (run.created_by, run.api_key) == (workspace.owner, key)
+    [event] = Event.objects.filter(type="run.created", subject_id=str(run.pk))
+    assert event.actor == f"api_key:{key.prefix}"
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        pytest.param({"env": {"1BAD": "x"}}, id="env"),
+        pytest.param({"metadata": {"a": {"b": 1}}}, id="metadata"),
+        pytest.param({"files": {"rel.txt": "x"}}, id="files"),
+        pytest.param({"output_dir": "/etc"}, id="output_dir"),
+        pytest.param({"max_duration_ms": 10**12}, id="max_duration"),
+        pytest.param({"idle_timeout_ms": 999}, id="idle_timeout"),
+    ],
+)
+def test_a_refused_run_creates_nothing_and_records_nothing(
+    workspace: Workspace, fields: dict[str, Any]
+) -> None:
+    events_before = Event.objects.count()
+    with pytest.raises(InvalidInput):
+        create_run(workspace=workspace, **fields)
+    assert not SandboxRun.objects.exists()
+    assert Event.objects.count() == events_before
+
+
+def test_the_same_idempotency_key_and_request_give_the_same_run(workspace: Workspace) -> None:
+    actor = Actor(user=workspace.owner)
+    request: dict[str, Any] = {
+        "thread_id": "t",
+        "prompt": "p",
+        "env": {"A": "1"},
+        "idempotency_key": "abc",
+    }
+    first, created = services.run_create(workspace=workspace, actor=actor, **request)
+    again, created_again = services.run_create(workspace=workspace, actor=actor, **request)
+    assert (created, created_again) == (True, False)
+    assert again == first
+    assert SandboxRun.objects.count() == 1
+    assert Event.objects.filter(type="run.created").count() == 1
+
+
+def test_an_idempotency_key_reused_for_another_request_is_a_conflict(
+    workspace: Workspace,
+) -> None:
+    actor = Actor(user=workspace.owner)
+    services.run_create(
+        workspace=workspace, actor=actor, thread_id="t", prompt="p", idempotency_key="abc"
+    )
+    for changed in ({"prompt": "other"}, {"env": {"A": "1"}}, {"idle_timeout_ms": 60_000}):
+        fields: dict[str, Any] = {"thread_id": "t", "prompt": "p", **changed}
+        with pytest.raises(Conflict) as raised:
+            services.run_create(workspace=workspace, actor=actor, idempotency_key="abc", **fields)
+        assert raised.value.code == "idempotency_mismatch"
+    assert SandboxRun.objects.count() == 1
+
+
+def test_an_idempotency_key_is_per_workspace(workspace: Workspace, owner: Any) -> None:
+    elsewhere = make_workspace(owner=owner, name="Elsewhere")
+    actor = Actor(user=owner)
+    for ws in (workspace, elsewhere):
+        _, created = services.run_create(
+            workspace=ws, actor=actor, thread_id="t", prompt="p", idempotency_key="abc"
+        )
+        assert created
+    assert SandboxRun.objects.count() == 2
+
+
+def test_the_active_run_limit_counts_booting_and_running_runs_of_the_workspace(
+    workspace: Workspace, owner: Any, settings: Any
+) -> None:
+    settings.WORKSPACE_MAX_ACTIVE_RUNS = 2
+    make_run(workspace=workspace)
+    make_run(workspace=workspace, status="succeeded")  # ended runs do not count
+    make_run(workspace=make_workspace(owner=owner, name="Elsewhere"), status="running")
+    create_run(workspace=workspace)  # the second active run
+
+    with pytest.raises(LimitExceeded) as raised:
+        create_run(workspace=workspace)
+    assert raised.value.code == "too_many_active_runs"
+    assert SandboxRun.objects.filter(workspace=workspace).count() == 3
+
+
+def test_the_limit_says_to_retry_when_the_first_active_run_must_end(
+    workspace: Workspace, settings: Any, time_machine: Any
+) -> None:
+    time_machine.move_to(T0, tick=False)
+    settings.WORKSPACE_MAX_ACTIVE_RUNS = 1
+    make_run(workspace=workspace, status="running", expires_at=T0 + timedelta(seconds=25))
+    with pytest.raises(LimitExceeded) as raised:
+        create_run(workspace=workspace)
+    assert raised.value.retry_after_s == 25
+
+    SandboxRun.objects.update(expires_at=T0 + timedelta(hours=1))
+    with pytest.raises(LimitExceeded) as raised:
+        create_run(workspace=workspace)
+    assert raised.value.retry_after_s == 60  # capped at a minute
+
+    SandboxRun.objects.update(expires_at=T0 - timedelta(seconds=5))  # overdue: the sweep's
+    with pytest.raises(LimitExceeded) as raised:
+        create_run(workspace=workspace)
+    assert raised.value.retry_after_s == 1
+
+
+def test_booting_runs_alone_say_retry_in_a_minute(workspace: Workspace, settings: Any) -> None:
+    settings.WORKSPACE_MAX_ACTIVE_RUNS = 1
+    make_run(workspace=workspace)  # booting: no expiry yet
+    with pytest.raises(LimitExceeded) as raised:
+        create_run(workspace=workspace)
+    assert raised.value.retry_after_s == 60
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_creates_never_pass_the_limit(settings: Any) -> None:
+    require_service(connection.vendor == "postgresql", "needs PostgreSQL (DATABASE_URL)")
+    settings.WORKSPACE_MAX_ACTIVE_RUNS = 3
+    workspace = make_workspace(owner=make_user())
+    barrier = threading.Barrier(6, timeout=10)
+    outcomes: list[str] = []
+
+    def create() -> None:
+        try:
+            barrier.wait()
+            create_run(workspace=workspace)
+            outcomes.append("created")
+        except LimitExceeded:
+            outcomes.append("429")
+        finally:
+            connection.close()  # this thread's own connection
+
+    threads = [threading.Thread(target=create) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+
+    assert sorted(outcomes) == ["429"] * 3 + ["created"] * 3
+    assert SandboxRun.objects.filter(workspace=workspace).count() == 3
+
+
+# --- run_boot and run_fail_boot --------------------------------------------------------------
+
+
+def test_a_boot_makes_a_tagged_sandbox_with_the_runs_deadline_and_marks_it_running(
+    workspace: Workspace, fake_backend: FakeBackend, settings: Any
+) -> None:
+    settings.SANDBOX_KEEPALIVE_MIN_S = 30
+    run = create_run(workspace=workspace, idle_timeout_ms=60_000, env={"A": "1"})
+
+    services.run_boot(run_id=str(run.pk))
+
+    run.refresh_from_db()
+    assert (run.status, run.cpu_count, run.memory_mb) == ("running", 2, 512)
+    [info] = sandboxes_of(fake_backend, run)
+    assert info.sandbox_id == run.sandbox_id
+    assert info.metadata == sandbox_tags(run_id=str(run.pk), workspace_id=str(workspace.pk))
+    assert fake_backend.timeouts[run.sandbox_id] == 90  # idle timeout + the push throttle
+    assert run.expires_at == run.last_activity_at + timedelta(seconds=60)
+    [event] = transitions(run.pk)
+    assert (event.type, event.actor, event.data["sandbox_id"]) == (
+        "run.running",
+        "system:start_sandbox_run",
+        run.sandbox_id,
+    )
+
+
+def test_a_boot_enqueues_the_command_job_only_for_a_run_with_a_command(
+    workspace: Workspace, fake_backend: FakeBackend, django_capture_on_commit_callbacks: Any
+) -> None:
+    plain, job = create_run(workspace=workspace), create_run(workspace=workspace, command="true")
+    with django_capture_on_commit_callbacks() as enqueued:
+        services.run_boot(run_id=str(plain.pk))
+    assert enqueued == []
+    with django_capture_on_commit_callbacks() as enqueued:
+        services.run_boot(run_id=str(job.pk))
+    assert len(enqueued) == 1
+
+
+def test_a_run_that_is_not_booting_is_not_booted_again(
+    workspace: Workspace, fake_backend: FakeBackend
+) -> None:
+    run = start_run(workspace=workspace)
+    canceled = make_run(workspace=workspace, status="canceled")
+    for run_id in (run.pk, canceled.pk):
+        services.run_boot(run_id=str(run_id))
+    assert fake_backend.live_ids() == {run.sandbox_id}
+
+
+@pytest.mark.bwrap
+def test_a_duplicated_start_message_never_makes_a_second_sandbox(
+    local_sandboxes: Any, workspace: Workspace
+) -> None:
+    run = create_run(workspace=workspace)
+    services.run_boot(run_id=str(run.pk))
+    services.run_boot(run_id=str(run.pk))
+    assert len(sandboxes_of(local_sandboxes, run)) == 1
+
+
+@pytest.mark.bwrap
+def test_a_crash_between_create_and_save_is_healed_by_adopting_the_sandbox(
+    local_sandboxes: Any, workspace: Workspace
+) -> None:
+    run = create_run(workspace=workspace)
+
+    def crash(info: Any) -> None:
+        raise SystemExit("worker died")  # the provider made the sandbox; we never saved it
+
+    faulty = FaultyBackend(local_sandboxes)
+    faulty.after("create", crash)
+    with override_backend(faulty), pytest.raises(SystemExit):
+        services.run_boot(run_id=str(run.pk))
+    [orphan] = sandboxes_of(local_sandboxes, run)
+
+    services.run_boot(run_id=str(run.pk))  # redelivered at once: the first attempt's lease holds
+    run.refresh_from_db()
+    assert run.status == "booting"
+
+    with time_machine.travel(timezone.now() + services.boot_lease() + timedelta(seconds=1)):
+        services.run_boot(run_id=str(run.pk))
+    run.refresh_from_db()
+    assert run.status == "running"
+    assert run.sandbox_id == orphan.sandbox_id
+    assert len(sandboxes_of(local_sandboxes, run)) == 1
+
+
+def test_a_boot_keeps_one_of_several_tagged_sandboxes_and_kills_the_rest(
+    workspace: Workspace, fake_backend: FakeBackend
+) -> None:
+    run = create_run(workspace=workspace)
+    tags = sandbox_tags(run_id=str(run.pk), workspace_id=str(workspace.pk))
+    made = [fake_backend.add(tags), fake_backend.add(tags)]  # two crashed attempts' sandboxes
+
+    services.run_boot(run_id=str(run.pk))
+
+    run.refresh_from_db()
+    assert run.status == "running"
+    assert run.sandbox_id in {info.sandbox_id for info in made}
+    assert fake_backend.live_ids() == {run.sandbox_id}
+
+
+@pytest.mark.bwrap
+def test_a_run_canceled_while_booting_kills_the_sandbox_the_boot_made(
+    local_sandboxes: Any, workspace: Workspace
+) -> None:
+    run = create_run(workspace=workspace)
+
+    def the_user_cancels(info: Any) -> None:
+        services.run_cancel(
+            run=SandboxRun.objects.get(pk=run.pk), actor=Actor(user=workspace.owner)
+        )
+
+    faulty = FaultyBackend(local_sandboxes)
+    faulty.after("create", the_user_cancels)
+    with override_backend(faulty):
+        services.run_boot(run_id=str(run.pk))
+
+    run.refresh_from_db()
+    assert run.status == "canceled"
+    assert sandboxes_of(local_sandboxes, run) == []
+
+
+def test_a_transient_failure_releases_the_claim_for_the_retry(
+    workspace: Workspace, fake_backend: FakeBackend
+) -> None:
+    run = create_run(workspace=workspace)
+    fake_backend.fail_next("create", TransientBackendError("E2B is busy (503)"))
+
+    with pytest.raises(TransientBackendError):
+        services.run_boot(run_id=str(run.pk))
+    run.refresh_from_db()
+    assert (run.status, run.boot_claimed_at) == ("booting", None)
+
+    services.run_boot(run_id=str(run.pk))  # the task's retry, at once: no lease in the way
+    assert run_state(run) == ("running", "")
+
+
+def test_a_permanent_failure_fails_the_run_with_its_error(
+    workspace: Workspace, fake_backend: FakeBackend
+) -> None:
+    run = create_run(workspace=workspace)
+    fake_backend.fail_next("create", BackendError("no such template"))
+
+    services.run_boot(run_id=str(run.pk))
+
+    assert run_state(run) == ("failed", "boot_error")
+    assert run.error == {"code": "backend_error", "message": "no such template"}
+    assert transitions(run.pk).get().actor == "system:start_sandbox_run"
+
+
+def test_a_permanent_boot_failure_fails_the_run_with_its_error(
+    e2b_sandboxes: Any, e2b_server: Any, workspace: Workspace
+) -> None:
+    run = create_run(workspace=workspace)
+    e2b_server.state.fail_next(401, method="POST", path=r"/v2/sandboxes")
+
+    services.run_boot(run_id=str(run.pk))
+
+    run.refresh_from_db()
+    assert (run.status, run.end_reason) == ("failed", "boot_error")
+    assert run.error is not None
+    assert run.error["code"] == BackendError.code
+    assert "API key" in run.error["message"]
+    assert e2b_server.state.live_sandboxes() == []
+
+
+def test_a_failed_boot_kills_whatever_sandbox_was_made_for_the_run(
+    workspace: Workspace, fake_backend: FakeBackend
+) -> None:
+    run = create_run(workspace=workspace)
+    made = fake_backend.add(sandbox_tags(run_id=str(run.pk), workspace_id=str(workspace.pk)))
+    other = fake_backend.add(sandbox_tags(run_id="another-run", workspace_id="w"))
+
+    services.run_fail_boot(run_id=str(run.pk), error=TransientBackendError("gave up"))
+
+    assert run_state(run) == ("failed", "boot_error")
+    assert run.error == {"code": "backend_unavailable", "message": "gave up"}
+    assert fake_backend.kills == [made.sandbox_id]
+    assert fake_backend.live_ids() == {other.sandbox_id}
+
+
+def test_failing_the_boot_of_a_run_that_ended_meanwhile_changes_nothing(
+    workspace: Workspace, fake_backend: FakeBackend
+) -> None:
+    run = make_run(workspace=workspace, status="canceled")
+    services.run_fail_boot(run_id=str(run.pk), error=BackendError("late"))
+    assert run_state(run) == ("canceled", "")
+    assert fake_backend.kills == []
+
+
+def test_a_run_that_never_got_a_sandbox_costs_nothing(
+    workspace: Workspace, fake_backend: FakeBackend
+) -> None:
+    run = make_run(workspace=workspace)  # booting
+    services.run_fail_boot(run_id=str(run.pk), error=BackendError("no such template"))
+    run.refresh_from_db()
+    assert (run.status, run.cost_usd) == ("failed", Decimal("0"))
+
+
+# --- run_touch and the provider's deadline ---------------------------------------------------
+
+
+def test_a_touch_moves_the_idle_deadline_at_most_once_a_second(
+    workspace: Workspace, fake_backend: FakeBackend, clock: Any, django_assert_num_queries: Any
+) -> None:
+    run = start_run(workspace=workspace, idle_timeout_ms=60_000)
+    clock(10)
+    services.run_touch(run=run)
+    run.refresh_from_db()
+    assert run.last_activity_at == T0 + timedelta(seconds=10)
+    assert run.expires_at == T0 + timedelta(seconds=70)
+
+    clock(10.5)
+    with django_assert_num_queries(0):  # both throttles hold: nothing to write, nothing to push
+        services.run_touch(run=run)
+    run.refresh_from_db()
+    assert run.last_activity_at == T0 + timedelta(seconds=10)
+
+
+def test_a_touch_pushes_the_sandboxes_own_deadline_once_per_interval(
+    workspace: Workspace, fake_backend: FakeBackend, clock: Any, settings: Any
+) -> None:
+    settings.SANDBOX_KEEPALIVE_MIN_S = 30
+    run = start_run(workspace=workspace, idle_timeout_ms=60_000, max_duration_ms=600_000)
+    fake_backend.timeouts[run.sandbox_id] = 0  # to see each push
+
+    clock(5)
+    services.run_touch(run=run)
+    assert fake_backend.timeouts[run.sandbox_id] == 90
+    fake_backend.timeouts[run.sandbox_id] = 0
+    clock(20)
+    services.run_touch(run=run)
+    assert fake_backend.timeouts[run.sandbox_id] == 0  # within the interval: not pushed
+    clock(35)
+    services.run_touch(run=run)
+    assert fake_backend.timeouts[run.sandbox_id] == 90
+
+
+def test_a_failed_deadline_push_does_not_fail_the_call(
+    workspace: Workspace, fake_backend: FakeBackend, clock: Any
+) -> None:
+    run = start_run(workspace=workspace)
+    fake_backend.fail_next("set_timeout", TransientBackendError("E2B is busy"))
+    clock(5)
+    services.run_touch(run=run)
+    run.refresh_from_db()
+    assert run.last_activity_at == T0 + timedelta(seconds=5)
+
+
+@pytest.mark.parametrize("status", ["booting", "succeeded", "canceled"])
+def test_a_touch_on_a_run_that_is_not_running_does_nothing(
+    workspace: Workspace, status: str, django_assert_num_queries: Any
+) -> None:
+    run = make_run(workspace=workspace, status=status)
+    before = run.last_activity_at
+    with django_assert_num_queries(0):
+        services.run_touch(run=run)
+    assert run.last_activity_at == before
+
+
+def _provider_end(e2b_server: Any, run: SandboxRun) -> datetime:
+    end_at: datetime = e2b_server.state.sandboxes[run.sandbox_id].end_at
+    return end_at
+
+
+def _timeout_pushes(e2b_server: Any, run: SandboxRun) -> list[int]:
+    requests = e2b_server.state.requests_for("POST", rf"/sandboxes/{run.sandbox_id}/timeout")
+    return [request.body["timeout"] for request in requests]
+
+
+def test_the_e2b_deadline_follows_activity_and_never_passes_the_max_duration(
+    e2b_sandboxes: Any, e2b_server: Any, clock: Any, settings: Any, workspace: Workspace
+) -> None:
+    settings.SANDBOX_KEEPALIVE_MIN_S = 30
+    run = create_run(
+        workspace=workspace, thread_id="t", prompt="p", idle_timeout_ms=60_000,
+        max_duration_ms=300_000,
+    )  # fmt: skip
+    services.run_boot(run_id=str(run.pk))
+    run.refresh_from_db()
+    # Created with the idle timeout plus the push throttle, well inside the max duration.
+    assert _provider_end(e2b_server, run) == T0 + timedelta(seconds=90)
+
+    for second in (10, 20, 45, 50, 80, 130, 170, 210, 250, 265, 280, 299):
+        clock(second)
+        run.refresh_from_db()  # as each API request loads the run afresh
+        services.run_touch(run=run)
+        end = _provider_end(e2b_server, run)
+        idle_end = run.last_activity_at + timedelta(milliseconds=run.idle_timeout_ms)
+        # The sandbox outlives the run's idle deadline while it is used (so the sweep, not
+        # the provider, ends an idle run) and never outlives the run's max duration.
+        assert min(idle_end, run.deadline) <= end <= run.deadline, second
+
+    # Pushed at most once per throttle interval: not at 20, 50, 265 and 299.
+    assert _timeout_pushes(e2b_server, run) == [90, 90, 90, 90, 90, 90, 50, 20]
+    assert _provider_end(e2b_server, run) == run.deadline
+
+
+@pytest.mark.parametrize(
+    ("fields", "elapsed_s", "expected"),
+    [
+        pytest.param({}, 0, 90, id="idle-plus-the-push-throttle"),
+        pytest.param({}, 550, 50, id="capped-by-the-remaining-time"),
+        pytest.param({"idle_timeout_ms": 60_001}, 0, 91, id="rounded-up"),
+        pytest.param({"command_started_at": T0}, 100, 500, id="a-job-holds-it-to-the-end"),
+        pytest.param({}, 700, 1, id="never-below-a-second"),
+    ],
+)
+def test_the_provider_timeout(
+    workspace: Workspace,
+    clock: Any,
+    settings: Any,
+    fields: dict[str, Any],
+    elapsed_s: float,
+    expected: int,
+) -> None:
+    settings.SANDBOX_KEEPALIVE_MIN_S = 30
+    fields = {"idle_timeout_ms": 60_000, "max_duration_ms": 600_000, **fields}
+    run = make_run(workspace=workspace, status="running", created_at=T0, **fields)
+    clock(elapsed_s)
+    assert services.provider_timeout_s(run) == expected
+
+
+# --- ending a run ----------------------------------------------------------------------------
+
+
+def test_completing_a_run_ends_it_and_kills_its_sandbox(
+    workspace: Workspace, fake_backend: FakeBackend, member: Any
+) -> None:
+    succeeded = start_run(workspace=workspace)
+    failed = start_run(workspace=workspace)
+    actor = Actor(user=member)
+
+    services.run_complete(run=succeeded, actor=actor, status="succeeded")
+    services.run_complete(
+        run=failed, actor=actor, status="failed", error={"code": "agent", "message": "gave up"}
+    )
+
+    assert run_state(succeeded) == ("succeeded", "completed")
+    assert (run_state(failed), failed.error) == (
+        ("failed", "command_failed"),
+        {"code": "agent", "message": "gave up"},
+    )
+    assert fake_backend.live_ids() == set()
+    assert [e.actor for e in transitions(succeeded.pk, failed.pk) if e.type != "run.running"] == [
+        "user:mia",
+        "user:mia",
+    ]
+
+
+def test_a_run_marked_failed_without_an_error_says_the_client_did(
+    workspace: Workspace, fake_backend: FakeBackend
+) -> None:
+    run = services.run_complete(
+        run=start_run(workspace=workspace), actor=Actor(user=workspace.owner), status="failed"
+    )
+    assert run.error == {"code": "failed", "message": "Marked failed by the client."}
+
+
+def test_a_run_completes_only_as_succeeded_or_failed(
+    workspace: Workspace, fake_backend: FakeBackend
+) -> None:
+    run = start_run(workspace=workspace)
+    with pytest.raises(InvalidInput) as raised:
+        services.run_complete(run=run, actor=Actor(user=workspace.owner), status="canceled")
+    assert raised.value.code == "invalid_choice"
+    assert run_state(run) == ("running", "")
+
+
+@pytest.mark.parametrize("terminal", ["succeeded", "failed", "canceled"])
+def test_a_terminal_run_cannot_move_and_the_service_says_409(
+    terminal: str, workspace: Workspace
+) -> None:
+    run = make_run(workspace=workspace, status=terminal)
+    with pytest.raises(Conflict) as excinfo:
+        services.run_complete(run=run, actor=Actor(user=workspace.owner), status="succeeded")
+    assert terminal in excinfo.value.detail
+
+
+def test_a_run_ended_by_its_user_is_charged_from_running_to_the_end(
+    time_machine: Any, workspace: Workspace, fake_backend: FakeBackend
+) -> None:
+    time_machine.move_to(T0, tick=False)
+    run = start_run(workspace=workspace)
+    time_machine.move_to(T0 + timedelta(hours=1), tick=False)
+    run = services.run_complete(run=run, actor=Actor(user=workspace.owner), status="succeeded")
+    assert run.cost_usd == Decimal("0.108900")  # 3600 × 0.00003025
+    run.refresh_from_db()
+    assert run.cost_usd == Decimal("0.108900")
+
+
+def test_canceling_kills_the_sandbox_and_a_second_cancel_changes_nothing(
+    workspace: Workspace, fake_backend: FakeBackend
+) -> None:
+    run = start_run(workspace=workspace)
+    services.run_cancel(run=run, actor=Actor(user=workspace.owner))
+    again = services.run_cancel(
+        run=SandboxRun.objects.get(pk=run.pk), actor=Actor(user=workspace.owner)
+    )
+    assert (again.status, again.end_reason) == ("canceled", "canceled_by_user")
+    assert fake_backend.kills == [run.sandbox_id]
+    assert [e.type for e in transitions(run.pk)] == ["run.running", "run.canceled"]
+
+
+def test_a_cancel_whose_kill_fails_still_cancels(
+    workspace: Workspace, fake_backend: FakeBackend
+) -> None:
+    # Reconcile kills sandboxes of ended runs later; the user's cancel must not wait for it.
+    run = start_run(workspace=workspace)
+    fake_backend.fail_next_kill(run.sandbox_id, TransientBackendError("E2B is busy"))
+    services.run_cancel(run=run, actor=Actor(user=workspace.owner))
+    assert run_state(run) == ("canceled", "canceled_by_user")
+    assert run.sandbox_id in fake_backend.live_ids()
+
+
+def test_a_booting_run_is_canceled_without_a_kill(
+    workspace: Workspace, fake_backend: FakeBackend
+) -> None:
+    run = make_run(workspace=workspace)
+    services.run_cancel(run=run, actor=Actor(user=workspace.owner), reason="idle_timeout")
+    assert run_state(run) == ("canceled", "idle_timeout")
+    assert fake_backend.kills == []
+
+
+@pytest.mark.parametrize("status", ["succeeded", "failed"])
+def test_an_ended_run_cannot_be_canceled(workspace: Workspace, status: str) -> None:
+    run = make_run(workspace=workspace, status=status)
+    with pytest.raises(Conflict) as raised:
+        services.run_cancel(run=run, actor=Actor(user=workspace.owner))
+    assert (raised.value.code, raised.value.detail) == ("invalid_state", f"The run is {status}.")
+
+
+def test_a_lost_race_is_a_conflict_with_the_winners_status(workspace: Workspace) -> None:
+    run = make_run(workspace=workspace, status="running")
+    stale = SandboxRun.objects.get(pk=run.pk)
+    services.run_cancel(run=run, actor=Actor(user=workspace.owner))
+    with pytest.raises(Conflict) as raised:
+        services.run_transition(stale.pk, lambda r: r.succeed(by=Actor.system("test")))
+    assert raised.value.detail == "The run is canceled."
+
+
+def test_deleting_a_workspace_cancels_its_active_runs_first(
+    workspace: Workspace, fake_backend: FakeBackend, owner: Any
+) -> None:
+    running, booting = start_run(workspace=workspace), make_run(workspace=workspace)
+    ended = make_run(workspace=workspace, status="succeeded")
+    other = start_run(workspace=make_workspace(owner=make_user(), name="Elsewhere"))
+
+    services.workspace_runs_cancel(workspace, Actor(user=owner))
+
+    assert [run_state(r)[0] for r in (running, booting, ended, other)] == [
+        "canceled", "canceled", "succeeded", "running",
+    ]  # fmt: skip
+    assert fake_backend.live_ids() == {other.sandbox_id}
+    assert {e.actor for e in transitions(running.pk, booting.pk) if e.type == "run.canceled"} == {
+        "user:olivia"
+    }

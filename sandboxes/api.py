@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any, ClassVar
 
@@ -12,8 +14,10 @@ from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import generics, serializers, status
+from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.utils.encoders import JSONEncoder
 from rest_framework.views import APIView
 
 from config.api import (
@@ -24,7 +28,7 @@ from config.api import (
     validated,
     validated_query,
 )
-from config.exceptions import InvalidInput, PermissionDenied
+from config.exceptions import AirlockError, InvalidInput, PermissionDenied
 from sandboxes import execution, selectors, services, validation
 from sandboxes.backends.base import SANDBOX_HOME
 from sandboxes.models import (
@@ -247,15 +251,24 @@ class RunScopedView(APIView):
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
         super().initial(request, *args, **kwargs)
         self.actor = Actor.from_request(request)
-        self.run, self.role = selectors.run_get(
+        self.run, self.role = resolve_run(
             actor=self.actor,
             run_id=kwargs["run_id"],
             minimum=self.minimum_role.get(request.method or "GET", Role.MEMBER),
+            controls_run=self.controls_run,
         )
-        if self.controls_run and not selectors.run_is_controlled_by(
-            run=self.run, actor=self.actor, role=self.role
-        ):
-            raise PermissionDenied("Members may only end their own runs.")
+
+
+def resolve_run(
+    *, actor: Actor, run_id: Any, minimum: Role = Role.MEMBER, controls_run: bool = False
+) -> tuple[SandboxRun, Role]:
+    """What every run route (and MCP tool) starts with: the run and the caller's role, 404
+    for outsiders, 403 below `minimum`, and with `controls_run` (ending it) 403 for a member
+    on someone else's run."""
+    run, role = selectors.run_get(actor=actor, run_id=run_id, minimum=minimum)
+    if controls_run and not selectors.run_is_controlled_by(run=run, actor=actor, role=role):
+        raise PermissionDenied("Members may only end their own runs.")
+    return run, role
 
 
 class RunWaitQuery(StrictSerializer):
@@ -300,21 +313,113 @@ class ExecIn(StrictSerializer):
     )
 
 
-class ExecOut(serializers.Serializer[Any]):
+class ExecExitOut(serializers.Serializer[Any]):
     exit_code = serializers.IntegerField(allow_null=True, help_text="null when it timed out")
-    stdout = serializers.CharField()
-    stderr = serializers.CharField()
-    truncated = serializers.BooleanField()
+    truncated = serializers.BooleanField(
+        help_text=f"stdout or stderr was cut at EXEC_MAX_OUTPUT_BYTES (default {1024 * 1024})."
+    )
     timed_out = serializers.BooleanField()
     duration_ms = serializers.IntegerField()
+    command_id = serializers.UUIDField(help_text="Its row in the run's command history.")
 
 
-class RunExecView(RunScopedView):
-    @extend_schema(request=ExecIn, responses=ExecOut)
-    def post(self, request: Request, run_id: str) -> Response:
+class ExecOut(ExecExitOut):
+    stdout = serializers.CharField()
+    stderr = serializers.CharField()
+
+
+class EventStreamRenderer(BaseRenderer):
+    """`Accept: text/event-stream` on the routes that stream. Errors raised before the stream
+    starts are still answered as JSON (see `StreamingView`)."""
+
+    media_type = "text/event-stream"
+    format = "sse"
+    charset = "utf-8"
+
+    def render(
+        self,
+        data: Any,
+        accepted_media_type: str | None = None,
+        renderer_context: Any = None,
+    ) -> bytes:
+        raise AssertionError("streamed responses are not rendered")  # pragma: no cover
+
+
+class StreamingView(RunScopedView):
+    """A route that answers JSON, or Server-Sent Events when the client asks for them."""
+
+    renderer_classes = [JSONRenderer, EventStreamRenderer]
+
+    def wants_stream(self, request: Request) -> bool:
+        return isinstance(getattr(request, "accepted_renderer", None), EventStreamRenderer)
+
+    def handle_exception(self, exc: Exception) -> Response:
+        # An error before the stream starts (bad input, a run not running) is JSON, whatever
+        # the client accepts, with its status code.
+        self.request.accepted_renderer = JSONRenderer()
+        self.request.accepted_media_type = JSONRenderer.media_type
+        return super().handle_exception(exc)
+
+
+def sse(event: str, data: Any) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(data, cls=JSONEncoder)}\n\n".encode()
+
+
+SSE_HEARTBEAT = b": keepalive\n\n"
+
+
+async def exec_events(prepared: execution.PreparedExec) -> AsyncIterator[bytes]:
+    """A streamed exec as Server-Sent Events: `stdout`/`stderr` `{text}` as the command
+    prints, then one `exit` (or one `error` `{detail, code}` when the sandbox failed under
+    it), with a comment line every SSE_HEARTBEAT_S of silence."""
+    try:
+        async for item in execution.exec_stream(prepared, heartbeat_s=SSE_HEARTBEAT_S):
+            if item is None:
+                yield SSE_HEARTBEAT
+            elif isinstance(item, execution.ExecOutput):
+                yield sse(item.stream, {"text": item.text})
+            else:
+                yield sse("exit", ExecExitOut(item).data)
+    except AirlockError as exc:
+        yield sse("error", {"detail": exc.detail, "code": exc.code})
+
+
+SSE_HEARTBEAT_S = 15.0
+EXEC_STREAM_DESCRIPTION = (
+    "Run one command in the sandbox and wait for it (`timeout_s`: default 60 s or the run's "
+    "remaining time). A timed-out command is a result: `timed_out` true, `exit_code` null.\n\n"
+    "With `Accept: text/event-stream` the output is streamed as Server-Sent Events while the "
+    'command runs: `event: stdout` / `event: stderr` with `data: {"text": …}`, then one '
+    "`event: exit` with `data: {exit_code, duration_ms, timed_out, truncated, command_id}` "
+    "(or one `event: error` with `data: {detail, code}` if the sandbox failed under it). A "
+    "comment line is sent every 15 s of silence. Closing the connection kills the command and "
+    "everything it started. Errors found before the command starts are JSON, as usual."
+)
+
+
+class RunExecView(StreamingView):
+    @extend_schema(
+        request=ExecIn,
+        responses={
+            (200, "application/json"): ExecOut,
+            (200, "text/event-stream"): OpenApiTypes.STR,
+        },
+        description=EXEC_STREAM_DESCRIPTION,
+    )
+    def post(self, request: Request, run_id: str) -> Response | StreamingHttpResponse:
         data = validated(ExecIn, request)
+        if self.wants_stream(request):
+            prepared = execution.exec_prepare(run=self.run, actor=self.actor, **data)
+            return event_stream_response(exec_events(prepared))
         result = execution.run_exec(run=self.run, actor=self.actor, **data)
         return Response(ExecOut(result).data)
+
+
+def event_stream_response(events: AsyncIterator[bytes]) -> StreamingHttpResponse:
+    response = StreamingHttpResponse(events, content_type="text/event-stream; charset=utf-8")
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"  # nginx: pass each event on at once
+    return response
 
 
 PATH_PARAM = OpenApiParameter(

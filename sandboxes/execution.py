@@ -9,17 +9,19 @@ vanished under it fails the run as sandbox_lost.
 
 from __future__ import annotations
 
+import asyncio
 import codecs
 import contextlib
 import logging
 import tempfile
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Protocol, TypeVar
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connections, transaction
 from django.utils import timezone
 
 from config.exceptions import (
@@ -33,6 +35,7 @@ from config.exceptions import (
 from sandboxes import services, validation
 from sandboxes.backends import (
     BackendError,
+    CommandCanceled,
     CommandResult,
     CommandTimeout,
     FileEntry,
@@ -41,7 +44,7 @@ from sandboxes.backends import (
     TransientBackendError,
     get_backend,
 )
-from sandboxes.backends.base import SANDBOX_HOME
+from sandboxes.backends.base import SANDBOX_HOME, OutputCallback, OutputStream
 from sandboxes.models import (
     COMMAND_TAIL_BYTES,
     Command,
@@ -79,10 +82,11 @@ def as_api_error(exc: BackendError) -> AirlockError:
 
 def backend_call(run: SandboxRun, call: Callable[[], T]) -> T:
     """Call the backend for a running run: errors mapped by `as_api_error`, and a sandbox that
-    vanished fails the run (sandbox_lost). CommandTimeout passes through to the caller."""
+    vanished fails the run (sandbox_lost). CommandTimeout and CommandCanceled pass through to
+    the caller."""
     try:
         return call()
-    except CommandTimeout:
+    except (CommandTimeout, CommandCanceled):
         raise
     except SandboxNotFound as exc:
         run_lose_sandbox(run=run, error=exc)
@@ -223,6 +227,26 @@ class ExecResult:
     command_id: Any = None
 
 
+@dataclass(frozen=True)
+class ExecOutput:
+    """A chunk of a streamed exec's output, as the command printed it."""
+
+    stream: OutputStream
+    text: str
+
+
+@dataclass(frozen=True)
+class PreparedExec:
+    """An exec that passed its checks and has its row in the history (`command.started` on
+    the trail), ready to run: what `exec_prepare` hands `exec_perform`."""
+
+    run: SandboxRun
+    actor: Actor
+    row: Command
+    timeout_s: float
+    env: dict[str, str]
+
+
 def run_exec(
     *,
     run: SandboxRun,
@@ -234,44 +258,88 @@ def run_exec(
 ) -> ExecResult:
     """Run one foreground command and wait for it (at most `timeout_s`, default a minute or
     the run's remaining time). A timed-out command is a result (`timed_out`), not an error."""
-    require_running(run)
+    prepared = exec_prepare(
+        run=run, actor=actor, command=command, timeout_s=timeout_s, cwd=cwd, env=env
+    )
+    return exec_perform(prepared)
+
+
+def clean_timeout(run: SandboxRun, timeout_s: float | None) -> float:
+    """A command's timeout: what was asked, never past the run's remaining time (400), by
+    default a minute or what remains."""
     remaining = run.remaining_s()
     if timeout_s is None:
-        timeout_s = min(DEFAULT_EXEC_TIMEOUT_S, remaining)
-    elif timeout_s > remaining:
+        return min(DEFAULT_EXEC_TIMEOUT_S, remaining)
+    if timeout_s > remaining:
         raise InvalidInput(
             f"timeout_s is longer than the run's remaining time ({int(remaining)} s).",
             code="timeout_too_long",
         )
+    return timeout_s
+
+
+def exec_prepare(
+    *,
+    run: SandboxRun,
+    actor: Actor,
+    command: str,
+    timeout_s: float | None = None,
+    cwd: str | None = None,
+    env: dict[str, str] | None = None,
+) -> PreparedExec:
+    """Everything an exec does before the sandbox runs it: the checks (409 unless running,
+    400 for bad input), activity, and its row. The errors come here, before any output, so a
+    streamed exec can still answer them with a status code."""
+    require_running(run)
+    timeout_s = clean_timeout(run, timeout_s)
     cwd = validation.clean_sandbox_path(cwd, field="cwd") if cwd else SANDBOX_HOME
     env = validation.clean_env(env)
     services.run_touch(run=run)
     row = command_start(
         run=run, actor=actor, kind=CommandKind.EXEC, command=command, cwd=cwd, env=env
     )
+    return PreparedExec(run=run, actor=actor, row=row, timeout_s=timeout_s, env=env)
+
+
+def exec_perform(
+    prepared: PreparedExec,
+    *,
+    on_output: OutputCallback | None = None,
+    cancel: threading.Event | None = None,
+) -> ExecResult:
+    """Run a prepared exec in the sandbox and record how it ended. `on_output` receives the
+    output as it arrives; setting `cancel` kills the command and everything it started
+    (CommandCanceled, after the row records it as killed)."""
+    run, actor, row = prepared.run, prepared.actor, prepared.row
     started = time.monotonic()
     try:
         result: CommandResult = backend_call(
             run,
             lambda: get_backend().run(
                 run.sandbox_id,
-                command,
-                timeout_s=timeout_s,
-                cwd=cwd,
-                envs=env,
+                row.command,
+                timeout_s=prepared.timeout_s,
+                cwd=row.cwd,
+                envs=prepared.env,
+                on_output=on_output,
                 max_output_bytes=settings.EXEC_MAX_OUTPUT_BYTES,
+                cancel=cancel,
             ),
         )
-    except CommandTimeout as exc:
+    except (CommandTimeout, CommandCanceled) as exc:
         elapsed = int((time.monotonic() - started) * 1000)
+        timed_out = isinstance(exc, CommandTimeout)
         command_finish(
             command=row,
             actor=actor,
-            status=CommandStatus.TIMED_OUT,
+            status=CommandStatus.TIMED_OUT if timed_out else CommandStatus.KILLED,
             stdout=exc.stdout,
             stderr=exc.stderr,
             duration_ms=elapsed,
+            error=None if timed_out else CLIENT_GONE,
         )
+        if not timed_out:
+            raise
         return ExecResult(None, exc.stdout, exc.stderr, False, True, elapsed, row.pk)
     except AirlockError as exc:
         command_finish(
@@ -302,6 +370,75 @@ def run_exec(
         result.duration_ms,
         row.pk,
     )
+
+
+CLIENT_GONE = {"code": "client_disconnected", "message": "The streaming client went away."}
+
+
+class _Forwarder:
+    """What a streamed exec sends on: at most EXEC_MAX_OUTPUT_BYTES of each stream (what the
+    JSON answer would hold, so memory stays bounded when the client reads slowly), handed
+    from the backend's thread to the event loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[Any]):
+        self.loop = loop
+        self.queue = queue
+        self.room = {"stdout": settings.EXEC_MAX_OUTPUT_BYTES,
+                     "stderr": settings.EXEC_MAX_OUTPUT_BYTES}  # fmt: skip
+
+    def put(self, item: Any) -> None:
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+
+    def output(self, stream: OutputStream, text: str) -> None:
+        room = self.room[stream]
+        if room <= 0:
+            return
+        data = text.encode("utf-8", "replace")
+        if len(data) > room:
+            text = codecs.getincrementaldecoder("utf-8")("ignore").decode(data[:room])
+        self.room[stream] = room - len(data)
+        if text:
+            self.put(ExecOutput(stream, text))
+
+
+async def exec_stream(
+    prepared: PreparedExec, *, heartbeat_s: float | None = None
+) -> AsyncIterator[ExecOutput | ExecResult | None]:
+    """A prepared exec run on a thread of its own, its output yielded as it arrives and its
+    result last (None, every `heartbeat_s` of silence, says it still runs). An error after the
+    start (the sandbox vanished…) is raised from the iteration. When the consumer stops early
+    (a streaming client disconnected), the command and everything it started are killed, and
+    its row records that."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[ExecOutput | ExecResult | BaseException] = asyncio.Queue()
+    forward = _Forwarder(loop, queue)
+    cancel = threading.Event()
+
+    def work() -> None:
+        try:
+            forward.put(exec_perform(prepared, on_output=forward.output, cancel=cancel))
+        except CommandCanceled:
+            pass  # nobody is listening any more
+        except BaseException as exc:
+            forward.put(exc)
+        finally:
+            connections.close_all()  # this thread's own connections
+
+    threading.Thread(target=work, name=f"exec-{prepared.row.pk}", daemon=True).start()
+    try:
+        while True:
+            try:
+                item = await asyncio.wait_for(queue.get(), heartbeat_s)
+            except TimeoutError:
+                yield None
+                continue
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+            if isinstance(item, ExecResult):
+                return
+    finally:
+        cancel.set()  # a no-op once the command has ended
 
 
 # --- files ---------------------------------------------------------------------------

@@ -139,6 +139,12 @@ def run_create(
         "max_duration_ms": max_duration,
         "idle_timeout_ms": idle,
     }
+    if fields["files"] and not command:
+        raise InvalidInput(
+            "`files` are written before the run's `command`, and this run has none: upload "
+            "files into an interactive run with PUT runs/{id}/files/?path=.",
+            code="files_need_command",
+        )
     fingerprint = _fingerprint(fields) if idempotency_key else ""
     if idempotency_key:
         existing = _run_for_idempotency_key(workspace, idempotency_key, fingerprint)

@@ -319,3 +319,55 @@ def streamed(response: Any) -> bytes:
         return b"".join(response.streaming_content)
     finally:
         response.close()
+
+
+# --- a real ASGI server ----------------------------------------------------------------------
+
+
+class AsgiServer:
+    """uvicorn serving config.asgi:application on a thread of the test process, on a free
+    loopback port: for what only a real server shows (streams read as they are written, a
+    client that disconnects, the MCP mount)."""
+
+    def __init__(self) -> None:
+        import socket
+
+        import uvicorn
+
+        from config.asgi import build_application
+
+        self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.socket.bind(("127.0.0.1", 0))
+        self.port = self.socket.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(build_application(), log_level="warning", lifespan="on")
+        self.server = uvicorn.Server(config)
+
+    def __enter__(self) -> AsgiServer:
+        import threading
+        import time
+
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True
+        )
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=20)
+        self.socket.close()
+
+
+@pytest.fixture
+def asgi_server(transactional_db: Any, settings: Any) -> Any:
+    """A real uvicorn server in front of the test database (committed data: the server's
+    threads have their own connections). Returns it; `.url` is its base URL."""
+    settings.ALLOWED_HOSTS = ["127.0.0.1", "localhost"]
+    with AsgiServer() as server:
+        yield server

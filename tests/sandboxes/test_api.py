@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from sandboxes.models import SandboxRun
+from sandboxes.models import Command, SandboxRun
 from tests.conftest import client_as, table
 from tests.factories import make_run
 from workspaces.selectors import api_key_find
@@ -70,6 +70,7 @@ def test_exec_in_a_running_sandbox(
         assert response.json() == {
             "exit_code": 4, "stdout": "out\n", "stderr": "err\n", "truncated": False,
             "timed_out": False, "duration_ms": response.json()["duration_ms"],
+            "command_id": str(Command.objects.get(run=sandbox_run).pk),
         }  # fmt: skip
 
 
@@ -273,8 +274,9 @@ BAD_RUNS = {
     "env bad name": {**RUN_BODY, "env": {"1BAD": "x"}},
     "metadata too many keys": {**RUN_BODY, "metadata": {f"k{i}": i for i in range(17)}},
     "metadata nested": {**RUN_BODY, "metadata": {"a": {"b": 1}}},
-    "relative file path": {**RUN_BODY, "files": {"rel.txt": "x"}},
-    "dotdot file path": {**RUN_BODY, "files": {"/home/user/../../etc/passwd": "x"}},
+    "relative file path": {**RUN_BODY, "command": "true", "files": {"rel.txt": "x"}},
+    "dotdot file path": {**RUN_BODY, "command": "true", "files": {"/home/user/../../etc/x": "x"}},
+    "files without a command": {**RUN_BODY, "files": {"/home/user/a.txt": "x"}},
     "nul in path": {**RUN_BODY, "output_dir": "/home/user/a\x00b"},
     "path outside home": {**RUN_BODY, "output_dir": "/etc"},
     "max duration too long": {**RUN_BODY, "max_duration_ms": 10**12},
@@ -291,7 +293,9 @@ def test_bad_run_input_is_a_400_and_creates_nothing(
         f"/api/v1/workspaces/{workspace.pk}/runs/", body, format="json"
     )
     assert response.status_code == 400, response.json()
-    assert response.json()["code"] in ("invalid", "invalid_path", "too_many", "out_of_range")
+    assert response.json()["code"] in (
+        "invalid", "invalid_path", "too_many", "out_of_range", "files_need_command",
+    )  # fmt: skip
     assert SandboxRun.objects.count() == 0
 
 
@@ -446,3 +450,125 @@ def test_a_year_is_allowed(api: Any, owner: Any, workspace: Any) -> None:
     response = client_as(api, owner).get(_usage_url(workspace), query)
     assert response.status_code == 200
     assert len(response.json()["by_day"]) == 366
+
+
+# --- streaming exec (a real ASGI server, real sandboxes) --------------------------------------
+
+STREAMING_BACKENDS = ["local_sandboxes", "e2b_sandboxes"]
+
+
+@pytest.fixture(params=STREAMING_BACKENDS)
+def live_run(request: Any, workspace: Any) -> SandboxRun:
+    """A running run on a real sandbox of each backend, started by the owner."""
+    backend = request.getfixturevalue(request.param)
+    info = backend.create(template="base", metadata={"app": "airlock"}, envs={}, timeout_s=600)
+    return make_run(workspace=workspace, status="running", sandbox_id=info.sandbox_id)
+
+
+def _stream_exec(server: Any, run: SandboxRun, key: str, body: dict[str, Any]) -> Any:
+    import httpx
+
+    return httpx.stream(
+        "POST",
+        f"{server.url}/api/v1/runs/{run.pk}/exec/",
+        json=body,
+        headers={"Authorization": f"Bearer {key}", "Accept": "text/event-stream"},
+        timeout=60,
+    )
+
+
+def _events(lines: Any) -> Any:
+    """(event, data) pairs of a Server-Sent Events stream, as they arrive."""
+    import json
+
+    event = None
+    for line in lines:
+        if line.startswith("event: "):
+            event = line.removeprefix("event: ")
+        elif line.startswith("data: "):
+            yield event, json.loads(line.removeprefix("data: "))
+
+
+def _processes_running(marker: str) -> list[int]:
+    """Host processes whose command line holds `marker` (sandboxed ones included)."""
+    import os
+    from pathlib import Path
+
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if marker.encode() in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def _wait_until(condition: Any, timeout_s: float = 20) -> bool:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
+
+
+def test_a_streamed_exec_sends_output_in_order_then_one_exit_event(
+    asgi_server: Any, live_run: SandboxRun, member_key: str
+) -> None:
+    command = "echo one; sleep 0.3; echo two >&2; sleep 0.3; printf 'three\\n'; exit 3"
+    with _stream_exec(asgi_server, live_run, member_key, {"command": command}) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        events = list(_events(response.iter_lines()))
+    assert [(e, d.get("text")) for e, d in events[:-1]] == [
+        ("stdout", "one\n"), ("stderr", "two\n"), ("stdout", "three\n"),
+    ]  # fmt: skip
+    kind, exit_event = events[-1]
+    assert kind == "exit"
+    row = Command.objects.get(run=live_run)
+    assert exit_event == {
+        "exit_code": 3, "timed_out": False, "truncated": False,
+        "duration_ms": exit_event["duration_ms"], "command_id": str(row.pk),
+    }  # fmt: skip
+    # One code path with the JSON exec: the same row and trail.
+    assert (row.kind, row.status, row.exit_code, row.stdout_tail) == (
+        "exec", "exited", 3, "one\nthree\n",
+    )  # fmt: skip
+
+
+def test_the_first_chunk_arrives_while_the_command_still_runs_and_a_disconnect_kills_it(
+    asgi_server: Any, live_run: SandboxRun, member_key: str
+) -> None:
+    marker = "987.654"
+    body = {"command": f"echo ready; sleep {marker} & sleep {marker}; echo never", "timeout_s": 900}
+    with _stream_exec(asgi_server, live_run, member_key, body) as response:
+        first = next(_events(response.iter_lines()))
+        assert first == ("stdout", {"text": "ready\n"})
+        row = Command.objects.get(run=live_run)
+        assert row.status == "running"  # the command is still asleep
+        assert _processes_running(marker)
+    # The client went away: the command and what it started are killed, and recorded so.
+    assert _wait_until(lambda: Command.objects.get(pk=row.pk).status != "running")
+    row.refresh_from_db()
+    assert (row.status, row.error["code"]) == ("killed", "client_disconnected")
+    assert _wait_until(lambda: not _processes_running(marker)), _processes_running(marker)
+
+
+def test_a_streamed_exec_refused_before_it_starts_is_a_json_error(
+    asgi_server: Any, workspace: Any, member_key: str
+) -> None:
+    ended = make_run(workspace=workspace, status="succeeded")
+    with _stream_exec(asgi_server, ended, member_key, {"command": "true"}) as response:
+        response.read()
+    assert response.status_code == 409
+    assert response.headers["content-type"] == "application/json"
+    assert response.json()["code"] == "invalid_state"
+    with _stream_exec(asgi_server, ended, member_key, {"cmd": "true"}) as response:
+        response.read()
+    assert (response.status_code, response.json()["errors"]) == (400, {"cmd": ["Unknown field."]})

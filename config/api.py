@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
-from typing import Any
+from typing import Any, ClassVar
 
 from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
@@ -102,6 +102,46 @@ def validated_query(
     serializer = serializer_class(data=params)
     serializer.is_valid(raise_exception=True)
     return dict(serializer.validated_data)
+
+
+PAGE_PARAMETERS = ("cursor", "page_size")
+
+
+class StrictQueryMixin:
+    """Every route refuses query parameters it does not know: a 400 naming them, as unknown
+    body fields are. A handler that takes parameters declares them per method in `query`
+    (a StrictSerializer, which also checks their values: `self.query_data`); a list (a view
+    with `pagination_class`) also takes `cursor`, `page_size` and its FilterSet's fields."""
+
+    query: ClassVar[dict[str, type[serializers.Serializer[Any]]]] = {}
+    query_data: dict[str, Any]
+
+    def initial(self, request: Any, *args: Any, **kwargs: Any) -> None:
+        super().initial(request, *args, **kwargs)  # type: ignore[misc]  # a mixin of APIView
+        method = request.method or "GET"
+        known = set(self.list_parameters()) if method == "GET" else set()
+        query_class = self.query.get(method)
+        if query_class is not None:
+            known |= set(query_class().fields)
+        override = settings.REST_FRAMEWORK.get("URL_FORMAT_OVERRIDE", "format")
+        unknown = sorted(set(request.query_params) - known - {override})
+        if unknown:
+            raise exceptions.ValidationError(
+                {name: ["Unknown query parameter."] for name in unknown}
+            )
+        self.query_data = {}
+        if query_class is not None:
+            fields = query_class().fields
+            params = {k: v for k, v in request.query_params.dict().items() if k in fields}
+            serializer = query_class(data=params)
+            serializer.is_valid(raise_exception=True)
+            self.query_data = dict(serializer.validated_data)
+
+    def list_parameters(self) -> list[str]:
+        if getattr(self, "pagination_class", None) is None:
+            return []
+        filterset = getattr(self, "filterset_class", None)
+        return [*PAGE_PARAMETERS, *(filterset.base_filters if filterset else ())]
 
 
 class CommaSeparatedChoices(serializers.CharField):

@@ -184,6 +184,8 @@ SPECTACULAR_SETTINGS = {
         "MembershipRoleEnum": "workspaces.models.Role",
         "ApiKeyRoleEnum": "workspaces.models.ApiKeyRole",
         "ArtifactTypeEnum": "artifacts.models.ArtifactType",
+        "RunStatusEnum": "sandboxes.models.RunStatus",
+        "CommandStatusEnum": "sandboxes.models.CommandStatus",
     },
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
@@ -244,6 +246,9 @@ SANDBOX_DEFAULT_IDLE_TIMEOUT_MS = env_int(
 )
 SANDBOX_SWEEP_INTERVAL_S = env_int("SANDBOX_SWEEP_INTERVAL_S", 30, min_value=1)
 SANDBOX_RECONCILE_INTERVAL_S = env_int("SANDBOX_RECONCILE_INTERVAL_S", 300, min_value=1)
+# How often beat looks at running background commands: how soon their end, their timeout_s
+# and the end of their run are noticed when nobody reads them.
+SANDBOX_COMMAND_CHECK_INTERVAL_S = env_int("SANDBOX_COMMAND_CHECK_INTERVAL_S", 10, min_value=1)
 SANDBOX_SWEEP_CONCURRENCY = env_int("SANDBOX_SWEEP_CONCURRENCY", 16, min_value=1)
 SANDBOX_KEEPALIVE_MIN_S = env_int("SANDBOX_KEEPALIVE_MIN_S", 30, min_value=0)
 # E2B's published per-second prices: per vCPU, and per GiB of memory.

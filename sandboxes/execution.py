@@ -175,12 +175,20 @@ def command_finish(
     truncated: bool = False,
     duration_ms: int | None = None,
     error: dict[str, str] | None = None,
+    output_bytes: tuple[int, int] | None = None,
 ) -> Command:
     """How a command ended, with its output tails, and `command.finished` on the trail. Only
-    a running command finishes: a second report of the same end records nothing."""
+    a running command finishes: a second report of the same end records nothing.
+
+    `output_bytes`: how many bytes each stream wrote, when `stdout` and `stderr` are only
+    their ends (a background command's); otherwise their own lengths."""
     command.stdout_tail, cut_out = tail(stdout)
     command.stderr_tail, cut_err = tail(stderr)
     command.truncated = truncated or cut_out or cut_err
+    command.stdout_bytes, command.stderr_bytes = output_bytes or (
+        len(stdout.encode("utf-8", "replace")),
+        len(stderr.encode("utf-8", "replace")),
+    )
     command.status = status
     command.exit_code = exit_code
     command.ended_at = timezone.now()
@@ -191,7 +199,7 @@ def command_finish(
     )
     command.error = error
     fields = ["stdout_tail", "stderr_tail", "truncated", "status", "exit_code", "ended_at",
-              "duration_ms", "error"]  # fmt: skip
+              "duration_ms", "error", "stdout_bytes", "stderr_bytes"]  # fmt: skip
     with transaction.atomic():
         updated = Command.objects.filter(pk=command.pk, status=CommandStatus.RUNNING).update(
             **{name: getattr(command, name) for name in fields}

@@ -556,7 +556,7 @@ def test_the_first_chunk_arrives_while_the_command_still_runs_and_a_disconnect_k
     # The client went away: the command and what it started are killed, and recorded so.
     assert _wait_until(lambda: Command.objects.get(pk=row.pk).status != "running")
     row.refresh_from_db()
-    assert (row.status, row.error["code"]) == ("killed", "client_disconnected")
+    assert (row.status, (row.error or {})["code"]) == ("killed", "client_disconnected")
     assert _wait_until(lambda: not _processes_running(marker)), _processes_running(marker)
 
 
@@ -572,3 +572,148 @@ def test_a_streamed_exec_refused_before_it_starts_is_a_json_error(
     with _stream_exec(asgi_server, ended, member_key, {"cmd": "true"}) as response:
         response.read()
     assert (response.status_code, response.json()["errors"]) == (400, {"cmd": ["Unknown field."]})
+
+
+# --- the command history and background commands -------------------------------------------
+
+
+@pytest.fixture
+def fake_run(workspace: Any, fake_backend: Any) -> SandboxRun:
+    """A running run on the in-memory backend, started by the owner; `printf secret` prints."""
+    from sandboxes.backends import CommandResult
+    from tests.sandboxes.fake_backend import start_run
+
+    fake_backend.command_results["printf secret"] = CommandResult(0, "secret", "err", False, 5)
+    return start_run(workspace=workspace)
+
+
+def _commands(run: SandboxRun) -> str:
+    return f"/api/v1/runs/{run.pk}/commands/"
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(("caller", "status"), table(**{k: 202 for k in EVERYONE}))
+def test_start_a_background_command(
+    as_caller: Any, caller: str, status: int, fake_run: SandboxRun, fake_backend: Any
+) -> None:
+    response = as_caller(caller).post(
+        _commands(fake_run), {"command": "sleep 60", "env": {"A": "b"}}, format="json"
+    )
+    assert response.status_code == status
+    if status == 202:
+        body = response.json()
+        assert (body["status"], body["kind"], body["env_names"]) == ("running", "background", ["A"])
+        assert Command.objects.get(pk=body["id"]).handle
+        assert fake_backend.commands[-1] == (fake_run.sandbox_id, "sleep 60")
+
+
+# Command output is content: the run's creator (olivia, and keys she made act as her) and
+# admins read it; other members see what ran and how it ended.
+OUTPUT = dict(owner=True, admin=True, member=False, member_key=True, admin_key=True)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(("caller", "sees_output"), OUTPUT.items())
+def test_members_see_what_ran_but_only_the_creator_and_admins_its_output(
+    as_caller: Any, owner: Any, caller: str, sees_output: bool, fake_run: SandboxRun
+) -> None:
+    client_as(as_caller("owner"), owner).post(
+        f"/api/v1/runs/{fake_run.pk}/exec/", {"command": "printf secret"}, format="json"
+    )
+    client = as_caller(caller)
+    [listed] = client.get(_commands(fake_run)).json()["results"]
+    assert (listed["command"], listed["exit_code"], listed["status"]) == (
+        "printf secret",
+        0,
+        "exited",
+    )
+    detail = client.get(f"{_commands(fake_run)}{listed['id']}/?stdout_offset=2").json()
+    if sees_output:
+        assert (listed["stdout_tail"], listed["stderr_tail"]) == ("secret", "err")
+        assert detail["output"] == {
+            "stdout": "cret", "stderr": "err", "stdout_offset": 2, "stderr_offset": 0,
+            "stdout_next": 6, "stderr_next": 3,
+        }  # fmt: skip
+    else:
+        assert (listed["stdout_tail"], listed["stderr_tail"], detail["output"]) == (None,) * 3
+        assert "secret" not in str(detail) + str(listed).replace("printf secret", "")
+
+
+@pytest.mark.django_db
+def test_a_member_key_reads_the_output_of_runs_it_started(
+    api: Any, workspace: Any, member_key: str, fake_backend: Any
+) -> None:
+    from sandboxes.backends import CommandResult
+    from tests.sandboxes.fake_backend import start_run
+
+    key = api_key_find(raw_key=member_key)
+    assert key is not None
+    fake_backend.command_results["printf mine"] = CommandResult(0, "mine", "", False, 1)
+    run = start_run(workspace=workspace, api_key=key)
+    client = client_as(api, member_key)
+    client.post(f"/api/v1/runs/{run.pk}/exec/", {"command": "printf mine"}, format="json")
+    assert client.get(_commands(run)).json()["results"][0]["stdout_tail"] == "mine"
+
+
+@pytest.mark.django_db
+def test_the_history_lists_every_kind_filtered_and_paginated(
+    api: Any, owner: Any, fake_run: SandboxRun
+) -> None:
+    client = client_as(api, owner)
+    for i in range(3):
+        client.post(f"/api/v1/runs/{fake_run.pk}/exec/", {"command": f"echo {i}"}, format="json")
+    client.post(_commands(fake_run), {"command": "sleep 60"}, format="json")
+    first = client.get(f"{_commands(fake_run)}?page_size=2").json()
+    assert [c["command"] for c in first["results"]] == ["echo 0", "echo 1"]  # oldest first
+    rest = client.get(first["next"]).json()
+    assert [c["command"] for c in rest["results"]] == ["echo 2", "sleep 60"]
+    only = client.get(f"{_commands(fake_run)}?kind=background&status=running").json()
+    assert [c["command"] for c in only["results"]] == ["sleep 60"]
+    bad = client.get(f"{_commands(fake_run)}?kind=nope")
+    assert bad.status_code == 400
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("caller", "status"), table(owner=200, admin=200, member=403, member_key=403, admin_key=200)
+)
+def test_kill_a_background_command(
+    as_caller: Any, owner: Any, caller: str, status: int, fake_run: SandboxRun, fake_backend: Any
+) -> None:
+    started = client_as(as_caller("owner"), owner).post(
+        _commands(fake_run), {"command": "sleep 60"}, format="json"
+    )
+    url = f"{_commands(fake_run)}{started.json()['id']}/kill/"
+    response = as_caller(caller).post(url)
+    assert response.status_code == status
+    if status == 200:
+        assert response.json()["status"] == "killed"
+        assert not any(fake_backend.background.values())
+
+
+@pytest.mark.django_db
+def test_a_command_of_another_run_is_not_found(
+    api: Any, owner: Any, fake_run: SandboxRun, workspace: Any
+) -> None:
+    client = client_as(api, owner)
+    other = make_run(workspace=workspace, status="running")
+    started = client.post(_commands(fake_run), {"command": "sleep 60"}, format="json").json()
+    assert client.get(f"{_commands(other)}{started['id']}/").status_code == 404
+    assert client.post(f"{_commands(other)}{started['id']}/kill/").status_code == 404
+
+
+@pytest.mark.django_db
+def test_bad_command_input(api: Any, owner: Any, fake_run: SandboxRun) -> None:
+    client = client_as(api, owner)
+    started = client.post(_commands(fake_run), {"command": "sleep 60"}, format="json").json()
+    detail = f"{_commands(fake_run)}{started['id']}/"
+    for url, field in [
+        (f"{detail}?stdout_offset=-1", "stdout_offset"),
+        (f"{detail}?offset=3", "offset"),
+        (f"{_commands(fake_run)}?limit=3", "limit"),
+    ]:
+        response = client.get(url)
+        assert response.status_code == 400, url
+        assert field in response.json()["errors"]
+    response = client.post(_commands(fake_run), {"command": "x", "timeout_s": 10**7}, format="json")
+    assert response.json()["code"] == "timeout_too_long"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 
 from django.conf import settings
+from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
 from django.core.asgi import get_asgi_application
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -29,6 +30,9 @@ def build_application() -> ASGIApp:
     for database in settings.DATABASES.values():
         database["CONN_MAX_AGE"] = 0
     mcp_application = mcp_app()
+    # The admin's and the API docs' assets (Swagger UI and ReDoc come with the project, so the
+    # docs work offline), unless a proxy serves the collected var/static (SERVE_STATIC=false).
+    django_app = ASGIStaticFilesHandler(django_application) if settings.SERVE_STATIC else None
 
     async def application(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -41,7 +45,7 @@ def build_application() -> ASGIApp:
         if scope["type"] == "http" and path.startswith(MCP_PATH):
             await mcp_application(scope, receive, send)
             return
-        await django_application(scope, receive, send)  # type: ignore[arg-type]
+        await (django_app or django_application)(scope, receive, send)  # type: ignore[arg-type]
 
     return application
 

@@ -14,6 +14,7 @@ from django.utils import timezone
 from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
+from rest_framework import exceptions as drf_exceptions
 from rest_framework import generics, serializers, status
 from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.request import Request
@@ -605,9 +606,17 @@ class RunFilesView(RunScopedView):
         parameters=[PathQuery],
         request={"application/octet-stream": OpenApiTypes.BINARY},
         responses=UploadOut,
-        description="Write the raw request body to `path` (parents created, replaced if there).",
+        description="Write the raw request body to `path` (parents created, replaced if "
+        "there). The body is the file's bytes: a multipart form is refused (415), so that no "
+        "form envelope ends up in the file.",
     )
     def put(self, request: Request, run_id: str) -> Response:
+        if request.content_type.lower().startswith("multipart/"):
+            raise drf_exceptions.UnsupportedMediaType(
+                request.content_type,
+                detail="Send the file's bytes as the raw body (Content-Type: "
+                "application/octet-stream), not as a multipart form.",
+            )
         path = self.query_data["path"]
         size = execution.run_upload_file(
             run=self.run, actor=self.actor, path=path, stream=request._request

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from sandboxes.models import Command, SandboxRun
-from tests.conftest import client_as, table
+from tests.conftest import assert_error, client_as, table
 from tests.factories import make_run
 from workspaces.selectors import api_key_find
 
@@ -717,3 +717,20 @@ def test_bad_command_input(api: Any, owner: Any, fake_run: SandboxRun) -> None:
         assert field in response.json()["errors"]
     response = client.post(_commands(fake_run), {"command": "x", "timeout_s": 10**7}, format="json")
     assert response.json()["code"] == "timeout_too_long"
+
+
+@pytest.mark.django_db
+def test_a_multipart_upload_is_refused_and_writes_nothing(
+    api: Any, owner: Any, fake_run: SandboxRun, fake_backend: Any
+) -> None:
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    client = client_as(api, owner)
+    url = f"/api/v1/runs/{fake_run.pk}/files/?path=/home/user/a.txt"
+    form = client.put(url, {"file": SimpleUploadedFile("a.txt", b"hello")}, format="multipart")
+    body = assert_error(form, 415)
+    assert "raw body" in body["detail"]
+    assert fake_backend.files == {}
+    raw = client.put(url, b"hello", content_type="text/plain")
+    assert raw.json() == {"path": "/home/user/a.txt", "size": 5}
+    assert fake_backend.files[(fake_run.sandbox_id, "/home/user/a.txt")] == b"hello"

@@ -39,13 +39,13 @@ def test_static_files_can_be_left_to_a_proxy(settings: Any) -> None:
     sent: list[dict[str, Any]] = []
     requests = [{"type": "http.request", "body": b"", "more_body": False}]
 
-    async def receive() -> dict[str, Any]:
+    async def receive() -> Any:
         if requests:
             return requests.pop()
         await asyncio.Event().wait()  # the client stays connected
         raise AssertionError("unreachable")
 
-    async def send(message: dict[str, Any]) -> None:
+    async def send(message: Any) -> None:
         sent.append(message)
 
     scope = {

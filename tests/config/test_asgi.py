@@ -53,6 +53,7 @@ def test_static_files_can_be_left_to_a_proxy(settings: Any) -> None:
         "query_string": b"", "headers": [(b"host", b"127.0.0.1")], "server": ("127.0.0.1", 80),
         "scheme": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "root_path": "",
     }  # fmt: skip
+
     async def call() -> None:
         await app(scope, receive, send)
 

@@ -5,6 +5,7 @@ records activity on its run."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
 import django_filters
@@ -24,6 +25,7 @@ from config.api import (
     StrictQueryMixin,
     StrictSerializer,
     paginate,
+    served_chunks,
     validated,
 )
 from sandboxes.api import RunScopedView
@@ -193,7 +195,11 @@ class ArtifactContentView(ArtifactScopedView):
         "approved; admins and owners get any.",
     )
     def get(self, request: Request, artifact_id: str) -> StreamingHttpResponse:
-        return downloads.attachment_response(self.artifact)
+        response = downloads.attachment_response(self.artifact)
+        chunks = response.streaming_content
+        assert not isinstance(chunks, AsyncIterator)  # downloads streams from storage, in sync
+        response.streaming_content = served_chunks(request, chunks)
+        return response
 
 
 class ArtifactReviewView(ArtifactScopedView):

@@ -5,11 +5,14 @@ from __future__ import annotations
 import functools
 import json
 import logging
+from collections.abc import AsyncIterator, Iterable
 from typing import Any, ClassVar
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import RequestDataTooBig
+from django.core.handlers.asgi import ASGIRequest
 from django.http import Http404, HttpRequest, JsonResponse
 from rest_framework import exceptions, pagination, parsers, serializers, status
 from rest_framework.response import Response
@@ -184,6 +187,25 @@ def page_of(serializer_class: type[serializers.Serializer[Any]]) -> serializers.
             "results": serializer_class(many=True),
         },
     )
+
+
+def served_chunks(request: Any, chunks: Iterable[bytes]) -> Iterable[bytes] | AsyncIterator[bytes]:
+    """A streamed body as the server running the request can stream it. Under ASGI Django
+    reads a synchronous iterator into memory whole before sending any of it (and under WSGI
+    an asynchronous one): a file download there is read chunk by chunk on a worker thread."""
+    if not isinstance(getattr(request, "_request", request), ASGIRequest):
+        return chunks
+
+    iterator = iter(chunks)
+
+    def read() -> bytes | None:
+        return next(iterator, None)
+
+    async def chunked() -> AsyncIterator[bytes]:
+        while (chunk := await sync_to_async(read, thread_sensitive=False)()) is not None:
+            yield chunk
+
+    return chunked()
 
 
 def _error(detail: str, code: str, status_code: int, **extra: Any) -> Response:

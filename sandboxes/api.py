@@ -27,6 +27,7 @@ from config.api import (
     StrictQueryMixin,
     StrictSerializer,
     paginate,
+    served_chunks,
     validated,
 )
 from config.exceptions import AirlockError, InvalidInput, PermissionDenied
@@ -405,6 +406,8 @@ EXEC_STREAM_DESCRIPTION = (
 class RunExecView(StreamingView):
     @extend_schema(
         request=ExecIn,
+        # The stream is asked for with Accept, not DRF's ?format= (which it does not take).
+        parameters=[OpenApiParameter("format", exclude=True)],
         responses={
             (200, "application/json"): ExecOut,
             (200, "text/event-stream"): OpenApiTypes.STR,
@@ -466,22 +469,50 @@ class CommandOut(serializers.ModelSerializer[Command]):
 class CommandOutputOut(serializers.Serializer[Any]):
     stdout = serializers.CharField()
     stderr = serializers.CharField()
-    stdout_offset = serializers.IntegerField(help_text="Where `stdout` starts in the stream.")
+    stdout_offset = serializers.IntegerField()
     stderr_offset = serializers.IntegerField()
-    stdout_next = serializers.IntegerField(help_text="Pass as stdout_offset to read on.")
-    stderr_next = serializers.IntegerField(help_text="Pass as stderr_offset to read on.")
+    stdout_next = serializers.IntegerField()
+    stderr_next = serializers.IntegerField()
+
+
+# Inline, not a component: a nullable reference is beyond OpenAPI 3.0 validators.
+COMMAND_OUTPUT_SCHEMA = {
+    "type": "object",
+    "nullable": True,
+    "description": "Its output after the byte offsets asked for (`stdout_offset`, "
+    "`stderr_offset`: where the text starts; `*_next`: where to read on); null unless you "
+    "may read it.",
+    "properties": {
+        "stdout": {"type": "string"},
+        "stderr": {"type": "string"},
+        **{
+            f"{stream}_{end}": {"type": "integer"}
+            for stream in ("stdout", "stderr")
+            for end in ("offset", "next")
+        },
+    },
+    "required": [
+        "stdout",
+        "stderr",
+        "stdout_offset",
+        "stderr_offset",
+        "stdout_next",
+        "stderr_next",
+    ],  # fmt: skip
+}
 
 
 class CommandDetailOut(CommandOut):
-    output = CommandOutputOut(
-        allow_null=True,
-        read_only=True,
-        help_text="Its output after the offsets asked for; null unless you may read it.",
-    )
+    output = serializers.SerializerMethodField()
 
     class Meta(CommandOut.Meta):
         fields = [*CommandOut.Meta.fields, "output"]
         read_only_fields = fields
+
+    @extend_schema_field(COMMAND_OUTPUT_SCHEMA)
+    def get_output(self, command: Command) -> dict[str, Any] | None:
+        read = getattr(command, "output", None)
+        return CommandOutputOut(read).data if read is not None and self._visible() else None
 
 
 class CommandStartIn(ExecIn):
@@ -631,7 +662,9 @@ class RunFilesView(RunScopedView):
     def get(self, request: Request, run_id: str) -> StreamingHttpResponse:
         path = validation.clean_sandbox_path(self.query_data["path"])
         chunks = execution.run_download_file(run=self.run, path=path)
-        response = StreamingHttpResponse(chunks, content_type="application/octet-stream")
+        response = StreamingHttpResponse(
+            served_chunks(request, chunks), content_type="application/octet-stream"
+        )
         filename = path.rsplit("/", 1)[-1] or "file"
         response["Content-Disposition"] = _attachment(filename)
         response["X-Content-Type-Options"] = "nosniff"

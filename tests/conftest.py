@@ -371,3 +371,40 @@ def asgi_server(transactional_db: Any, settings: Any) -> Any:
     settings.ALLOWED_HOSTS = ["127.0.0.1", "localhost"]
     with AsgiServer() as server:
         yield server
+
+
+@pytest.fixture
+def task_runner(local_sandboxes: Any) -> Any:
+    """Does what the worker would, on a thread of the test process (the real worker is tested
+    in tests/e2e): boots every booting run and runs every command job not yet started, by
+    calling the services the tasks call. For tests that drive the API from outside."""
+    import threading
+    import time
+
+    from django.db import connections
+
+    from artifacts.jobs import run_execute_command
+    from sandboxes import services
+    from sandboxes.models import SandboxRun
+
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            while not stop.is_set():
+                for run_id in SandboxRun.objects.filter(status="booting").values_list(
+                    "pk", flat=True
+                ):
+                    services.run_boot(run_id=str(run_id))
+                jobs = SandboxRun.objects.filter(status="running", command_started_at__isnull=True)
+                for run_id in jobs.exclude(command="").values_list("pk", flat=True):
+                    run_execute_command(run_id=str(run_id))
+                time.sleep(0.05)
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    yield
+    stop.set()
+    thread.join(timeout=30)

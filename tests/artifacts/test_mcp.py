@@ -10,7 +10,6 @@ import asyncio
 import json
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx2
@@ -20,8 +19,6 @@ from mcp.client.streamable_http import streamable_http_client
 
 from artifacts import review
 from artifacts.models import Artifact
-from sandboxes import services
-from sandboxes.models import RunStatus, SandboxRun
 from tests.factories import make_api_key, make_run, make_workspace
 from workspaces.access import Actor
 
@@ -63,32 +60,6 @@ class Agent:
         return bool(result.is_error), body
 
 
-@pytest.fixture
-def booting_worker(local_sandboxes: Any) -> Iterator[None]:
-    """Boots every booting run, as the start task would (no worker process: the test
-    process is it)."""
-    stop = threading.Event()
-
-    def boot() -> None:
-        from django.db import connections
-
-        try:
-            while not stop.is_set():
-                for run_id in SandboxRun.objects.filter(status=RunStatus.BOOTING).values_list(
-                    "pk", flat=True
-                ):
-                    services.run_boot(run_id=str(run_id))
-                time.sleep(0.05)
-        finally:
-            connections.close_all()
-
-    thread = threading.Thread(target=boot, daemon=True)
-    thread.start()
-    yield
-    stop.set()
-    thread.join(timeout=10)
-
-
 def _decide_soon(artifact_id: str, reviewer: Any, decision: str = "approve") -> threading.Thread:
     """A human approves the artifact half a second from now, while the agent waits."""
 
@@ -128,7 +99,7 @@ def test_the_tools_are_listed_with_typed_inputs_and_descriptions(
 
 @pytest.mark.parametrize("key_role", ["member", "admin"])
 def test_an_agent_works_in_a_sandbox_and_waits_for_the_decision(
-    asgi_server: Any, booting_worker: Any, workspace: Any, reviewer: Any, key_role: str
+    asgi_server: Any, task_runner: Any, workspace: Any, reviewer: Any, key_role: str
 ) -> None:
     agent = Agent(asgi_server.url, make_api_key(workspace=workspace, role=key_role)[1])
 

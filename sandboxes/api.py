@@ -498,7 +498,7 @@ COMMAND_OUTPUT_SCHEMA = {
         "stderr_offset",
         "stdout_next",
         "stderr_next",
-    ],  # fmt: skip
+    ],
 }
 
 

@@ -16,6 +16,7 @@ import logging
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Protocol, TypeVar
@@ -136,11 +137,13 @@ def command_start(
     command: str,
     cwd: str,
     env: dict[str, str] | None = None,
+    command_id: uuid.UUID | None = None,
 ) -> Command:
-    """A command's row, and `command.started` on the trail: before it runs, so a crash
-    mid-command still leaves it in the history."""
+    """A command's row, and `command.started` on the trail: by the time anything about the
+    command's end is known, so a crash mid-command still leaves it in the history."""
     with transaction.atomic():
         row = Command.objects.create(
+            id=command_id or uuid.uuid4(),
             run=run,
             workspace_id=run.workspace_id,
             kind=kind,
@@ -245,14 +248,16 @@ class ExecOutput:
 
 @dataclass(frozen=True)
 class PreparedExec:
-    """An exec that passed its checks and has its row in the history (`command.started` on
-    the trail), ready to run: what `exec_prepare` hands `exec_perform`."""
+    """An exec that passed its checks, ready to run: what `exec_prepare` hands
+    `exec_perform`. Its row is written when it runs, under `command_id`."""
 
     run: SandboxRun
     actor: Actor
-    row: Command
+    command: str
+    cwd: str
     timeout_s: float
     env: dict[str, str]
+    command_id: uuid.UUID
 
 
 def run_exec(
@@ -295,18 +300,15 @@ def exec_prepare(
     cwd: str | None = None,
     env: dict[str, str] | None = None,
 ) -> PreparedExec:
-    """Everything an exec does before the sandbox runs it: the checks (409 unless running,
-    400 for bad input), activity, and its row. The errors come here, before any output, so a
-    streamed exec can still answer them with a status code."""
+    """Everything an exec checks before the sandbox runs it (409 unless running, 400 for bad
+    input), and the activity. The errors come here, before any output, so a streamed exec can
+    still answer them with a status code."""
     require_running(run)
     timeout_s = clean_timeout(run, timeout_s)
     cwd = validation.clean_sandbox_path(cwd, field="cwd") if cwd else SANDBOX_HOME
     env = validation.clean_env(env)
     services.run_touch(run=run)
-    row = command_start(
-        run=run, actor=actor, kind=CommandKind.EXEC, command=command, cwd=cwd, env=env
-    )
-    return PreparedExec(run=run, actor=actor, row=row, timeout_s=timeout_s, env=env)
+    return PreparedExec(run, actor, command, cwd, timeout_s, env, command_id=uuid.uuid4())
 
 
 def exec_perform(
@@ -315,68 +317,91 @@ def exec_perform(
     on_output: OutputCallback | None = None,
     cancel: threading.Event | None = None,
 ) -> ExecResult:
-    """Run a prepared exec in the sandbox and record how it ended. `on_output` receives the
+    """Run a prepared exec in the sandbox and record it: its row and `command.started` are
+    written while the sandbox starts the command (so the history adds nothing to the time its
+    first output takes), and committed before its end is recorded. `on_output` receives the
     output as it arrives; setting `cancel` kills the command and everything it started
     (CommandCanceled, after the row records it as killed)."""
-    run, actor, row = prepared.run, prepared.actor, prepared.row
+    run, actor = prepared.run, prepared.actor
+    cancel = cancel or threading.Event()
+    ran: list[CommandResult | BaseException] = []
+
+    def call() -> None:  # the backend only: the database is this caller's thread's
+        try:
+            ran.append(get_backend().run(
+                run.sandbox_id, prepared.command, timeout_s=prepared.timeout_s,
+                cwd=prepared.cwd, envs=prepared.env, on_output=on_output,
+                max_output_bytes=settings.EXEC_MAX_OUTPUT_BYTES, cancel=cancel,
+            ))  # fmt: skip
+        except BaseException as exc:
+            ran.append(exc)
+
     started = time.monotonic()
+    sandbox_side = threading.Thread(target=call, name=f"exec-{prepared.command_id}")
+    sandbox_side.start()
     try:
-        result: CommandResult = backend_call(
-            run,
-            lambda: get_backend().run(
-                run.sandbox_id,
-                row.command,
-                timeout_s=prepared.timeout_s,
-                cwd=row.cwd,
-                envs=prepared.env,
-                on_output=on_output,
-                max_output_bytes=settings.EXEC_MAX_OUTPUT_BYTES,
-                cancel=cancel,
-            ),
-        )
-    except (CommandTimeout, CommandCanceled) as exc:
-        elapsed = int((time.monotonic() - started) * 1000)
-        timed_out = isinstance(exc, CommandTimeout)
+        row = command_start(
+            run=run, actor=actor, kind=CommandKind.EXEC, command=prepared.command,
+            cwd=prepared.cwd, env=prepared.env, command_id=prepared.command_id,
+        )  # fmt: skip
+    except BaseException:
+        cancel.set()  # no history, no command
+        sandbox_side.join()
+        raise
+    sandbox_side.join()
+    outcome: CommandResult | BaseException
+    try:
+        outcome = backend_call(run, lambda: _returned(ran[0]))
+    except BaseException as exc:
+        outcome = exc
+    services.run_touch(run=run)
+    return _finish_exec(prepared, row, outcome, int((time.monotonic() - started) * 1000))
+
+
+def _returned(ran: CommandResult | BaseException) -> CommandResult:
+    if isinstance(ran, BaseException):
+        raise ran
+    return ran
+
+
+def _finish_exec(
+    prepared: PreparedExec, row: Command, ran: CommandResult | BaseException, elapsed: int
+) -> ExecResult:
+    """Record how the exec ended; its result, or its error raised."""
+    actor = prepared.actor
+    if isinstance(ran, CommandTimeout | CommandCanceled):
+        timed_out = isinstance(ran, CommandTimeout)
         command_finish(
             command=row,
             actor=actor,
             status=CommandStatus.TIMED_OUT if timed_out else CommandStatus.KILLED,
-            stdout=exc.stdout,
-            stderr=exc.stderr,
+            stdout=ran.stdout,
+            stderr=ran.stderr,
             duration_ms=elapsed,
             error=None if timed_out else CLIENT_GONE,
         )
         if not timed_out:
-            raise
-        return ExecResult(None, exc.stdout, exc.stderr, False, True, elapsed, row.pk)
-    except AirlockError as exc:
-        command_finish(
-            command=row,
-            actor=actor,
-            status=CommandStatus.FAILED,
-            error={"code": exc.code, "message": exc.detail},
-        )
-        raise
-    finally:
-        services.run_touch(run=run)
+            raise ran
+        return ExecResult(None, ran.stdout, ran.stderr, False, True, elapsed, row.pk)
+    if isinstance(ran, BaseException):
+        if isinstance(ran, AirlockError):
+            error = {"code": ran.code, "message": ran.detail}
+        else:
+            error = {"code": "server_error", "message": "The exec failed unexpectedly."}
+        command_finish(command=row, actor=actor, status=CommandStatus.FAILED, error=error)
+        raise ran
     command_finish(
         command=row,
         actor=actor,
         status=CommandStatus.EXITED,
-        exit_code=result.exit_code,
-        stdout=result.stdout,
-        stderr=result.stderr,
-        truncated=result.truncated,
-        duration_ms=result.duration_ms,
+        exit_code=ran.exit_code,
+        stdout=ran.stdout,
+        stderr=ran.stderr,
+        truncated=ran.truncated,
+        duration_ms=ran.duration_ms,
     )
     return ExecResult(
-        result.exit_code,
-        result.stdout,
-        result.stderr,
-        result.truncated,
-        False,
-        result.duration_ms,
-        row.pk,
+        ran.exit_code, ran.stdout, ran.stderr, ran.truncated, False, ran.duration_ms, row.pk
     )
 
 
@@ -432,7 +457,7 @@ async def exec_stream(
         finally:
             connections.close_all()  # this thread's own connections
 
-    threading.Thread(target=work, name=f"exec-{prepared.row.pk}", daemon=True).start()
+    threading.Thread(target=work, name=f"stream-{prepared.command_id}", daemon=True).start()
     try:
         while True:
             try:

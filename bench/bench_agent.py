@@ -197,9 +197,7 @@ def main() -> None:
     server = _start_server(port)
     mcp = None
     try:
-        http = httpx.Client(
-            base_url=url, headers={"Authorization": f"Bearer {secret}"}, timeout=60
-        )
+        http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {secret}"}, timeout=60)
         mcp = McpSession(url, secret)
         direct, streamed = [], []
         for i in range(WARMUP + PAIRS):

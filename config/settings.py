@@ -123,6 +123,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         }
     )
 DATABASES["default"]["CONN_MAX_AGE"] = env_int("CONN_MAX_AGE", 60, min_value=0)
+# The web process (config/asgi.py) shares PostgreSQL connections through a pool of at most
+# this many (0: none, a connection per request). Workers keep persistent connections.
+WEB_DATABASE_POOL_SIZE = env_int("WEB_DATABASE_POOL_SIZE", 20, min_value=0)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

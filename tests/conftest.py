@@ -369,6 +369,8 @@ def asgi_server(transactional_db: Any, settings: Any) -> Any:
     """A real uvicorn server in front of the test database (committed data: the server's
     threads have their own connections). Returns it; `.url` is its base URL."""
     settings.ALLOWED_HOSTS = ["127.0.0.1", "localhost"]
+    # No pool in tests: its idle connections would outlive the test database's teardown.
+    settings.WEB_DATABASE_POOL_SIZE = 0
     with AsgiServer() as server:
         yield server
 

@@ -35,6 +35,7 @@ def test_static_files_can_be_left_to_a_proxy(settings: Any) -> None:
     from config.asgi import build_application
 
     settings.SERVE_STATIC = False
+    settings.WEB_DATABASE_POOL_SIZE = 0
     app = build_application()
     sent: list[dict[str, Any]] = []
     requests = [{"type": "http.request", "body": b"", "more_body": False}]

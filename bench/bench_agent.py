@@ -214,7 +214,7 @@ def main() -> None:
                 assert http.post(exec_url, json={"command": "true"}).json()["exit_code"] == 0
 
             def tool_call() -> None:
-                result = mcp.call("sandbox_exec", run_id=str(run.pk), command="true")  # type: ignore[union-attr]
+                result = mcp.call("sandbox_exec", run_id=str(run.pk), command="true")
                 assert not result.is_error and json.loads(result.content[0].text)["exit_code"] == 0
 
             pair = (_timed(rest_call), _timed(tool_call))

@@ -410,3 +410,15 @@ def task_runner(local_sandboxes: Any) -> Any:
     yield
     stop.set()
     thread.join(timeout=30)
+
+
+def live_backends() -> list[str]:
+    """The sandbox fixtures of the backends whose sandboxes are live machines (background
+    commands by handle, `run(cancel=)` killing what a command started): E2B, and the local
+    backend once it is one (issue 12's live sandbox implements start_command; the first
+    release's fresh bwrap per command did not)."""
+    from sandboxes.backends.base import SandboxBackend
+    from sandboxes.backends.local import LocalBackend
+
+    live_local = LocalBackend.start_command is not SandboxBackend.start_command
+    return ["e2b_sandboxes", *(["local_sandboxes"] if live_local else [])]

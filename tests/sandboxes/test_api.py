@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from sandboxes.models import Command, SandboxRun
-from tests.conftest import assert_error, client_as, table
+from tests.conftest import assert_error, client_as, live_backends, table
 from tests.factories import make_run
 from workspaces.selectors import api_key_find
 
@@ -454,10 +454,8 @@ def test_a_year_is_allowed(api: Any, owner: Any, workspace: Any) -> None:
 
 # --- streaming exec (a real ASGI server, real sandboxes) --------------------------------------
 
-STREAMING_BACKENDS = ["local_sandboxes", "e2b_sandboxes"]
 
-
-@pytest.fixture(params=STREAMING_BACKENDS)
+@pytest.fixture(params=live_backends())
 def live_run(request: Any, workspace: Any) -> SandboxRun:
     """A running run on a real sandbox of each backend, started by the owner."""
     backend = request.getfixturevalue(request.param)

@@ -13,6 +13,7 @@ import pytest
 from config.exceptions import Conflict, InvalidInput
 from sandboxes import background, execution, services
 from sandboxes.models import Command, SandboxRun
+from tests.conftest import live_backends
 from tests.factories import make_run
 from tests.sandboxes.test_api import _processes_running, _wait_until
 from workspaces.access import Actor
@@ -20,10 +21,8 @@ from workspaces.models import Event
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-BACKENDS = ["local_sandboxes", "e2b_sandboxes"]
 
-
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=live_backends())
 def run(request: Any, workspace: Any) -> SandboxRun:
     backend = request.getfixturevalue(request.param)
     info = backend.create(template="base", metadata={"app": "airlock"}, envs={}, timeout_s=600)

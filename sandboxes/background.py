@@ -128,7 +128,8 @@ def command_kill(*, run: SandboxRun, command: Command, actor: Actor) -> Command:
         raise Conflict("Only background commands can be killed.", code="not_background")
     if command.status != CommandStatus.RUNNING:
         return command
-    execution.require_running(run)
+    if run.status != RunStatus.RUNNING:  # the run's end took it (not recorded yet)
+        return _finish_with_run(command, run)
     services.run_touch(run=run)
     output = _output(run, command)
     if output is not None and not output.running:

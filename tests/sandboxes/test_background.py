@@ -167,3 +167,15 @@ def test_foreground_commands_cannot_be_killed_and_read_from_their_tails(
         background.command_kill(run=run, command=command, actor=olivia)
     read = background.command_read(run=run, command=command, stdout_offset=2)
     assert (read.stdout, read.stdout_offset, read.stdout_next) == ("llo", 2, 5)
+
+
+def test_killing_a_command_whose_run_ended_records_the_runs_end(
+    run: SandboxRun, olivia: Actor
+) -> None:
+    from sandboxes.backends import get_backend
+
+    command = background.command_start_background(run=run, actor=olivia, command="sleep 600")
+    get_backend().kill(run.sandbox_id)
+    ended = services.run_transition(run.pk, lambda r: r.cancel(by=Actor.system("sweep")))
+    killed = background.command_kill(run=ended, command=command, actor=olivia)
+    assert (killed.status, (killed.error or {})["code"]) == ("killed", "run_ended")

@@ -418,7 +418,7 @@ class ArtifactInline(ReadOnlyInline):
 class SandboxRunWithArtifactsAdmin(SandboxRunAdmin):
     """The run admin (sandboxes.admin) with the run's artifacts inline."""
 
-    inlines = [ArtifactInline]
+    inlines = [*SandboxRunAdmin.inlines, ArtifactInline]
 
 
 admin.site.unregister(SandboxRun)

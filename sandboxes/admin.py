@@ -8,14 +8,21 @@ from typing import Any
 from django.contrib import admin
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.template.defaultfilters import truncatechars
 from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
 from config.exceptions import Conflict
 from sandboxes import selectors, services
-from sandboxes.models import ACTIVE_STATUSES, SandboxRun
-from workspaces.admin import WorkspaceAdmin, WorkspaceScopedAdmin, admin_actor, trail_panel
+from sandboxes.models import ACTIVE_STATUSES, Command, SandboxRun
+from workspaces.admin import (
+    ReadOnlyInline,
+    WorkspaceAdmin,
+    WorkspaceScopedAdmin,
+    admin_actor,
+    trail_panel,
+)
 from workspaces.models import Workspace
 
 USAGE_SUMMARY_DAYS = 30
@@ -51,6 +58,30 @@ admin.site.unregister(Workspace)
 admin.site.register(Workspace, WorkspaceWithUsageAdmin)
 
 
+OUTPUT_EXCERPT_CHARS = 400
+
+
+class CommandInline(ReadOnlyInline):
+    """The run's command history, oldest first. Reviewers (admins and owners) may read
+    command output, so each row shows the end of what it printed."""
+
+    model = Command
+    verbose_name_plural = "Command history"
+    fields = ("command", "kind", "status", "exit_code", "started_at", "duration_ms", "actor",
+              "output")  # fmt: skip
+    readonly_fields = fields
+    ordering = ["started_at", "id"]
+
+    @admin.display(description="Output (end)")
+    def output(self, obj: Command) -> SafeString:
+        text = (obj.stdout_tail + obj.stderr_tail)[-OUTPUT_EXCERPT_CHARS:]
+        return format_html("<pre style='white-space: pre-wrap; margin: 0'>{}</pre>", text)
+
+    @admin.display(description="Command")
+    def command(self, obj: Command) -> str:
+        return truncatechars(obj.command, 200)
+
+
 @admin.register(SandboxRun)
 class SandboxRunAdmin(WorkspaceScopedAdmin):
     list_display = [
@@ -64,6 +95,7 @@ class SandboxRunAdmin(WorkspaceScopedAdmin):
     actions = ["cancel_runs"]
     exclude = ["env", "files", "request_fingerprint"]
     readonly_fields = ["history"]
+    inlines = [CommandInline]
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
         names = [f.name for f in SandboxRun._meta.fields if f.name not in self.exclude]

@@ -112,3 +112,24 @@ def test_the_timeline_shows_the_runs_transitions_from_the_trail(
     page = client.get(f"{RUNS}{run.pk}/change/").content.decode()
     assert "booting → running · <code>mark_running</code> by system:start_sandbox_run" in page
     assert "running → canceled · <code>cancel</code> by user:adam" in page
+
+
+def test_the_run_page_shows_its_command_history(
+    client: Any, reviewer: Any, workspace: Workspace, fake_backend: FakeBackend
+) -> None:
+    from sandboxes import execution
+    from sandboxes.backends import CommandResult
+    from workspaces.access import Actor
+
+    run = start_run(workspace=workspace)
+    fake_backend.command_results["make report"] = CommandResult(2, "built <b>it</b>", "", False, 9)
+    execution.run_exec(run=run, actor=Actor(user=workspace.owner), command="make report",
+                       env={"TOKEN": "hunter2"})  # fmt: skip
+    client.force_login(reviewer)
+
+    page = client.get(f"{RUNS}{run.pk}/change/").content.decode()
+    assert "Command history" in page
+    assert "make report" in page and "user:olivia" in page
+    assert "built &lt;b&gt;it&lt;/b&gt;" in page  # the output's end, escaped
+    assert "hunter2" not in page
+    assert 'name="commands-0-command"' not in page  # read-only: no form fields

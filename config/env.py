@@ -100,3 +100,28 @@ def env_db(name: str, default: str) -> dict[str, Any]:
 
     config = _parse(name, None, parse, secret=True)
     return config if config is not None else dict(environ.Env.db_url_config(default))
+
+
+_EMAIL_SCHEMES = (
+    "smtp",
+    "smtps",
+    "smtp+tls",
+    "smtp+ssl",
+    "consolemail",
+    "filemail",
+    "memorymail",
+    "dummymail",
+)
+
+
+def env_email(name: str, default: str) -> dict[str, Any]:
+    """django-environ's email URL (`smtp+tls://user:pass@host:587`, `consolemail://`, …) as
+    Django's EMAIL_* settings."""
+
+    def parse(raw: str) -> dict[str, Any]:
+        if raw.split("://", 1)[0] not in _EMAIL_SCHEMES or "://" not in raw:
+            raise ValueError(f"expected a URL with one of the schemes {', '.join(_EMAIL_SCHEMES)}")
+        return dict(environ.Env.email_url_config(raw))
+
+    config = _parse(name, None, parse, secret=True)
+    return config if config is not None else dict(environ.Env.email_url_config(default))

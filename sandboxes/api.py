@@ -10,7 +10,7 @@ from django.http import StreamingHttpResponse
 from django.utils import timezone
 from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
 from rest_framework import generics, serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -30,6 +30,9 @@ from sandboxes.backends.base import SANDBOX_HOME
 from sandboxes.models import (
     ACTIVE_STATUSES,
     DEFAULT_OUTPUT_DIR,
+    Command,
+    CommandKind,
+    CommandStatus,
     EndReason,
     RunStatus,
     SandboxRun,
@@ -272,10 +275,59 @@ class RunWaitQuery(StrictSerializer):
     )
 
 
+class JobOut(serializers.Serializer[Command]):
+    """The run's own command as the job ran it (its row in the command history)."""
+
+    status = serializers.ChoiceField(choices=CommandStatus.choices)
+    exit_code = serializers.IntegerField(allow_null=True)
+    started_at = serializers.DateTimeField()
+    ended_at = serializers.DateTimeField(allow_null=True)
+    duration_ms = serializers.IntegerField(allow_null=True)
+    truncated = serializers.BooleanField(
+        help_text="Output was cut to its last 64 KiB, or by EXEC_MAX_OUTPUT_BYTES."
+    )
+    stdout = serializers.SerializerMethodField(
+        help_text="The last 64 KiB of what it printed: only for the run's creator (its user or "
+        "API key) and admins/owners; null for other members."
+    )
+    stderr = serializers.SerializerMethodField(help_text="Like stdout.")
+
+    def get_stdout(self, command: Command) -> str | None:
+        return command.stdout_tail if self.context.get("output_visible") else None
+
+    def get_stderr(self, command: Command) -> str | None:
+        return command.stderr_tail if self.context.get("output_visible") else None
+
+
+class RunDetailOut(RunOut):
+    job = serializers.SerializerMethodField(
+        help_text="The job's command (runs started with `command`), once it has started; null "
+        "otherwise. Its output is the agent's own: the airlock gates files (artifacts), not "
+        "what the agent's own commands print back to it."
+    )
+
+    class Meta(RunOut.Meta):
+        fields = [*RunOut.Meta.fields, "job"]
+        read_only_fields = fields
+
+    @extend_schema_field(JobOut(allow_null=True))
+    def get_job(self, run: SandboxRun) -> dict[str, Any] | None:
+        command = self.context.get("job")
+        return JobOut(command, context=self.context).data if command is not None else None
+
+
+def _run_detail(run: SandboxRun, actor: Actor, role: Role) -> dict[str, Any]:
+    job = (
+        selectors.command_list(run=run).filter(kind=CommandKind.JOB).last() if run.command else None
+    )
+    visible = selectors.run_is_controlled_by(run=run, actor=actor, role=role)
+    return dict(RunDetailOut(run, context={"job": job, "output_visible": visible}).data)
+
+
 class RunDetailView(RunScopedView):
     @extend_schema(
         parameters=[RunWaitQuery],
-        responses=RunOut,
+        responses=RunDetailOut,
         description="One run. With `wait_s`, the answer comes as soon as the run's status is "
         "none of `while_status` (default `booting,running`), or after `wait_s` seconds (at most "
         f"{selectors.WAIT_MAX_S}) with the run as it is then. Waiting is not activity: it does "
@@ -287,7 +339,7 @@ class RunDetailView(RunScopedView):
         if query.get("wait_s"):
             while_status = set(query.get("while_status") or ACTIVE_STATUSES)
             run = selectors.run_wait(run=run, while_status=while_status, wait_s=query["wait_s"])
-        return Response(RunOut(run).data)
+        return Response(_run_detail(run, self.actor, self.role))
 
 
 class ExecIn(StrictSerializer):

@@ -185,6 +185,9 @@ SPECTACULAR_SETTINGS = {
         "MembershipRoleEnum": "workspaces.models.Role",
         "ApiKeyRoleEnum": "workspaces.models.ApiKeyRole",
         "ArtifactTypeEnum": "artifacts.models.ArtifactType",
+        "EventTypeEnum": "workspaces.models.EventType",
+        "DeliveryStatusEnum": "workspaces.models.DeliveryStatus",
+        "RunStatusEnum": "sandboxes.models.RunStatus",
     },
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",

@@ -276,7 +276,8 @@ class RunWaitQuery(StrictSerializer):
 
 
 class JobOut(serializers.Serializer[Command]):
-    """The run's own command as the job ran it (its row in the command history)."""
+    """The run's own command as the job ran it (its row in the command history); documented
+    by JOB_SCHEMA."""
 
     status = serializers.ChoiceField(choices=CommandStatus.choices)
     exit_code = serializers.IntegerField(allow_null=True)
@@ -299,24 +300,56 @@ class JobOut(serializers.Serializer[Command]):
         return command.stderr_tail if self.context.get("output_visible") else None
 
 
+def _nullable(kind: str, **extra: Any) -> dict[str, Any]:
+    return {"type": kind, "nullable": True, **extra}
+
+
+# Inline, not a $ref: a nullable reference (allOf + nullable) is not what OpenAPI 3.0
+# validators accept for null. The `api` test fixture checks answers against this shape.
+JOB_SCHEMA = _nullable(
+    "object",
+    description="The job's command (runs started with `command`), once it has started; null "
+    "otherwise. `stdout`/`stderr` are the last 64 KiB it printed, only for the run's creator "
+    "(its user or API key) and admins/owners (null for other members): the airlock gates files "
+    "(artifacts), not what the agent's own commands print back to it.",
+    properties={
+        "status": {"type": "string", "enum": CommandStatus.values},
+        "exit_code": _nullable("integer"),
+        "started_at": {"type": "string", "format": "date-time"},
+        "ended_at": _nullable("string", format="date-time"),
+        "duration_ms": _nullable("integer"),
+        "truncated": {"type": "boolean"},
+        "stdout": _nullable("string"),
+        "stderr": _nullable("string"),
+    },
+    required=[
+        "status",
+        "exit_code",
+        "started_at",
+        "ended_at",
+        "duration_ms",
+        "truncated",
+        "stdout",
+        "stderr",
+    ],  # fmt: skip
+)
+
+
 class RunDetailOut(RunOut):
-    job = serializers.SerializerMethodField(
-        help_text="The job's command (runs started with `command`), once it has started; null "
-        "otherwise. Its output is the agent's own: the airlock gates files (artifacts), not "
-        "what the agent's own commands print back to it."
-    )
+    job = serializers.SerializerMethodField()
 
     class Meta(RunOut.Meta):
         fields = [*RunOut.Meta.fields, "job"]
         read_only_fields = fields
 
-    @extend_schema_field(JobOut(allow_null=True))
+    @extend_schema_field(JOB_SCHEMA)
     def get_job(self, run: SandboxRun) -> dict[str, Any] | None:
         command = self.context.get("job")
-        return JobOut(command, context=self.context).data if command is not None else None
+        return dict(JobOut(command, context=self.context).data) if command is not None else None
 
 
 def _run_detail(run: SandboxRun, actor: Actor, role: Role) -> dict[str, Any]:
+    """The run with its job's row (output for those who may read it)."""
     job = (
         selectors.command_list(run=run).filter(kind=CommandKind.JOB).last() if run.command else None
     )

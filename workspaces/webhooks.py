@@ -382,11 +382,13 @@ def delivery_retry(*, delivery: WebhookDelivery, actor: Actor) -> WebhookDeliver
 def write_deliveries(event: Event) -> None:
     """The `on_record` hook: one pending delivery per active endpoint that wants the event,
     written in the event's transaction, sent once it commits. A `webhook.test` goes to its
-    own endpoint only."""
+    own endpoint only; other events about an endpoint go to the others."""
     if event.type == EventType.WEBHOOK_TEST:
         endpoints = list(WebhookEndpoint.objects.filter(pk=event.subject_id, active=True))
     else:
         candidates = WebhookEndpoint.objects.filter(workspace_id=event.workspace_id, active=True)
+        if event.subject_type == "webhook":
+            candidates = candidates.exclude(pk=event.subject_id)
         endpoints = [e for e in candidates if e.wants(event.type)]
     if not endpoints:
         return

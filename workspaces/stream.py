@@ -91,7 +91,8 @@ class EventStreamView(WorkspaceScopedView):
         checks = super().as_view(**initkwargs)
 
         def run_checks(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
-            close_old_connections()
+            if isinstance(request, ASGIRequest):
+                close_old_connections()  # a pooled thread's connection outlives requests
             response: HttpResponseBase = checks(request, *args, **kwargs)
             if isinstance(response, Response):
                 response.render()

@@ -750,9 +750,7 @@ def test_a_member_change_needs_something_to_change(
 
 
 @pytest.mark.django_db
-def test_a_member_cannot_change_their_own_role(
-    api: Any, workspace: Workspace, member: Any
-) -> None:
+def test_a_member_cannot_change_their_own_role(api: Any, workspace: Workspace, member: Any) -> None:
     url = _members_url(workspace, member)
     response = client_as(api, member).patch(url, {"role": "admin"}, format="json")
     assert_error(response, 403)

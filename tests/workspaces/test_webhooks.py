@@ -274,9 +274,7 @@ def test_an_endpoint_failing_for_the_whole_window_is_disabled(
     assert len(deliveries_of(disabled)) == 1
 
 
-def test_a_success_ends_the_failing_streak(
-    loopback: Any, receivers: Any, workspace: Any
-) -> None:
+def test_a_success_ends_the_failing_streak(loopback: Any, receivers: Any, workspace: Any) -> None:
     receiver = receivers(500, 200)
     endpoint, _ = endpoint_for(workspace, receiver)
     webhooks.deliver([d.pk for d in deliveries_of(rename(workspace, "One"))])
@@ -388,9 +386,7 @@ def test_the_request_goes_to_the_address_checked_with_the_urls_host(
         ("not a url", "absolute URL"),
     ],
 )
-def test_badly_formed_urls_are_refused(
-    settings: Any, workspace: Any, url: str, why: str
-) -> None:
+def test_badly_formed_urls_are_refused(settings: Any, workspace: Any, url: str, why: str) -> None:
     settings.WEBHOOK_ALLOW_HTTP = False
     with pytest.raises(InvalidInput) as refused:
         webhooks.parse_url(url)

@@ -222,7 +222,7 @@ def new_secret() -> str:
     return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
 
 
-def _clean_event_types(event_types: Sequence[str] | None) -> list[str]:
+def clean_event_types(event_types: Sequence[str] | None) -> list[str]:
     chosen = list(dict.fromkeys(event_types or []))
     unknown = sorted(set(chosen) - set(EventType.values))
     if unknown:
@@ -258,7 +258,7 @@ def webhook_create(
 ) -> tuple[WebhookEndpoint, str]:
     """A new endpoint and its signing secret (returned this once)."""
     target = check_url(url)  # outside the transaction: it resolves the host
-    chosen = _clean_event_types(event_types)
+    chosen = clean_event_types(event_types)
     text = _clean_description(description)
     with transaction.atomic():
         Workspace.objects.select_for_update().filter(pk=workspace.pk).first()
@@ -304,7 +304,7 @@ def webhook_update(
     if url is not _UNSET:
         changes["url"] = check_url(url).url
     if event_types is not _UNSET:
-        changes["event_types"] = _clean_event_types(event_types)
+        changes["event_types"] = clean_event_types(event_types)
     if description is not _UNSET:
         changes["description"] = _clean_description(description)
     if active is not _UNSET:

@@ -456,9 +456,7 @@ def _job_run(workspace: Any, *, api_key: Any = None) -> SandboxRun:
 
     from sandboxes.models import Command
 
-    run = make_run(
-        workspace=workspace, status="failed", command="python3 job.py", api_key=api_key
-    )
+    run = make_run(workspace=workspace, status="failed", command="python3 job.py", api_key=api_key)
     Command.objects.create(
         run=run, workspace=workspace, kind="job", command=run.command, cwd="/home/user",
         actor="system:execute_run_command", status="exited", exit_code=3,
@@ -506,7 +504,7 @@ def test_a_run_without_a_job_has_none(api: Any, workspace: Any, member: Any) -> 
 @pytest.mark.django_db
 def test_lists_of_runs_do_not_carry_job_output(api: Any, workspace: Any, owner: Any) -> None:
     _job_run(workspace)
-    [listed] = client_as(api, owner).get(f"/api/v1/workspaces/{workspace.pk}/runs/").json()[
-        "results"
-    ]
+    [listed] = (
+        client_as(api, owner).get(f"/api/v1/workspaces/{workspace.pk}/runs/").json()["results"]
+    )
     assert "job" not in listed

@@ -322,16 +322,7 @@ JOB_SCHEMA = _nullable(
         "stdout": _nullable("string"),
         "stderr": _nullable("string"),
     },
-    required=[
-        "status",
-        "exit_code",
-        "started_at",
-        "ended_at",
-        "duration_ms",
-        "truncated",
-        "stdout",
-        "stderr",
-    ],  # fmt: skip
+    required=sorted(JobOut._declared_fields),
 )
 
 

@@ -116,7 +116,7 @@ def test_it_filters_like_the_list(api: Any, workspace: Any, member: Any) -> None
 def test_bad_stream_parameters_are_a_400(
     api: Any, workspace: Any, member: Any, query: str, header: str | None
 ) -> None:
-    extra = {"HTTP_LAST_EVENT_ID": header} if header else {}
+    extra: dict[str, Any] = {"HTTP_LAST_EVENT_ID": header} if header else {}
     response = client_as(api, member).get(stream_url(workspace, query), **extra)
     assert_error(response, 400)
 

@@ -3,6 +3,7 @@ HTTP receivers on loopback (tests/fakes/receiver.py), verified with `standardweb
 
 from __future__ import annotations
 
+import itertools
 import threading
 from datetime import timedelta
 from typing import Any
@@ -61,7 +62,7 @@ def test_a_delivery_is_signed_per_standard_webhooks(
     loopback: Any, receivers: Any, workspace: Any
 ) -> None:
     receiver = receivers()
-    endpoint, secret = endpoint_for(workspace, receiver)
+    _, secret = endpoint_for(workspace, receiver)
     event = rename(workspace, "Renamed")
     [delivery] = deliveries_of(event)
 
@@ -99,10 +100,17 @@ def test_an_event_and_its_deliveries_commit_together(
     loopback: Any, receivers: Any, workspace: Any
 ) -> None:
     endpoint_for(workspace, receivers())
-    with pytest.raises(RuntimeError), transaction.atomic():
-        events.record(actor=Actor.system("test"), type="workspace.renamed", subject=workspace)
-        assert WebhookDelivery.objects.count() == 1  # written with the event…
-        raise RuntimeError("the write fails")
+    written = []
+
+    def failing_write() -> None:
+        with transaction.atomic():
+            events.record(actor=Actor.system("test"), type="workspace.renamed", subject=workspace)
+            written.append(WebhookDelivery.objects.count())  # written with the event…
+            raise RuntimeError("the write fails")
+
+    with pytest.raises(RuntimeError):
+        failing_write()
+    assert written == [1]
     assert WebhookDelivery.objects.count() == 0  # …and gone with it
 
 
@@ -120,7 +128,7 @@ def test_deliveries_go_to_active_endpoints_that_want_the_event(
 def test_a_test_event_goes_to_its_endpoint_only(
     loopback: Any, receivers: Any, workspace: Any
 ) -> None:
-    tested, secret = endpoint_for(workspace, receivers(), event_types=["artifact.approved"])
+    tested, _ = endpoint_for(workspace, receivers(), event_types=["artifact.approved"])
     endpoint_for(workspace, receivers())
     delivery = webhooks.webhook_test(endpoint=tested, actor=Actor(user=workspace.owner))
     assert [d.endpoint_id for d in deliveries_of(delivery.event)] == [tested.pk]
@@ -160,7 +168,7 @@ def test_retries_after_a_500_and_a_timeout_then_succeeds(
 def test_retries_back_off_exponentially_for_more_than_a_day() -> None:
     delays = [webhooks.retry_delay_s(n) for n in range(1, webhooks.MAX_ATTEMPTS)]
     assert delays[:3] == [5, 15, 45]
-    assert all(b >= a for a, b in zip(delays, delays[1:], strict=False))
+    assert all(b >= a for a, b in itertools.pairwise(delays))
     assert sum(delays) == webhooks.RETRY_SPAN_S >= 24 * 3600
 
 
@@ -346,7 +354,7 @@ def test_private_targets_are_refused_at_send(
     loopback: Any, receivers: Any, workspace: Any, host: str
 ) -> None:
     receiver = receivers()
-    endpoint, _ = webhooks.webhook_create(
+    webhooks.webhook_create(
         workspace=workspace,
         actor=Actor(user=workspace.owner),
         url=receiver.url.replace("127.0.0.1", host),

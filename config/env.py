@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 from typing import Any, TypeVar, cast
+from urllib.parse import urlsplit
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
@@ -121,7 +122,10 @@ def env_email(name: str, default: str) -> dict[str, Any]:
     def parse(raw: str) -> dict[str, Any]:
         if raw.split("://", 1)[0] not in _EMAIL_SCHEMES or "://" not in raw:
             raise ValueError(f"expected a URL with one of the schemes {', '.join(_EMAIL_SCHEMES)}")
-        return dict(environ.Env.email_url_config(raw))
+        config = dict(environ.Env.email_url_config(raw))
+        if raw.startswith("filemail://"):  # django-environ drops the path's leading slash
+            config["EMAIL_FILE_PATH"] = urlsplit(raw).path
+        return config
 
     config = _parse(name, None, parse, secret=True)
     return config if config is not None else dict(environ.Env.email_url_config(default))

@@ -76,7 +76,7 @@ RETRY_FACTOR = 3
 RETRY_CAP_S = 6 * 3600
 MAX_ATTEMPTS = 13
 # How long a claimed attempt may take before its delivery is due again (the sender died).
-LEASE_MARGIN_S = 30
+LEASE_MARGIN_S = 10
 DUE_BATCH = 50
 
 

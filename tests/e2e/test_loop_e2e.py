@@ -15,7 +15,7 @@ from django.contrib.auth import get_user_model
 
 from tests.e2e.conftest import wait_for
 from tests.e2e.test_review_console_browser import PASSWORD, SCREENSHOT, chromium_page
-from tests.factories import UserFactory, make_api_key, make_workspace
+from tests.factories import make_api_key, make_user, make_workspace
 from workspaces import webhooks
 from workspaces.access import Actor
 
@@ -33,7 +33,7 @@ def test_an_agent_hears_the_reviewers_decision(
     tmp_path: Path,
 ) -> None:
     settings.WEBHOOK_ALLOW_PRIVATE = settings.WEBHOOK_ALLOW_HTTP = True
-    owner = UserFactory(username="olivia")
+    owner = make_user(username="olivia")
     reviewer = get_user_model().objects.create_user(
         "rita", "rita@example.com", PASSWORD, is_staff=True
     )

@@ -8,7 +8,8 @@ sent after HEARTBEAT_S without events, so proxies and clients know the stream is
 
 Served by an async view under ASGI (uvicorn): the checks (authentication, role, query) run on a
 pooled thread through the DRF view below, then the stream itself is a coroutine on the event
-loop, woken by the trail watch; its database reads borrow a pooled thread for one query each.
+loop, woken by the trail watch; its database reads borrow one of POOL_SIZE threads for one
+query each.
 An open stream holds no database connection and no worker thread of its own (Django's ASGI
 handler parks one idle thread per request for its signal receivers). A client that disconnects
 cancels it. Under WSGI (the sync test client, a sync server) the answer is the backlog after the
@@ -17,13 +18,16 @@ cursor, then the response ends and the client reconnects: long polling, not a st
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
 from collections.abc import AsyncIterator, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.core.handlers.asgi import ASGIRequest
-from django.db import close_old_connections
+from django.db import close_old_connections, connection
 from django.http import HttpRequest, HttpResponseBase, StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
@@ -40,6 +44,10 @@ from workspaces.watch import trail_watch
 
 HEARTBEAT_S = 10.0
 BATCH = 200
+# The streams' own threads for database work (the checks, then one read per wake-up): a few
+# connections per process however many streams are open.
+POOL_SIZE = 4
+_pool = ThreadPoolExecutor(max_workers=POOL_SIZE, thread_name_prefix="event-stream")
 WSGI_BACKLOG = 1000  # events answered at most, under WSGI, before the response ends
 RETRY_MS = 1000  # how soon EventSource reconnects
 
@@ -101,8 +109,10 @@ class EventStreamView(WorkspaceScopedView):
         async def view(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
             # Under ASGI on any pooled thread; under WSGI on the request's own thread (the
             # test client's transaction lives there).
-            pooled = isinstance(request, ASGIRequest)
-            call = sync_to_async(run_checks, thread_sensitive=not pooled)
+            if isinstance(request, ASGIRequest):
+                call = sync_to_async(run_checks, thread_sensitive=False, executor=_pool)
+            else:
+                call = sync_to_async(run_checks, thread_sensitive=True)
             return await call(request, *args, **kwargs)
 
         for name in ("cls", "initkwargs", "view_class", "view_initkwargs", "csrf_exempt"):
@@ -180,7 +190,7 @@ async def live(workspace: Workspace, after: int, filters: dict[str, Any]) -> Asy
     """The stream under ASGI: every event after `after`, then each new one as it commits,
     until the client goes (the handler cancels this coroutine)."""
     subscription = trail_watch().subscribe(str(workspace.pk))
-    read = sync_to_async(_pooled_read, thread_sensitive=False)
+    read = sync_to_async(_pooled_read, thread_sensitive=False, executor=_pool)
     try:
         yield f"retry: {RETRY_MS}\n: events of workspace {workspace.pk}\n\n".encode()
         scanned = after
@@ -202,3 +212,17 @@ def backlog(workspace: Workspace, after: int, filters: dict[str, Any]) -> Iterat
     yield f"retry: {RETRY_MS}\n\n".encode()
     chunks, _ = _read(workspace, after, None, filters, WSGI_BACKLOG)
     yield from chunks
+
+
+def release_connections(timeout: float = 5.0) -> None:
+    """Close the database connection of every pooled thread (tests, before their database
+    goes): one task per thread, each held at a barrier until all have closed theirs."""
+    barrier = threading.Barrier(POOL_SIZE)
+
+    def close() -> None:
+        connection.close()
+        with contextlib.suppress(threading.BrokenBarrierError):
+            barrier.wait(timeout)
+
+    for future in [_pool.submit(close) for _ in range(POOL_SIZE)]:
+        future.result(timeout + 1)

@@ -28,6 +28,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from typing import TypeVar
 
 from django.db import connection
@@ -44,8 +45,7 @@ RECHECK_S = 0.5
 GAP_GRACE_S = 5.0
 IDLE_STOP_S = 1.0
 SCAN_LIMIT = 1000
-# At (re)start the poller looks this many ids back for transactions still in flight.
-LOOK_BACK = 1000
+GRACE = timedelta(seconds=GAP_GRACE_S)
 
 
 def latest_event_id() -> int:
@@ -182,9 +182,16 @@ class TrailWatch:
 
     def _poll_once(self) -> None:
         if not self._ready:
-            # (Re)started: nobody listened meanwhile, so what came before needs no wake-ups.
+            # (Re)started: nobody listened meanwhile, so what came before needs no wake-ups;
+            # everything written more than GAP_GRACE_S ago has settled.
+            settled = (
+                Event.objects.filter(created_at__lte=timezone.now() - GRACE)
+                .order_by("-id")
+                .values_list("id", flat=True)
+                .first()
+            )
             with self._cond:
-                self._horizon = max(self._horizon, latest_event_id() - LOOK_BACK)
+                self._horizon = max(self._horizon, settled or 0)
         start = self._horizon
         rows = list(
             Event.objects.filter(id__gt=start)

@@ -154,6 +154,7 @@ def server() -> Iterator[str]:
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True
     thread.join(10)
+    stream.release_connections()  # before the test database goes
 
 
 class Reader:

@@ -152,9 +152,17 @@ def test_bad_wait_parameters_are_a_400_naming_them(
 
 
 @pytest.fixture
-def poller() -> watch.TrailWatch:
-    """A trail watch of its own, polled by hand on the test's connection."""
-    return watch.TrailWatch()
+def poller(workspace: Any) -> watch.TrailWatch:
+    """A trail watch of its own, polled by hand on the test's connection, started once what
+    the trail holds has settled."""
+    import time_machine
+    from django.utils import timezone
+
+    trail = watch.TrailWatch()
+    with time_machine.travel(timezone.now() + 2 * watch.GRACE, tick=False):
+        trail._poll_once()
+    assert trail.horizon() == watch.latest_event_id()
+    return trail
 
 
 def _events(workspace: Any, count: int) -> list[int]:
@@ -170,7 +178,6 @@ def test_the_horizon_stops_at_a_missing_id_until_it_commits(
 ) -> None:
     from workspaces.models import Event
 
-    poller._poll_once()
     first, missing, third = _events(workspace, 3)
     row = Event.objects.get(pk=missing)
     Event.objects.filter(pk=missing).delete()  # as if its transaction had not committed yet
@@ -190,12 +197,11 @@ def test_the_horizon_passes_a_missing_id_once_the_event_after_it_is_old(
 
     from workspaces.models import Event
 
-    poller._poll_once()
     first, missing, third = _events(workspace, 3)
     Event.objects.filter(pk=missing).delete()  # rolled back: the id never comes
     poller._poll_once()
     assert poller.horizon() == first
-    later = timezone.now() + timedelta(seconds=watch.GAP_GRACE_S + 1)
+    later = timezone.now() + watch.GRACE + timedelta(seconds=1)
     with time_machine.travel(later, tick=False):
         poller._poll_once()
     assert poller.horizon() == third

@@ -105,4 +105,5 @@ def test_an_agent_hears_the_reviewers_decision(
     assert f"{live_server.url}/admin/sandboxes/sandboxrun/{run_id}/change/" in email
     # And the agent reads what its own job printed, from the run.
     job = agent.get(f"/runs/{run_id}/").json()["job"]
+    agent.close()  # (a kept-alive connection would keep its server thread and database session)
     assert (job["exit_code"], job["stdout"]) == (0, "done\n")

@@ -163,9 +163,24 @@ def _resume_after(request: Request, after: int | None) -> int:
 
 
 def sse(event: Event) -> bytes:
-    """One event, framed: JSON never holds a raw line break, so `data:` is one line."""
-    data = json.dumps(events.as_json(event), separators=(",", ":"), ensure_ascii=False)
-    return f"id: {event.pk}\nevent: {event.type}\ndata: {data}\n\n".encode()
+    """One event, framed: JSON never holds a raw line break, so `data:` is one line. Framed
+    once per process: the streams share the poller's copy of an event."""
+    framed: bytes | None = getattr(event, "_sse", None)
+    if framed is None:
+        data = json.dumps(events.as_json(event), separators=(",", ":"), ensure_ascii=False)
+        framed = f"id: {event.pk}\nevent: {event.type}\ndata: {data}\n\n".encode()
+        event._sse = framed  # type: ignore[attr-defined]
+    return framed
+
+
+def _matches(event: Event, filters: dict[str, Any]) -> bool:
+    """The events list's filters (selectors.event_list), on an event in memory."""
+    types, run_id, thread_id = filters["types"], filters["run_id"], filters["thread_id"]
+    return (
+        (not types or event.type in types)
+        and (run_id is None or event.run_id == run_id)
+        and (thread_id is None or event.thread_id == thread_id)
+    )
 
 
 def _read(
@@ -197,7 +212,12 @@ async def live(workspace: Workspace, after: int, filters: dict[str, Any]) -> Asy
         while True:
             horizon = subscription.horizon()
             while horizon is not None and horizon > scanned:
-                chunks, last = await read(workspace, scanned, horizon, filters)
+                remembered = subscription.recent(scanned, horizon)
+                if remembered is not None:  # the usual case: shared, no database read
+                    chunks = [sse(e) for e in remembered if _matches(e, filters)]
+                    last = None
+                else:  # a resume from further back than the poller remembers
+                    chunks, last = await read(workspace, scanned, horizon, filters)
                 if chunks:
                     yield b"".join(chunks)
                 scanned = last if last is not None and len(chunks) == BATCH else horizon

@@ -15,14 +15,16 @@ condition; asyncio subscribers (streams) are woken on their loop, and only for e
 their workspace.
 
 The poller stops (and closes its database connection) once nobody has listened for IDLE_STOP_S.
-Polling was chosen over Redis pub/sub: it needs no Redis (the embedded default has none), costs
-one indexed query per POLL_S per process while anyone listens, and meets the latency target
-(bench/bench_loop.py).
+It reads whole rows and keeps the newest RECENT in memory, so a hundred streams of a workspace
+cost one read per new event, not a hundred. Polling was chosen over Redis pub/sub: it needs no
+Redis (the embedded default has none), costs one indexed query per POLL_S per process while
+anyone listens, and meets the latency target (bench/bench_loop.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import logging
 import threading
@@ -45,6 +47,7 @@ RECHECK_S = 0.5
 GAP_GRACE_S = 5.0
 IDLE_STOP_S = 1.0
 SCAN_LIMIT = 1000
+RECENT = 5000  # events kept in memory for the streams (at least; at most twice that)
 GRACE = timedelta(seconds=GAP_GRACE_S)
 
 
@@ -70,6 +73,11 @@ class Subscription:
         """Every event up to this id is committed; None until the poller has looked."""
         return self._watch.horizon()
 
+    def recent(self, after: int, upto: int) -> list[Event] | None:
+        """This workspace's events after `after` up to `upto`, from the poller's memory (None:
+        not all there)."""
+        return self._watch.recent(self.workspace_id, after, upto)
+
     async def changed(self, timeout: float) -> bool:
         """Wait until woken (True) or `timeout` passed (False); then listen afresh."""
         try:
@@ -91,6 +99,10 @@ class TrailWatch:
         self._horizon = 0
         self._ready = False  # the horizon is current: the poller has looked since it started
         self._gaps: dict[int, float] = {}  # first missing id → when it was first missed
+        # The events the poller passed lately (shared by every stream: read once per process).
+        self._recent: list[Event] = []
+        self._recent_ids: list[int] = []
+        self._floor = 0  # every event after this id, up to the horizon, is in _recent
         self._waiters = 0
         self._subscriptions: set[Subscription] = set()
         self._thread: threading.Thread | None = None
@@ -180,6 +192,25 @@ class TrailWatch:
         finally:
             connection.close()
 
+    def _remember(self, events: list[Event]) -> None:
+        # Under self._cond. Keeps the newest events past the horizon for the streams; every
+        # event after self._floor and up to the horizon is in self._recent, in id order.
+        self._recent += events
+        self._recent_ids += [e.pk for e in events]
+        if len(self._recent) > 2 * RECENT:
+            self._floor = self._recent_ids[-RECENT - 1]
+            del self._recent[:-RECENT], self._recent_ids[:-RECENT]
+
+    def recent(self, workspace_id: str, after: int, upto: int) -> list[Event] | None:
+        """The workspace's events after `after` up to `upto` (≤ the horizon) from memory, or
+        None when they are not all there (read the trail instead)."""
+        with self._cond:
+            if after < self._floor or upto > self._horizon:
+                return None
+            start = bisect.bisect_right(self._recent_ids, after)
+            end = bisect.bisect_right(self._recent_ids, upto)
+            return [e for e in self._recent[start:end] if str(e.workspace_id) == workspace_id]
+
     def _poll_once(self) -> None:
         if not self._ready:
             # (Re)started: nobody listened meanwhile, so what came before needs no wake-ups;
@@ -192,28 +223,27 @@ class TrailWatch:
             )
             with self._cond:
                 self._horizon = max(self._horizon, settled or 0)
+                self._recent, self._recent_ids, self._floor = [], [], self._horizon
         start = self._horizon
-        rows = list(
-            Event.objects.filter(id__gt=start)
-            .order_by("id")
-            .values_list("id", "workspace_id", "created_at")[:SCAN_LIMIT]
-        )
+        rows = list(Event.objects.filter(id__gt=start).order_by("id")[:SCAN_LIMIT])
         now, wall = time.monotonic(), timezone.now()
-        horizon, expected, touched = start, start + 1, set()
-        for event_id, workspace_id, created_at in rows:
-            if event_id > expected:  # ids expected … event_id-1 are not visible (yet)
+        horizon, expected, touched, passed = start, start + 1, set(), []
+        for event in rows:
+            if event.pk > expected:  # ids expected … event.pk-1 are not visible (yet)
                 # The missing ones were inserted before this event was: once it is older
                 # than the grace, or the gap has been missed that long, they are gone.
                 first_missed = self._gaps.setdefault(expected, now)
-                old = (wall - created_at).total_seconds() >= GAP_GRACE_S
+                old = (wall - event.created_at).total_seconds() >= GAP_GRACE_S
                 if not old and now - first_missed < GAP_GRACE_S:
                     break
-            horizon, expected = event_id, event_id + 1
-            touched.add(str(workspace_id))
+            horizon, expected = event.pk, event.pk + 1
+            touched.add(str(event.workspace_id))
+            passed.append(event)
         with self._cond:
             became_ready = not self._ready
             self._ready = True
             self._horizon = horizon
+            self._remember(passed)
             self._gaps = {gap: seen for gap, seen in self._gaps.items() if gap > horizon}
             if horizon > start or became_ready:
                 self._cond.notify_all()

@@ -236,7 +236,9 @@ def _load_rounds(
     base: str, stream_url: str, key: str, run_id: str, workspace: Any, server_pid: int
 ) -> dict[str, Any]:
     """Interleaved pairs: a round without streams, then one with STREAMS open."""
-    without, with_streams, threads = [], [], []
+    without: list[float] = []
+    with_streams: list[float] = []
+    threads: list[int] = []
     for _ in range(PAIRS):
         for streams in (0, STREAMS):
             stop_trickle = threading.Event()

@@ -214,3 +214,24 @@ def test_a_watch_nobody_listens_to_stops_polling(workspace: Any) -> None:
     while trail._thread is not None:
         assert time.monotonic() < deadline, "the poller did not stop"
         time.sleep(0.05)
+
+
+@pytest.mark.django_db(transaction=False)
+def test_the_watch_remembers_new_events_for_the_streams(
+    poller: watch.TrailWatch, workspace: Any, outsider: Any
+) -> None:
+    from tests.factories import make_workspace
+
+    floor = poller.horizon()
+    assert floor is not None
+    elsewhere = make_workspace(owner=outsider, name="Elsewhere")
+    mine = _events(workspace, 2)
+    poller._poll_once()
+    horizon = poller.horizon()
+    assert horizon is not None
+    remembered = poller.recent(str(workspace.pk), floor, horizon)
+    assert remembered is not None
+    assert [e.pk for e in remembered] == mine  # not the other workspace's creation
+    assert poller.recent(str(elsewhere.pk), floor, horizon)  # its own, there
+    assert poller.recent(str(workspace.pk), floor - 1, horizon) is None  # older: read the trail
+    assert poller.recent(str(workspace.pk), floor, horizon + 1) is None  # past the horizon

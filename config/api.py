@@ -94,18 +94,6 @@ def validated(serializer_class: type[serializers.Serializer[Any]], request: Any)
     return dict(serializer.validated_data)
 
 
-def validated_query(
-    serializer_class: type[serializers.Serializer[Any]], request: Any
-) -> dict[str, Any]:
-    """The request's query parameters, checked by a (strict) serializer: an unknown parameter
-    or a bad value is a 400 naming it."""
-    params = request.query_params.dict()
-    params.pop(settings.REST_FRAMEWORK.get("URL_FORMAT_OVERRIDE", "format"), None)  # DRF's own
-    serializer = serializer_class(data=params)
-    serializer.is_valid(raise_exception=True)
-    return dict(serializer.validated_data)
-
-
 PAGE_PARAMETERS = ("cursor", "page_size")
 
 

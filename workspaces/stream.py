@@ -35,7 +35,7 @@ from rest_framework import renderers, serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from config.api import CommaSeparatedChoices, StrictSerializer, validated_query
+from config.api import CommaSeparatedChoices, StrictSerializer
 from config.exceptions import InvalidInput
 from workspaces import events, selectors
 from workspaces.api import WorkspaceScopedView
@@ -91,6 +91,7 @@ LAST_EVENT_ID = OpenApiParameter(
 
 class EventStreamView(WorkspaceScopedView):
     renderer_classes = [renderers.JSONRenderer, EventStreamRenderer]
+    query = {"GET": EventStreamQuery}
 
     @classmethod
     def as_view(cls, **initkwargs: Any) -> Any:
@@ -129,7 +130,7 @@ class EventStreamView(WorkspaceScopedView):
         f"at least every {HEARTBEAT_S:g} s. Members and up.",
     )
     def get(self, request: Request, workspace_id: str) -> StreamingHttpResponse:
-        query = validated_query(EventStreamQuery, request)
+        query = dict(self.query_data)
         after = _resume_after(request, query.pop("after", None))
         filters = {
             "types": query.get("type"),

@@ -5,14 +5,12 @@ config.asgi, in this process, so its subscriptions can be counted."""
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from tests.conftest import assert_error, client_as, table
 from tests.factories import make_api_key, make_run, record_event
@@ -136,24 +134,9 @@ def test_a_key_reads_only_its_own_workspaces_stream(
 
 
 @pytest.fixture
-def server() -> Iterator[str]:
-    """config.asgi served by uvicorn on a loopback port, in this process (its event loop on a
-    thread of its own); its base URL."""
-    from config.asgi import application
-
-    config = uvicorn.Config(application, host="127.0.0.1", port=0, log_level="warning")
-    config.lifespan = "off"
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
+def server(asgi_server: Any) -> Iterator[str]:
+    """config.asgi served by uvicorn on a loopback port, in this process; its base URL."""
+    yield asgi_server.url
     stream.release_connections()  # before the test database goes
 
 

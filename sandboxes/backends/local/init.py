@@ -1,0 +1,541 @@
+"""The init of a live local sandbox: one per sandbox, started by bubblewrap at create.
+
+It runs inside the sandbox (its namespaces, cgroups and seccomp filter, as the sandbox user,
+with the host's ``/usr/bin/python3``), so it uses the standard library only and never imports
+the project: the worker hands bubblewrap this file's source. Every command of the sandbox is a
+child of this process and so inherits all of the sandbox's containment.
+
+Workers talk to it over a Unix socket whose listening end the worker created at a host path
+the sandbox cannot see, so only workers connect. One connection per call, carrying frames
+(a type byte, a 4-byte big-endian length, a payload):
+
+    worker -> init   R request (JSON)     K kill the connection's command     G go
+    init -> worker   P pid (the new command's own frame, sent with SCM_CREDENTIALS so the
+                       worker learns its host pid and moves it to the command's cgroup)
+                     O stdout bytes   E stderr bytes   X exit (JSON)   A answer (JSON)
+                     F failure (JSON: code, message)
+
+A foreground ``run`` streams O/E until the command's own process exits, then X. What the
+command left in the background keeps its pipes; from then on this process reads and drops
+their output, so it can neither block nor die of SIGPIPE. A background ``start`` keeps the
+latest ``max_output`` bytes of each stream for ``output`` requests. A foreground command whose
+worker went away is killed with everything it started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import resource
+import selectors
+import signal
+import socket
+import struct
+import sys
+from collections import OrderedDict
+from typing import Any
+
+HEADER = struct.Struct("!cI")
+MAX_FRAME = 16 * 1024 * 1024
+READ_SIZE = 64 * 1024
+# Past this many unsent bytes to a slow worker, the command's pipes are not read (it blocks).
+SEND_BUFFER_LIMIT = 4 * 1024 * 1024
+KEEP_FINISHED = 64  # finished background commands whose output stays readable
+# Commands are preferred over the init when the sandbox runs out of memory.
+COMMAND_OOM_SCORE_ADJ = "500"
+
+
+def frame(kind: bytes, payload: bytes = b"") -> bytes:
+    return HEADER.pack(kind, len(payload)) + payload
+
+
+def json_frame(kind: bytes, value: Any) -> bytes:
+    return frame(kind, json.dumps(value).encode())
+
+
+def split_frames(buffer: bytearray) -> list[tuple[bytes, bytes]]:
+    """Take every complete frame off the front of ``buffer``."""
+    frames = []
+    while len(buffer) >= HEADER.size:
+        kind, length = HEADER.unpack_from(buffer)
+        if length > MAX_FRAME:
+            raise ValueError(f"frame of {length} bytes")
+        if len(buffer) < HEADER.size + length:
+            break
+        frames.append((kind, bytes(buffer[HEADER.size : HEADER.size + length])))
+        del buffer[: HEADER.size + length]
+    return frames
+
+
+class Ring:
+    """One background stream: the latest ``limit`` bytes, with offsets counted from the start."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.data = bytearray()
+        self.total = 0
+
+    def append(self, chunk: bytes) -> None:
+        self.data += chunk
+        self.total += len(chunk)
+        if len(self.data) > self.limit:
+            del self.data[: len(self.data) - self.limit]
+
+    def read(self, offset: int, max_bytes: int) -> tuple[bytes, int, bool]:
+        start = self.total - len(self.data)
+        dropped = offset < start
+        offset = min(max(offset, start), self.total)
+        chunk = bytes(self.data[offset - start : offset - start + max_bytes])
+        return chunk, offset + len(chunk), dropped or start > 0
+
+
+class Connection:
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.inbox = bytearray()
+        self.outbox = bytearray()
+        self.command: Command | None = None  # the foreground command it is attached to
+        self.closing = False  # close once the outbox is sent
+
+
+class Command:
+    def __init__(self, cid: str, pid: int, background: bool, max_output: int) -> None:
+        self.cid = cid
+        self.pid = pid
+        self.background = background
+        self.pidfd = -1
+        self.exec_fd = -1
+        self.pipes: dict[int, bytes] = {}  # read end -> b"O" / b"E"
+        self.rings = {b"O": Ring(max_output), b"E": Ring(max_output)}
+        self.started = False
+        self.exit: dict[str, Any] | None = None
+        self.conn: Connection | None = None
+
+
+class Init:
+    def __init__(self, listener: socket.socket) -> None:
+        self.listener = listener
+        self.selector = selectors.DefaultSelector()
+        self.connections: dict[int, Connection] = {}
+        self.commands: OrderedDict[str, Command] = OrderedDict()
+        self.devnull = os.open(os.devnull, os.O_RDWR)
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def serve(self) -> None:
+        self.listener.setblocking(False)
+        self.selector.register(self.listener, selectors.EVENT_READ, ("accept", None))
+        while True:
+            for key, events in self.selector.select():
+                kind, item = key.data
+                try:
+                    if kind == "accept":
+                        self.accept()
+                    elif kind == "conn":
+                        if events & selectors.EVENT_WRITE:
+                            self.flush(item)
+                        if events & selectors.EVENT_READ:
+                            self.receive(item)
+                    elif kind == "pipe":
+                        self.pump(item, key.fd)
+                    elif kind == "exec":
+                        self.exec_done(item)
+                    elif kind == "exit":
+                        self.exited(item)
+                except OSError as exc:  # one broken connection or pipe never stops the init
+                    print(f"init: {kind}: {exc}", file=sys.stderr)
+
+    def accept(self) -> None:
+        try:
+            sock, _ = self.listener.accept()
+        except BlockingIOError:
+            return
+        sock.setblocking(False)
+        conn = Connection(sock)
+        self.connections[sock.fileno()] = conn
+        self.selector.register(sock, selectors.EVENT_READ, ("conn", conn))
+
+    def receive(self, conn: Connection) -> None:
+        try:
+            chunk = conn.sock.recv(READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self.drop(conn)
+            return
+        conn.inbox += chunk
+        try:
+            frames = split_frames(conn.inbox)
+        except ValueError:
+            self.drop(conn)
+            return
+        for kind, payload in frames:
+            if kind == b"R":
+                self.request(conn, json.loads(payload))
+            elif kind == b"K" and conn.command is not None:
+                self.kill(conn.command)
+
+    def send(self, conn: Connection, data: bytes) -> None:
+        if conn.sock.fileno() < 0:
+            return
+        conn.outbox += data
+        self.flush(conn)
+
+    def flush(self, conn: Connection) -> None:
+        try:
+            while conn.outbox:
+                sent = conn.sock.send(conn.outbox)
+                del conn.outbox[:sent]
+        except BlockingIOError:
+            pass
+        except OSError:
+            self.drop(conn)
+            return
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if conn.outbox else 0)
+        self.selector.modify(conn.sock, events, ("conn", conn))
+        if conn.closing and not conn.outbox:
+            self.drop(conn)
+            return
+        # Back-pressure: a worker that reads slowly slows its command down, never the init.
+        if conn.command is not None and conn.command.exit is None:
+            for fd in conn.command.pipes:
+                self.watch_pipe(conn.command, fd, len(conn.outbox) < SEND_BUFFER_LIMIT)
+
+    def drop(self, conn: Connection) -> None:
+        if conn.sock.fileno() >= 0:
+            self.connections.pop(conn.sock.fileno(), None)
+            self.selector.unregister(conn.sock)
+            conn.sock.close()
+        command, conn.command = conn.command, None
+        if command is not None:
+            command.conn = None
+            if command.exit is None and not command.background:
+                self.kill(command)  # its worker is gone: nothing can time it out any more
+
+    # -- requests ----------------------------------------------------------------------------
+
+    def request(self, conn: Connection, body: dict[str, Any]) -> None:
+        op = body.get("op")
+        if op == "run":
+            self.start(conn, body)
+        elif op == "output":
+            self.output(conn, body)
+        elif op == "kill":
+            command = self.commands.get(body["id"])
+            if command is None:
+                self.fail(conn, "command_not_found", f"no command {body['id']}")
+                return
+            running = command.exit is None
+            self.kill(command)
+            self.answer(conn, {"was_running": running})
+        elif op == "ping":
+            self.answer(conn, {"pid": os.getpid(), "commands": len(self.commands)})
+        else:
+            self.fail(conn, "bad_request", f"unknown op {op!r}")
+
+    def answer(self, conn: Connection, value: dict[str, Any], *extra: bytes) -> None:
+        conn.closing = True
+        self.send(conn, json_frame(b"A", value) + b"".join(extra))
+
+    def fail(self, conn: Connection, code: str, message: str) -> None:
+        conn.closing = True
+        self.send(conn, json_frame(b"F", {"code": code, "message": message}))
+
+    def output(self, conn: Connection, body: dict[str, Any]) -> None:
+        command = self.commands.get(body["id"])
+        if command is None:
+            self.fail(conn, "command_not_found", f"no command {body['id']}")
+            return
+        max_bytes = int(body["max_bytes"])
+        out, out_end, out_cut = command.rings[b"O"].read(int(body["stdout_offset"]), max_bytes)
+        err, err_end, err_cut = command.rings[b"E"].read(int(body["stderr_offset"]), max_bytes)
+        exit_info = command.exit or {}
+        value = {
+            "stdout_end": out_end,
+            "stderr_end": err_end,
+            "running": command.exit is None,
+            "exit_code": exit_info.get("exit_code"),
+            "truncated": out_cut or err_cut,
+            "has_data": True,
+        }
+        self.answer(conn, value, frame(b"O", out), frame(b"E", err))
+
+    def start(self, conn: Connection, body: dict[str, Any]) -> None:
+        cid = str(body["id"])
+        if cid in self.commands:
+            self.fail(conn, "bad_request", f"command {cid} exists")
+            return
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        exec_r, exec_w = os.pipe()
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            for fd in (out_r, out_w, err_r, err_w, exec_r, exec_w):
+                os.close(fd)
+            limit = " (the sandbox's process limit)" if exc.errno == errno.EAGAIN else ""
+            self.fail(conn, "cannot_start", f"cannot start the command: {exc.strerror}{limit}")
+            return
+        if pid == 0:
+            self.child(conn, body, out_w, err_w, exec_w)  # never returns
+        for fd in (out_w, err_w, exec_w):
+            os.close(fd)
+        command = Command(cid, pid, bool(body.get("background")), int(body["max_output"]))
+        command.pidfd = os.pidfd_open(pid)
+        command.exec_fd = exec_r
+        command.pipes = {out_r: b"O", err_r: b"E"}
+        self.commands[cid] = command
+        command.conn = conn
+        conn.command = command
+        # Until the child has exec'd, the connection is the child's: it sends its P frame and
+        # reads G on it. The init neither reads nor writes it meanwhile.
+        self.selector.unregister(conn.sock)
+        self.selector.register(exec_r, selectors.EVENT_READ, ("exec", command))
+        self.selector.register(command.pidfd, selectors.EVENT_READ, ("exit", command))
+        for fd in command.pipes:
+            os.set_blocking(fd, False)
+            self.selector.register(fd, selectors.EVENT_READ, ("pipe", command))
+        self.forget_finished()
+
+    def child(
+        self, conn: Connection, body: dict[str, Any], out_w: int, err_w: int, exec_w: int
+    ) -> None:
+        """In the forked child: become the command. Reports a failure on ``exec_w``."""
+        try:
+            # Python ignores these; an ignored signal stays ignored across exec.
+            signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+            signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
+            os.setsid()  # its own session and process group: the group is what a kill reaches
+            for name, soft, hard in body.get("rlimits", []):
+                resource.setrlimit(getattr(resource, name), (soft, hard))
+            try:
+                with open("/proc/self/oom_score_adj", "w") as file:
+                    file.write(COMMAND_OOM_SCORE_ADJ)
+            except OSError:
+                pass
+            try:
+                os.chdir(body["cwd"])
+            except OSError as exc:
+                raise RuntimeError(f"cwd {body['cwd']}: {exc.strerror}") from None
+            os.dup2(self.devnull, 0)
+            os.dup2(out_w, 1)
+            os.dup2(err_w, 2)
+            if body.get("gate"):
+                self.gate(conn.sock)
+            os.execve("/bin/bash", ["bash", "-c", body["command"]], body["env"])  # noqa: S606
+        except BaseException as exc:
+            try:
+                os.write(exec_w, json.dumps({"message": str(exc) or repr(exc)}).encode())
+            finally:
+                os._exit(127)
+
+    @staticmethod
+    def gate(sock: socket.socket) -> None:
+        """Tell the worker this process's pid (the kernel translates it to the host's) and
+        wait until it has moved the process into the command's cgroup."""
+        credentials = struct.pack("3i", os.getpid(), os.getuid(), os.getgid())
+        sock.sendmsg([frame(b"P")], [(socket.SOL_SOCKET, socket.SCM_CREDENTIALS, credentials)])
+        inbox = bytearray()
+        poller = selectors.DefaultSelector()
+        poller.register(sock, selectors.EVENT_READ)
+        while True:
+            poller.select()
+            try:
+                chunk = sock.recv(HEADER.size - len(inbox))
+            except BlockingIOError:
+                continue
+            if not chunk:
+                raise RuntimeError("the worker went away before the command started")
+            inbox += chunk
+            frames = split_frames(inbox)
+            if frames:
+                if frames[0][0] != b"G":
+                    raise RuntimeError("the worker did not let the command start")
+                return
+
+    # -- command events ----------------------------------------------------------------------
+
+    def exec_done(self, command: Command) -> None:
+        data = b""
+        while True:
+            chunk = os.read(command.exec_fd, READ_SIZE)
+            if not chunk:
+                break
+            data += chunk
+        self.selector.unregister(command.exec_fd)
+        os.close(command.exec_fd)
+        command.exec_fd = -1
+        conn = command.conn
+        if conn is not None:
+            self.selector.register(conn.sock, selectors.EVENT_READ, ("conn", conn))
+        if data:
+            command.exit = {"exit_code": 127, "failed": True}
+            message = json.loads(data.decode(errors="replace"))["message"]
+            if conn is not None:
+                conn.command = None
+                command.conn = None
+                self.fail(conn, "cannot_start", message)
+            self.commands.pop(command.cid, None)
+            return
+        command.started = True
+        if conn is not None and command.background:
+            conn.command = None
+            command.conn = None
+            self.answer(conn, {"started": True})
+        if command.exit is not None:
+            self.report_exit(command)
+
+    def pump(self, command: Command, fd: int) -> None:
+        try:
+            chunk = os.read(fd, READ_SIZE)
+        except BlockingIOError:
+            return
+        if not chunk:
+            self.selector.unregister(fd)
+            os.close(fd)
+            del command.pipes[fd]
+            return
+        self.deliver(command, command.pipes[fd], chunk)
+
+    def deliver(self, command: Command, kind: bytes, chunk: bytes) -> None:
+        if command.background:
+            command.rings[kind].append(chunk)
+        elif command.exit is None and command.conn is not None:
+            self.send(command.conn, frame(kind, chunk))
+        # else: a finished foreground command's leftovers, read and dropped
+
+    def exited(self, command: Command) -> None:
+        _, status = os.waitpid(command.pid, 0)
+        self.selector.unregister(command.pidfd)
+        os.close(command.pidfd)
+        command.pidfd = -1
+        if os.WIFSIGNALED(status):
+            command.exit = {"exit_code": 128 + os.WTERMSIG(status), "signal": os.WTERMSIG(status)}
+        else:
+            command.exit = {"exit_code": os.WEXITSTATUS(status)}
+        if command.exec_fd >= 0:
+            self.exec_done(command)  # the exec pipe says whether it ever started
+        elif command.started:
+            self.report_exit(command)
+
+    def report_exit(self, command: Command) -> None:
+        # What the process wrote before it exited is in its pipes now: send it first.
+        for fd, kind in list(command.pipes.items()):
+            while True:
+                try:
+                    chunk = os.read(fd, READ_SIZE)
+                except BlockingIOError:
+                    break
+                if not chunk:
+                    break
+                if command.background:
+                    command.rings[kind].append(chunk)
+                elif command.conn is not None:
+                    self.send(command.conn, frame(kind, chunk))
+            if command.conn is not None and not command.background:
+                self.watch_pipe(command, fd, True)
+        conn = command.conn
+        if conn is not None and not command.background:
+            conn.command = None
+            command.conn = None
+            self.send(conn, json_frame(b"X", command.exit))
+        if not command.background:
+            self.commands.pop(command.cid, None)
+
+    def watch_pipe(self, command: Command, fd: int, reading: bool) -> None:
+        try:
+            registered = self.selector.get_key(fd) is not None
+        except KeyError:
+            registered = False
+        if reading and not registered:
+            self.selector.register(fd, selectors.EVENT_READ, ("pipe", command))
+        elif not reading and registered:
+            self.selector.unregister(fd)
+
+    def kill(self, command: Command) -> None:
+        """SIGKILL the command's process group, then every live process in its cgroup (named
+        by the command id), until none is left: a forking command cannot outrun it."""
+        # The group outlives its leader while members remain; its id is not reused
+        # meanwhile, and one signal reaches every member, even one forking right then.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(command.pid, signal.SIGKILL)
+        for _ in range(100):
+            victims = in_cgroup(command.cid)
+            if not victims:
+                return
+            for pid in victims:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
+    def forget_finished(self) -> None:
+        finished = [cid for cid, c in self.commands.items() if c.exit is not None]
+        for cid in finished[: max(0, len(finished) - KEEP_FINISHED)]:
+            del self.commands[cid]
+
+
+def in_cgroup(cid: str) -> list[int]:
+    """Live processes of this sandbox in the cgroup named ``cid`` (the worker names each
+    command's cgroup by its id; a process cannot leave its cgroup from inside)."""
+    found = []
+    suffix = "/" + cid
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as file:
+                if file.read().rpartition(b")")[2].split()[0] == b"Z":
+                    continue
+            with open(f"/proc/{name}/cgroup") as file:
+                if any(line.rstrip("\n").endswith(suffix) for line in file):
+                    found.append(int(name))
+        except (OSError, IndexError):
+            continue
+    return found
+
+
+def set_undumpable() -> None:
+    """No process of the sandbox (same uid) may ptrace this one or open its descriptors."""
+    import ctypes
+
+    pr_set_dumpable = 4
+    ctypes.CDLL(None).prctl(pr_set_dumpable, 0, 0, 0, 0)
+
+
+def main(argv: list[str]) -> None:
+    listen_fd, ready_fd = int(argv[1]), int(argv[2])
+    set_undumpable()
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # no core dumps reach the host's handler
+    keep = {listen_fd, ready_fd}
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2 and fd not in keep:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    os.close(devnull)
+    listener = socket.socket(fileno=listen_fd)
+    ready = socket.socket(fileno=ready_fd)
+    os.set_inheritable(listen_fd, False)
+    os.set_inheritable(ready_fd, False)
+    # The worker learns this process's host pid from the credentials, moves it into the
+    # sandbox's cgroups, then says go. If it dies first, so does the sandbox.
+    credentials = struct.pack("3i", os.getpid(), os.getuid(), os.getgid())
+    ready.sendmsg([frame(b"P")], [(socket.SOL_SOCKET, socket.SCM_CREDENTIALS, credentials)])
+    inbox = bytearray()
+    while not split_frames(inbox):
+        chunk = ready.recv(HEADER.size)
+        if not chunk:
+            sys.exit(1)
+        inbox += chunk
+    ready.close()
+    Init(listener).serve()
+
+
+if __name__ == "__main__":
+    main(sys.argv)

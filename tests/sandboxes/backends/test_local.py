@@ -33,7 +33,7 @@ from tests.sandboxes.backends.fixtures_local import TEST_LIMITS, make_local_back
 pytestmark = pytest.mark.bwrap
 
 HOME = "/home/user"
-PROJECT_DIR = Path(local_module.__file__).resolve().parents[2]
+PROJECT_DIR = Path(local_module.__file__).resolve().parents[3]
 WORKER_IS_ROOT = os.geteuid() == 0
 # What every command starts with; bash adds PWD, SHLVL and _.
 SANDBOX_ENV_NAMES = {"PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "PWD", "SHLVL", "_"}

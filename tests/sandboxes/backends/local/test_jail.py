@@ -261,7 +261,7 @@ def test_clone3_answers_enosys_so_threads_fall_back_to_clone(
     result = run(
         local_backend,
         sandbox,
-        "python3 -c 'import threading; t = threading.Thread(target=print, args=(\"thread\",)); "
+        'python3 -c \'import threading; t = threading.Thread(target=print, args=("thread",)); '
         "t.start(); t.join()'",
     )
 
@@ -371,9 +371,7 @@ def test_a_bwrap_that_cannot_create_namespaces_names_the_fix(local_backend_root:
         backend.create(template="base", metadata={}, envs={}, timeout_s=60)
     assert "uid map" in str(caught.value)
     assert backend.list_sandboxes({}) == []
-    assert [p.name for p in local_backend_root.iterdir() if not p.name.startswith(".")] == [
-        "bwrap"
-    ]
+    assert [p.name for p in local_backend_root.iterdir() if not p.name.startswith(".")] == ["bwrap"]
 
 
 def test_a_root_worker_never_runs_sandboxes_as_root(local_backend_root: Path) -> None:

@@ -129,6 +129,7 @@ class LocalBackend(SandboxBackend):
                     f"uid {os.geteuid()}, so its sandboxes run as that uid"
                 )
             self.host_uid = self.host_gid = None
+        self.cgroup_parent = cgroup_parent
         self._cgroups = HostCgroups(parent=cgroup_parent, prefer=cgroup_prefer)
         self._bwrap: tuple[str, str] | None = None  # (absolute path, version)
         self._etc_dir: Path | None = None

@@ -15,8 +15,11 @@ import statistics
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 from bench.__main__ import _machine
 from sandboxes.backends.local import LocalBackend
@@ -44,8 +47,7 @@ def _minimal_bwrap(bwrap: str) -> list[str]:
     return [*argv, "--proc", "/proc", "--dev", "/dev", "true"]
 
 
-def _timed(call: object) -> float:
-    assert callable(call)
+def _timed(call: Callable[[], object]) -> float:
     started = time.perf_counter()
     call()
     return time.perf_counter() - started
@@ -68,7 +70,9 @@ def run(backend: LocalBackend) -> None:
     limits = backend.limits()
     sandbox_id = backend.create(template="bench", metadata={}, envs={}, timeout_s=3600).sandbox_id
     bwrap = shutil.which(backend.bwrap_path) or "bwrap"
-    user = {"user": backend.host_uid, "group": backend.host_gid} if backend.host_uid else {}
+    user: dict[str, Any] = {}
+    if backend.host_uid is not None:
+        user = {"user": backend.host_uid, "group": backend.host_gid}
     minimal = _minimal_bwrap(bwrap)
     for _ in range(3):  # warm both paths
         backend.run(sandbox_id, "true", timeout_s=30)
@@ -102,7 +106,7 @@ def run(backend: LocalBackend) -> None:
         started = time.perf_counter()
         info = backend.create(template="bench", metadata={}, envs={}, timeout_s=600)
         creates.append(time.perf_counter() - started)
-        destroys.append(_timed(lambda sid=info.sandbox_id: backend.kill(sid)))
+        destroys.append(_timed(partial(backend.kill, info.sandbox_id)))
 
     ratios = [live_s / fresh_s for live_s, fresh_s in pairs]
     live_median = statistics.median(p[0] for p in pairs)

@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import BinaryIO, Literal
 
@@ -518,7 +519,7 @@ class LocalBackend(SandboxBackend):
             with self._channel(sandbox_id) as channel:
                 if group is not None:
                     group.path.mkdir()
-                process.start(channel, spec, lambda pid: self._place(record, group, pid))
+                process.start(channel, spec, partial(self._place, record, group))
                 ended = process.pump(channel, stdout, stderr, watch)
         except process.InitGone:
             raise self._lost(sandbox_id) from None
@@ -571,7 +572,7 @@ class LocalBackend(SandboxBackend):
             with self._channel(sandbox_id) as channel:
                 if group is not None:
                     group.path.mkdir()
-                process.start(channel, spec, lambda pid: self._place(record, group, pid))
+                process.start(channel, spec, partial(self._place, record, group))
                 process.started(channel)
         except process.InitGone:
             raise self._lost(sandbox_id) from None
@@ -665,13 +666,12 @@ class LocalBackend(SandboxBackend):
             env={**jail.BASE_ENV, **record.envs, **run_envs},
             cwd=_check_cwd(cwd),
             rlimits=self._rlimits(cgroups),
-            gate=cgroups.command_group(cid) is not None,
             background=background,
             max_output=max_output,
         )
         return spec, cgroups
 
-    def _rlimits(self, cgroups: SandboxCgroups) -> list[tuple[str, int, int]]:
+    def _rlimits(self, cgroups: SandboxCgroups) -> list[tuple[str, int]]:
         """Per-process limits; the per-process stand-ins where a cgroup is missing."""
         pairs = [
             ("RLIMIT_CPU", self.cpu_seconds),
@@ -681,13 +681,11 @@ class LocalBackend(SandboxBackend):
             pairs.append(("RLIMIT_AS", self.memory_mb * 1024 * 1024))
         if "pids" not in cgroups.groups:
             pairs.append(("RLIMIT_NPROC", self.max_processes))
-        # Soft equals hard, so the kernel's SIGKILL comes at the limit, and nothing inside
-        # can raise them again (no CAP_SYS_RESOURCE in the host's user namespace).
-        return [(name, value, value) for name, value in pairs]
+        return pairs
 
     def _place(self, record: SandboxRecord, group: Group | None, pid: int) -> None:
-        """Move a new command's process (a host pid) into its cgroup, once it is sure the
-        pid is the sandbox's: a pid of another pid namespace is never touched."""
+        """Move a new command's process (a host pid, waiting at its gate) into its cgroup.
+        A pid of another pid namespace is never touched."""
         if group is None:
             return
         assert record.init is not None

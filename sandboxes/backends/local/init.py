@@ -9,11 +9,16 @@ Workers talk to it over a Unix socket whose listening end the worker created at 
 the sandbox cannot see, so only workers connect. One connection per call, carrying frames
 (a type byte, a 4-byte big-endian length, a payload):
 
-    worker -> init   R request (JSON)     K kill the connection's command     G go
-    init -> worker   P pid (the new command's own frame, sent with SCM_CREDENTIALS so the
-                       worker learns its host pid and moves it to the command's cgroup)
+    worker -> init   R request (JSON)     K kill the connection's command
+                     G go: the new command is placed, let it run
+    init -> worker   P the new command's pidfd (SCM_RIGHTS), once its limits are set: the
+                       worker learns its host pid and moves it into the command's cgroup
                      O stdout bytes   E stderr bytes   X exit (JSON)   A answer (JSON)
                      F failure (JSON: code, message)
+
+A command is spawned (vfork: no copy of this process) as ``sh -c GATE sh <cwd> bash -c
+<command>``: the shell says it is up and blocks on a socket until G, then changes to the cwd
+and execs bash, so nothing of the command runs before the worker has placed it.
 
 A foreground ``run`` streams O/E until the command's own process exits, then X. What the
 command left in the background keeps its pipes; from then on this process reads and drops
@@ -45,6 +50,11 @@ SEND_BUFFER_LIMIT = 4 * 1024 * 1024
 KEEP_FINISHED = 64  # finished background commands whose output stays readable
 # Commands are preferred over the init when the sandbox runs out of memory.
 COMMAND_OOM_SCORE_ADJ = "500"
+# The gate each command waits in (fd 3) until the worker has placed it; then its cwd.
+GATE = (
+    'printf r >&3; read -r _ <&3 || exit 125; exec 3<&-; cd -- "$1" || exit 126; '
+    'unset OLDPWD; shift; exec "$@"'
+)
 
 
 def frame(kind: bytes, payload: bytes = b"") -> bytes:
@@ -106,10 +116,10 @@ class Command:
         self.pid = pid
         self.background = background
         self.pidfd = -1
-        self.exec_fd = -1
+        self.gate: socket.socket | None = None  # where it waits, until it is let go
+        self.rlimits: list[tuple[str, int]] = []
         self.pipes: dict[int, bytes] = {}  # read end -> b"O" / b"E"
         self.rings = {b"O": Ring(max_output), b"E": Ring(max_output)}
-        self.started = False
         self.exit: dict[str, Any] | None = None
         self.conn: Connection | None = None
 
@@ -140,8 +150,8 @@ class Init:
                             self.receive(item)
                     elif kind == "pipe":
                         self.pump(item, key.fd)
-                    elif kind == "exec":
-                        self.exec_done(item)
+                    elif kind == "gate":
+                        self.at_gate(item)
                     elif kind == "exit":
                         self.exited(item)
                 except OSError as exc:  # one broken connection or pipe never stops the init
@@ -176,6 +186,8 @@ class Init:
         for kind, payload in frames:
             if kind == b"R":
                 self.request(conn, json.loads(payload))
+            elif kind == b"G" and conn.command is not None:
+                self.release(conn.command)
             elif kind == b"K" and conn.command is not None:
                 self.kill(conn.command)
 
@@ -213,7 +225,9 @@ class Init:
         command, conn.command = conn.command, None
         if command is not None:
             command.conn = None
-            if command.exit is None and not command.background:
+            if command.gate is not None:
+                self.close_gate(command)  # never let go: it exits without running anything
+            elif command.exit is None and not command.background:
                 self.kill(command)  # its worker is gone: nothing can time it out any more
 
     # -- requests ----------------------------------------------------------------------------
@@ -269,125 +283,99 @@ class Init:
         if cid in self.commands:
             self.fail(conn, "bad_request", f"command {cid} exists")
             return
+        cwd = str(body["cwd"])
+        if not os.path.isdir(cwd):
+            self.fail(conn, "cannot_start", f"cwd {cwd}: No such file or directory")
+            return
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
-        exec_r, exec_w = os.pipe()
+        gate, gate_child = socket.socketpair()
         try:
-            pid = os.fork()
+            pid = os.posix_spawn(
+                "/bin/sh",
+                ["sh", "-c", GATE, "sh", cwd, "/bin/bash", "-c", str(body["command"])],
+                body["env"],
+                file_actions=[
+                    (os.POSIX_SPAWN_DUP2, self.devnull, 0),
+                    (os.POSIX_SPAWN_DUP2, out_w, 1),
+                    (os.POSIX_SPAWN_DUP2, err_w, 2),
+                    (os.POSIX_SPAWN_DUP2, gate_child.fileno(), 3),
+                ],
+                setsid=True,  # its own session and process group: what a kill reaches
+                # Python ignores these; an ignored signal would stay ignored across exec.
+                setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
+            )
+            pidfd = os.pidfd_open(pid)
         except OSError as exc:
-            for fd in (out_r, out_w, err_r, err_w, exec_r, exec_w):
+            for fd in (out_r, err_r):
                 os.close(fd)
+            gate.close()
             limit = " (the sandbox's process limit)" if exc.errno == errno.EAGAIN else ""
             self.fail(conn, "cannot_start", f"cannot start the command: {exc.strerror}{limit}")
             return
-        if pid == 0:
-            self.child(conn, body, out_w, err_w, exec_w)  # never returns
-        for fd in (out_w, err_w, exec_w):
-            os.close(fd)
+        finally:
+            for fd in (out_w, err_w):
+                os.close(fd)
+            gate_child.close()
         command = Command(cid, pid, bool(body.get("background")), int(body["max_output"]))
-        command.pidfd = os.pidfd_open(pid)
-        command.exec_fd = exec_r
+        command.pidfd = pidfd
+        command.gate = gate
+        command.rlimits = [(str(name), int(value)) for name, value in body.get("rlimits", [])]
         command.pipes = {out_r: b"O", err_r: b"E"}
         self.commands[cid] = command
         command.conn = conn
         conn.command = command
-        # Until the child has exec'd, the connection is the child's: it sends its P frame and
-        # reads G on it. The init neither reads nor writes it meanwhile.
-        self.selector.unregister(conn.sock)
-        self.selector.register(exec_r, selectors.EVENT_READ, ("exec", command))
-        self.selector.register(command.pidfd, selectors.EVENT_READ, ("exit", command))
+        self.selector.register(pidfd, selectors.EVENT_READ, ("exit", command))
+        self.selector.register(gate, selectors.EVENT_READ, ("gate", command))
         for fd in command.pipes:
             os.set_blocking(fd, False)
             self.selector.register(fd, selectors.EVENT_READ, ("pipe", command))
         self.forget_finished()
 
-    def child(
-        self, conn: Connection, body: dict[str, Any], out_w: int, err_w: int, exec_w: int
-    ) -> None:
-        """In the forked child: become the command. Reports a failure on ``exec_w``."""
-        try:
-            # Python ignores these; an ignored signal stays ignored across exec.
-            signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-            signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
-            os.setsid()  # its own session and process group: the group is what a kill reaches
-            for name, soft, hard in body.get("rlimits", []):
-                resource.setrlimit(getattr(resource, name), (soft, hard))
-            try:
-                with open("/proc/self/oom_score_adj", "w") as file:
-                    file.write(COMMAND_OOM_SCORE_ADJ)
-            except OSError:
-                pass
-            try:
-                os.chdir(body["cwd"])
-            except OSError as exc:
-                raise RuntimeError(f"cwd {body['cwd']}: {exc.strerror}") from None
-            os.dup2(self.devnull, 0)
-            os.dup2(out_w, 1)
-            os.dup2(err_w, 2)
-            if body.get("gate"):
-                self.gate(conn.sock)
-            os.execve("/bin/bash", ["bash", "-c", body["command"]], body["env"])  # noqa: S606
-        except BaseException as exc:
-            try:
-                os.write(exec_w, json.dumps({"message": str(exc) or repr(exc)}).encode())
-            finally:
-                os._exit(127)
-
-    @staticmethod
-    def gate(sock: socket.socket) -> None:
-        """Tell the worker this process's pid (the kernel translates it to the host's) and
-        wait until it has moved the process into the command's cgroup."""
-        credentials = struct.pack("3i", os.getpid(), os.getuid(), os.getgid())
-        sock.sendmsg([frame(b"P")], [(socket.SOL_SOCKET, socket.SCM_CREDENTIALS, credentials)])
-        inbox = bytearray()
-        poller = selectors.DefaultSelector()
-        poller.register(sock, selectors.EVENT_READ)
-        while True:
-            poller.select()
-            try:
-                chunk = sock.recv(HEADER.size - len(inbox))
-            except BlockingIOError:
-                continue
-            if not chunk:
-                raise RuntimeError("the worker went away before the command started")
-            inbox += chunk
-            frames = split_frames(inbox)
-            if frames:
-                if frames[0][0] != b"G":
-                    raise RuntimeError("the worker did not let the command start")
-                return
-
-    # -- command events ----------------------------------------------------------------------
-
-    def exec_done(self, command: Command) -> None:
-        data = b""
-        while True:
-            chunk = os.read(command.exec_fd, READ_SIZE)
-            if not chunk:
-                break
-            data += chunk
-        self.selector.unregister(command.exec_fd)
-        os.close(command.exec_fd)
-        command.exec_fd = -1
-        conn = command.conn
-        if conn is not None:
-            self.selector.register(conn.sock, selectors.EVENT_READ, ("conn", conn))
-        if data:
-            command.exit = {"exit_code": 127, "failed": True}
-            message = json.loads(data.decode(errors="replace"))["message"]
-            if conn is not None:
-                conn.command = None
-                command.conn = None
-                self.fail(conn, "cannot_start", message)
-            self.commands.pop(command.cid, None)
+    def at_gate(self, command: Command) -> None:
+        """The command's shell has started and waits at its gate (its exec is complete, so
+        its /proc entries are its own): set its limits, then hand the worker its pidfd."""
+        assert command.gate is not None
+        self.selector.unregister(command.gate)
+        if command.gate.recv(1) != b"r" or command.conn is None:
+            self.close_gate(command)  # it died, or its worker went away: it never runs
             return
-        command.started = True
+        try:
+            # Soft equals hard, so the kernel's SIGKILL comes at the limit and nothing can
+            # raise them again (no CAP_SYS_RESOURCE in the sandbox).
+            for name, value in command.rlimits:
+                resource.prlimit(command.pid, getattr(resource, name), (value, value))
+            # When the sandbox runs out of memory, its commands go before this init.
+            with open(f"/proc/{command.pid}/oom_score_adj", "w") as file:
+                file.write(COMMAND_OOM_SCORE_ADJ)
+        except OSError as exc:
+            self.close_gate(command)
+            conn, command.conn = command.conn, None
+            conn.command = None
+            self.fail(conn, "cannot_start", f"cannot limit the command: {exc.strerror}")
+            return
+        pidfd_message = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", command.pidfd))]
+        command.conn.sock.sendmsg([frame(b"P")], pidfd_message)
+
+    def release(self, command: Command) -> None:
+        """The worker has placed the command: let it run."""
+        if command.gate is None:
+            return
+        with contextlib.suppress(OSError):  # it may have been killed meanwhile
+            command.gate.send(b"\n")
+        self.close_gate(command)
+        conn = command.conn
         if conn is not None and command.background:
             conn.command = None
             command.conn = None
             self.answer(conn, {"started": True})
-        if command.exit is not None:
-            self.report_exit(command)
+
+    def close_gate(self, command: Command) -> None:
+        if command.gate is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self.selector.unregister(command.gate)
+            command.gate.close()
+            command.gate = None
 
     def pump(self, command: Command, fd: int) -> None:
         try:
@@ -417,10 +405,8 @@ class Init:
             command.exit = {"exit_code": 128 + os.WTERMSIG(status), "signal": os.WTERMSIG(status)}
         else:
             command.exit = {"exit_code": os.WEXITSTATUS(status)}
-        if command.exec_fd >= 0:
-            self.exec_done(command)  # the exec pipe says whether it ever started
-        elif command.started:
-            self.report_exit(command)
+        self.close_gate(command)
+        self.report_exit(command)
 
     def report_exit(self, command: Command) -> None:
         # What the process wrote before it exited is in its pipes now: send it first.

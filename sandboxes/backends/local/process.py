@@ -13,6 +13,7 @@ import codecs
 import contextlib
 import enum
 import json
+import os
 import socket
 import struct
 import threading
@@ -35,7 +36,7 @@ _READ_SIZE = 64 * 1024
 _CONNECT_TIMEOUT_S = 10.0
 _KILL_GRACE_S = 5.0
 _CANCEL_POLL_S = 0.05
-_CREDENTIALS = struct.Struct("3i")
+_FD = struct.Struct("i")
 
 
 class InitGone(Exception):
@@ -52,8 +53,7 @@ class CommandSpec:
     command: str
     env: dict[str, str]
     cwd: str
-    rlimits: list[tuple[str, int, int]]
-    gate: bool  # wait to be moved into the command's cgroup before exec
+    rlimits: list[tuple[str, int]]  # set by the init while the command waits at its gate
     background: bool = False
     max_output: int = 0
 
@@ -67,7 +67,6 @@ class CommandSpec:
                 "env": self.env,
                 "cwd": self.cwd,
                 "rlimits": self.rlimits,
-                "gate": self.gate,
                 "background": self.background,
                 "max_output": self.max_output,
             },
@@ -143,7 +142,6 @@ class Channel:
 
     def __init__(self, path: Path) -> None:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         self.sock.settimeout(_CONNECT_TIMEOUT_S)
         try:
             self.sock.connect(str(path))
@@ -170,28 +168,32 @@ class Channel:
         except (BrokenPipeError, ConnectionResetError) as exc:
             raise InitGone(str(exc)) from None
 
-    def sender_pid(self) -> int:
-        """Read the P frame its new command sends, and the host pid the kernel attached."""
+    def command_pid(self) -> int:
+        """Read the P frame for a new command: its pidfd, whose fdinfo names its host pid.
+        -1 when the init answered with a failure instead (left in the inbox)."""
         header = bytearray()
-        pid = None
+        fds: list[int] = []
         while len(header) < HEADER.size:
             chunk, ancillary, _, _ = self.sock.recvmsg(
-                HEADER.size - len(header), socket.CMSG_SPACE(_CREDENTIALS.size)
+                HEADER.size - len(header), socket.CMSG_SPACE(_FD.size)
             )
             if not chunk:
                 raise InitGone("the init closed the connection")
-            if not header:
-                for level, kind, data in ancillary:
-                    if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
-                        pid = _CREDENTIALS.unpack(data[: _CREDENTIALS.size])[0]
+            for level, kind, data in ancillary:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    fds += [_FD.unpack_from(data, at)[0] for at in range(0, len(data), _FD.size)]
             header += chunk
-        self.inbox += header
-        if header[:1] != b"P":
-            return -1  # the init's answer instead (it failed to start the command)
-        del self.inbox[: HEADER.size]
-        if pid is None:
-            raise BackendError("the sandbox's new command did not say who it is")
-        return pid
+        try:
+            self.inbox += header
+            if header[:1] != b"P":
+                return -1  # the init's answer instead (it could not start the command)
+            del self.inbox[: HEADER.size]
+            if len(fds) != 1:
+                raise BackendError("the sandbox's init did not say which process to place")
+            return _pid_of(fds[0])
+        finally:
+            for fd in fds:
+                os.close(fd)
 
     def frames(self, timeout_s: float | None) -> list[tuple[bytes, bytes]]:
         """Frames that arrive within ``timeout_s`` (none on timeout). InitGone on EOF."""
@@ -233,6 +235,17 @@ class Channel:
             raise InitGone("the init did not answer")
 
 
+def _pid_of(pidfd: int) -> int:
+    """The pid, in this process's pid namespace, of the process a pidfd refers to."""
+    with open(f"/proc/self/fdinfo/{pidfd}") as info:
+        for line in info:
+            if line.startswith("Pid:"):
+                pid = int(line.split()[1])
+                if pid > 0:
+                    return pid
+    raise BackendError("the sandbox's new command is already gone")
+
+
 def _failure(payload: bytes) -> BackendError:
     body = json.loads(payload)
     if body.get("code") == "command_not_found":
@@ -241,12 +254,10 @@ def _failure(payload: bytes) -> BackendError:
 
 
 def start(channel: Channel, spec: CommandSpec, place: Callable[[int], None]) -> None:
-    """Send the request; when gated, place the command's process (its host pid) in its
-    cgroup, then let it exec."""
+    """Send the request, place the command's process (its host pid: rlimits, cgroup) while
+    it waits at the gate, then let it run."""
     channel.send(spec.request())
-    if not spec.gate:
-        return
-    pid = channel.sender_pid()
+    pid = channel.command_pid()
     if pid < 0:
         return  # a failure frame follows in the inbox
     place(pid)

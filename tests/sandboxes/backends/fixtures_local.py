@@ -65,9 +65,12 @@ def host_tables(root: Path) -> HostTables:
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
             try:
+                stat = Path(entry.path, "stat").read_bytes()
+                if stat.rpartition(b")")[2].split()[0] == b"Z":
+                    continue  # exited, waiting to be reaped: it holds nothing any more
                 if f"/{TEST_CGROUP}/" in Path(entry.path, "cgroup").read_text():
                     processes.add(int(entry.name))
-            except OSError:
+            except (OSError, IndexError):
                 continue
     return HostTables(
         cgroups=frozenset(cgroups),

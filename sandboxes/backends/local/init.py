@@ -154,8 +154,8 @@ class Init:
                         self.at_gate(item)
                     elif kind == "exit":
                         self.exited(item)
-                except OSError as exc:  # one broken connection or pipe never stops the init
-                    print(f"init: {kind}: {exc}", file=sys.stderr)
+                except Exception as exc:  # one broken connection or request never stops it
+                    print(f"init: {kind}: {exc!r}", file=sys.stderr)
 
     def accept(self) -> None:
         try:

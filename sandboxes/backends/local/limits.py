@@ -258,14 +258,16 @@ def _rmdir(path: Path) -> bool:
     return False
 
 
-def set_frozen(group: Group, frozen: bool) -> None:
+def set_frozen(group: Group, frozen: bool, *, wait: bool = True) -> None:
     if group.version == 2:
         group.write("cgroup.freeze", "1" if frozen else "0")
-        _wait(lambda: ("frozen 1" in group.read("cgroup.events").splitlines()) == frozen)
+        if wait:
+            _wait(lambda: ("frozen 1" in group.read("cgroup.events").splitlines()) == frozen)
     else:
         group.write("freezer.state", "FROZEN" if frozen else "THAWED")
         wanted = "FROZEN" if frozen else "THAWED"
-        _wait(lambda: group.read("freezer.state").strip() == wanted)
+        if wait:
+            _wait(lambda: group.read("freezer.state").strip() == wanted)
 
 
 def _wait(condition: Callable[[], bool]) -> None:
@@ -284,13 +286,14 @@ def kill_group(group: Group) -> None:
         group.write("cgroup.kill", "1")
         return
     # Frozen, nothing can fork between listing and killing; a frozen process dies once thawed.
+    # (Not waited for: below a paused sandbox, it stays frozen, and dies at resume or kill.)
     set_frozen(group, True)
     try:
         for pid in group.pids():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
     finally:
-        set_frozen(group, False)
+        set_frozen(group, False, wait=False)
 
 
 # -- what this host can enforce ----------------------------------------------------------------

@@ -174,9 +174,12 @@ class Channel:
         header = bytearray()
         fds: list[int] = []
         while len(header) < HEADER.size:
-            chunk, ancillary, _, _ = self.sock.recvmsg(
-                HEADER.size - len(header), socket.CMSG_SPACE(_FD.size)
-            )
+            try:
+                chunk, ancillary, _, _ = self.sock.recvmsg(
+                    HEADER.size - len(header), socket.CMSG_SPACE(_FD.size)
+                )
+            except TimeoutError:
+                raise BackendError("the sandbox did not start the command in time") from None
             if not chunk:
                 raise InitGone("the init closed the connection")
             for level, kind, data in ancillary:
@@ -197,7 +200,7 @@ class Channel:
 
     def frames(self, timeout_s: float | None) -> list[tuple[bytes, bytes]]:
         """Frames that arrive within ``timeout_s`` (none on timeout). InitGone on EOF."""
-        frames = split_frames(self.inbox)
+        frames = self._split()
         if frames:
             return frames
         self.sock.settimeout(timeout_s)
@@ -210,6 +213,9 @@ class Channel:
         if not chunk:
             raise InitGone("the init closed the connection")
         self.inbox += chunk
+        return self._split()
+
+    def _split(self) -> list[tuple[bytes, bytes]]:
         try:
             return split_frames(self.inbox)
         except ValueError as exc:

@@ -4,6 +4,7 @@ whatever happened to the worker that did."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -11,8 +12,10 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
+from celery.signals import worker_ready
 
 from sandboxes.backends import app_tags
 from sandboxes.backends.base import NetworkPolicy, SandboxNotFound, UnsupportedOption
@@ -26,7 +29,7 @@ from tests.sandboxes.backends.local.helpers import (
     wait_until,
 )
 
-pytestmark = pytest.mark.bwrap
+pytestmark = [pytest.mark.bwrap, pytest.mark.usefixtures("as_root")]
 
 
 def test_a_sandbox_holds_cgroups_a_disk_and_processes_until_it_is_killed(
@@ -181,3 +184,24 @@ def test_a_create_cut_short_by_a_dead_worker_is_cleaned_up(local_backend: LocalB
     assert [p.name for p in local_backend.root.iterdir() if not p.name.startswith(".")] == [
         "bwrap-hangs"
     ]
+
+
+# -- what a worker says at startup -------------------------------------------------------------
+
+
+def test_a_worker_at_startup_logs_each_limit_and_what_replaces_a_missing_one(
+    local_backend: LocalBackend, settings: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings.SANDBOX_BACKEND = "local"
+    settings.SANDBOX_LOCAL_ROOT = local_backend.root
+    settings.SANDBOX_LOCAL_CGROUP = "cgroup.procs/airlock"  # cgroups cannot be made there
+
+    with caplog.at_level(logging.INFO, logger="sandboxes.backends.local"):
+        worker_ready.send(sender=None)
+
+    lines = {(r.levelname, r.getMessage().split(":")[1].strip()) for r in caplog.records}
+    assert ("WARNING", "memory") in lines
+    assert ("WARNING", "processes") in lines
+    assert ("INFO", "disk") in lines
+    assert ("INFO", "seccomp") in lines
+    assert any("RLIMIT_AS" in record.getMessage() for record in caplog.records)

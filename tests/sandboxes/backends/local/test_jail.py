@@ -64,6 +64,7 @@ def test_it_cannot_create_nested_user_namespaces(local_backend: LocalBackend, sa
     assert result.stdout == ""
 
 
+@pytest.mark.usefixtures("as_root")
 def test_on_the_host_every_sandbox_process_is_unprivileged(
     local_backend: LocalBackend, sandbox: str
 ) -> None:

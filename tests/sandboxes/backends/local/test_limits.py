@@ -19,7 +19,7 @@ from sandboxes.backends.local.limits import SandboxCgroups, mounted_hierarchies
 from tests.sandboxes.backends.fixtures_local import TEST_LIMITS, make_local_backend
 from tests.sandboxes.backends.local.helpers import processes_with, run, wait_until
 
-pytestmark = pytest.mark.bwrap
+pytestmark = [pytest.mark.bwrap, pytest.mark.usefixtures("as_root")]
 
 MIB = 1024 * 1024
 

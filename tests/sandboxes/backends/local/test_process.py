@@ -32,7 +32,7 @@ from tests.sandboxes.backends.local.helpers import (
     wait_until,
 )
 
-pytestmark = pytest.mark.bwrap
+pytestmark = [pytest.mark.bwrap, pytest.mark.usefixtures("as_root")]
 
 SERVER = "python3 -m http.server 8123 --bind 127.0.0.1 --directory /home/user/site"
 CLIENT = (

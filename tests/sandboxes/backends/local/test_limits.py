@@ -15,7 +15,7 @@ import pytest
 
 from sandboxes.backends.base import BackendError, CommandTimeout
 from sandboxes.backends.local import LocalBackend
-from sandboxes.backends.local.limits import SandboxCgroups, mounted_hierarchies
+from sandboxes.backends.local.limits import Group, SandboxCgroups, mounted_hierarchies
 from tests.sandboxes.backends.fixtures_local import TEST_LIMITS, make_local_backend
 from tests.sandboxes.backends.local.helpers import processes_with, run, wait_until
 
@@ -345,3 +345,48 @@ def test_each_cgroup_version_tracks_and_kills_commands(
     assert frozen
     assert backend.run(sandbox_id, "echo thawed", timeout_s=10).stdout == "thawed\n"
     backend.kill(sandbox_id)
+
+
+# -- cgroup v2 controllers ---------------------------------------------------------------------
+# This host has v2 mounted with no controllers (they are all in v1), so the v2 memory, pids
+# and cpu files cannot be written for real here; what is written, and read back, is checked
+# on a plain directory standing in for a v2 cgroup.
+
+PURE_V2_MOUNTINFO = (
+    "24 29 0:22 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:4 - cgroup2 cgroup2 "
+    "rw,nsdelegate,memory_recursiveprot\n"
+    "25 29 0:23 / /proc rw,nosuid,nodev,noexec,relatime shared:12 - proc proc rw\n"
+)
+HYBRID_MOUNTINFO = (
+    "30 25 0:26 / /run/airlock-sample/unified rw,nosuid,nodev,noexec,relatime - cgroup2 cgroup2 rw\n"
+    "31 25 0:27 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory\n"
+    "32 25 0:28 / /sys/fs/cgroup/cpu,cpuacct rw,relatime - cgroup cgroup rw,cpu,cpuacct\n"
+    "33 25 0:29 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,name=systemd\n"
+)
+
+
+def test_the_hierarchies_are_read_from_mountinfo() -> None:
+    [pure] = mounted_hierarchies(PURE_V2_MOUNTINFO)
+    hybrid = mounted_hierarchies(HYBRID_MOUNTINFO)
+
+    assert (pure.version, pure.mount) == (2, Path("/sys/fs/cgroup"))
+    assert [(h.version, str(h.mount), sorted(h.controllers)) for h in hybrid] == [
+        (2, "/run/airlock-sample/unified", []),  # controllers: read from the mount
+        (1, "/sys/fs/cgroup/memory", ["memory"]),
+        (1, "/sys/fs/cgroup/cpu,cpuacct", ["cpu"]),
+    ]
+
+
+def test_v2_limits_are_written_in_the_v2_format(tmp_path: Path) -> None:
+    group = Group(tmp_path / "sandbox", 2)
+    cgroups = SandboxCgroups({"memory": group, "pids": group, "cpu": group})
+
+    cgroups.create(memory_mb=256, max_processes=64, cpus=1.5)
+    (group.path / "memory.events").write_text("low 0\nhigh 0\nmax 7\noom 2\noom_kill 2\n")
+    (group.path / "memory.peak").write_text("1048576\n")
+
+    assert (group.path / "memory.max").read_text() == str(256 * MIB)
+    assert (group.path / "pids.max").read_text() == "64"
+    assert (group.path / "cpu.max").read_text() == "150000 100000"
+    assert cgroups.oom_kills() == 2
+    assert cgroups.memory_peak() == MIB

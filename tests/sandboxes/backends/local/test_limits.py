@@ -358,7 +358,7 @@ PURE_V2_MOUNTINFO = (
     "25 29 0:23 / /proc rw,nosuid,nodev,noexec,relatime shared:12 - proc proc rw\n"
 )
 HYBRID_MOUNTINFO = (
-    "30 25 0:26 / /run/airlock-sample/unified rw,nosuid,nodev,noexec,relatime - cgroup2 cgroup2 rw\n"
+    "30 25 0:26 / /run/airlock-sample/unified rw,relatime - cgroup2 cgroup2 rw\n"
     "31 25 0:27 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory\n"
     "32 25 0:28 / /sys/fs/cgroup/cpu,cpuacct rw,relatime - cgroup cgroup rw,cpu,cpuacct\n"
     "33 25 0:29 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,name=systemd\n"

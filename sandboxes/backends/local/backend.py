@@ -23,13 +23,13 @@ import select
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from functools import partial
 from pathlib import Path
 from typing import BinaryIO, Literal
 
@@ -316,7 +316,12 @@ class LocalBackend(SandboxBackend):
         cgroups = self._cgroups.for_sandbox(sandbox_id)
         # Recorded before they exist, so a crash right after still lets the reaper find them.
         store.write_atomic(directory / store.CGROUPS_FILE, cgroups.to_json())
-        cgroups.create(memory_mb=self.memory_mb, max_processes=self.max_processes, cpus=self.cpus)
+        cgroups.create(
+            memory_mb=self.memory_mb,
+            max_processes=self.max_processes,
+            cpus=self.cpus,
+            delegate_to=(self.host_uid, self.host_gid) if self.host_uid is not None else None,
+        )
         return cgroups
 
     def _make_home_and_tmp(self, directory: Path) -> Path | None:
@@ -396,7 +401,7 @@ class LocalBackend(SandboxBackend):
             initial = _identify(pid)
             cgroups.attach(initial.ns_init_pid)
             cgroups.attach(initial.pid)
-            ready.sendall(init.frame(b"G"))
+            self._let_go(ready, cgroups)
             return initial
         except subprocess.CalledProcessError as exc:
             raise BackendError(f"could not start bubblewrap (exit {exc.returncode})") from None
@@ -404,6 +409,21 @@ class LocalBackend(SandboxBackend):
             os.close(source_fd)
             for sock in owned:
                 sock.close()
+
+    def _let_go(self, ready: socket.socket, cgroups: SandboxCgroups) -> None:
+        """Tell the init to run: the per-process limits of its commands, and the tracking
+        cgroup it may make command cgroups in (delegated to the sandbox's host user)."""
+        settings = init.json_frame(b"G", {"rlimits": self._rlimits(cgroups)})
+        track = cgroups.groups.get("track")
+        if track is None:
+            ready.sendall(settings)
+            return
+        track_fd = os.open(track.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            rights = struct.pack("i", track_fd)
+            ready.sendmsg([settings], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, rights)])
+        finally:
+            os.close(track_fd)
 
     def kill(self, sandbox_id: str) -> bool:
         if not store.SANDBOX_ID.match(sandbox_id):
@@ -496,18 +516,18 @@ class LocalBackend(SandboxBackend):
         """
         record = self._live(sandbox_id)
         spec, cgroups = self._spec(record, command, cwd=cwd, envs=envs)
-        group = cgroups.command_group(spec.cid)
         started = time.monotonic()
         stdout = process.Capture("stdout", max_output_bytes, on_output)
         stderr = process.Capture("stderr", max_output_bytes, on_output)
         oom_before = cgroups.oom_kills()
-        channel: process.Channel | None = None
+        running: list[tuple[process.Channel, Group | None]] = []
 
         def kill_command() -> None:
+            channel, group = running[0]
             if group is not None:
-                limits.kill_group(group)
-            elif channel is not None:
-                channel.send(init.frame(b"K"))
+                limits.kill_group(group)  # its cgroup: everything it started
+            else:
+                channel.send(init.frame(b"K"))  # the init kills its process group
 
         watch = process.Watch(
             command_deadline=started + timeout_s if timeout_s > 0 else None,
@@ -517,15 +537,11 @@ class LocalBackend(SandboxBackend):
         )
         try:
             with self._channel(sandbox_id) as channel:
-                if group is not None:
-                    group.path.mkdir()
-                process.start(channel, spec, partial(self._place, record, group))
+                command_started = process.start(channel, spec)
+                running.append((channel, self._group_of(cgroups, command_started)))
                 ended = process.pump(channel, stdout, stderr, watch)
         except process.InitGone:
             raise self._lost(sandbox_id) from None
-        finally:
-            if group is not None:
-                limits.remove_if_empty(group)
         stdout.finish()
         stderr.finish()
         if ended.outcome is process.Outcome.SANDBOX_EXPIRED:
@@ -564,23 +580,14 @@ class LocalBackend(SandboxBackend):
         max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
     ) -> str:
         record = self._live(sandbox_id)
-        spec, cgroups = self._spec(
+        spec, _ = self._spec(
             record, command, cwd=cwd, envs=envs, background=True, max_output=max_output_bytes
         )
-        group = cgroups.command_group(spec.cid)
         try:
             with self._channel(sandbox_id) as channel:
-                if group is not None:
-                    group.path.mkdir()
-                process.start(channel, spec, partial(self._place, record, group))
-                process.started(channel)
+                return process.start(channel, spec).cid
         except process.InitGone:
             raise self._lost(sandbox_id) from None
-        except BaseException:
-            if group is not None:
-                limits.remove_if_empty(group)
-            raise
-        return spec.cid
 
     def command_output(
         self,
@@ -610,8 +617,8 @@ class LocalBackend(SandboxBackend):
         except process.InitGone:
             raise self._lost(sandbox_id) from None
         group = self._sandbox_cgroups(sandbox_id).command_group(handle)
-        if group is not None:
-            limits.kill_group(group)
+        if group is not None and group.path.is_dir():
+            limits.kill_group(group)  # exact, whatever the init managed
             limits.remove_if_empty(group, wait_s=2.0)
         return was_running
 
@@ -658,18 +665,21 @@ class LocalBackend(SandboxBackend):
     ) -> tuple[process.CommandSpec, SandboxCgroups]:
         run_envs = envs or {}
         _check_envs(run_envs)
+        if "\0" in command:
+            raise BackendError("the command contains a NUL byte")
         cgroups = self._sandbox_cgroups(record.sandbox_id)
-        cid = f"c{secrets.token_hex(8)}"
         spec = process.CommandSpec(
-            cid=cid,
             command=command,
             env={**jail.BASE_ENV, **record.envs, **run_envs},
             cwd=_check_cwd(cwd),
-            rlimits=self._rlimits(cgroups),
             background=background,
             max_output=max_output,
         )
         return spec, cgroups
+
+    @staticmethod
+    def _group_of(cgroups: SandboxCgroups, started: process.Started) -> Group | None:
+        return cgroups.command_group(started.cid) if started.tracked else None
 
     def _rlimits(self, cgroups: SandboxCgroups) -> list[tuple[str, int]]:
         """Per-process limits; the per-process stand-ins where a cgroup is missing."""
@@ -682,20 +692,6 @@ class LocalBackend(SandboxBackend):
         if "pids" not in cgroups.groups:
             pairs.append(("RLIMIT_NPROC", self.max_processes))
         return pairs
-
-    def _place(self, record: SandboxRecord, group: Group | None, pid: int) -> None:
-        """Move a new command's process (a host pid, waiting at its gate) into its cgroup.
-        A pid of another pid namespace is never touched."""
-        if group is None:
-            return
-        assert record.init is not None
-        try:
-            in_sandbox = os.stat(f"/proc/{pid}/ns/pid").st_ino == record.init.pid_namespace
-        except OSError:
-            in_sandbox = False
-        if not in_sandbox:
-            raise BackendError(f"process {pid} is not in the sandbox's pid namespace")
-        group.attach(pid)
 
     def _deadline_of(self, sandbox_id: str, record: SandboxRecord) -> Callable[[], float | None]:
         """The sandbox's own deadline on the monotonic clock, asked again once it passes

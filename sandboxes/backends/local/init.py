@@ -10,15 +10,17 @@ the sandbox cannot see, so only workers connect. One connection per call, carryi
 (a type byte, a 4-byte big-endian length, a payload):
 
     worker -> init   R request (JSON)     K kill the connection's command
-                     G go: the new command is placed, let it run
-    init -> worker   P the new command's pidfd (SCM_RIGHTS), once its limits are set: the
-                       worker learns its host pid and moves it into the command's cgroup
+    init -> worker   S started (JSON: the command's id, whether it has a cgroup of its own)
                      O stdout bytes   E stderr bytes   X exit (JSON)   A answer (JSON)
                      F failure (JSON: code, message)
 
-A command is spawned (vfork: no copy of this process) as ``sh -c GATE sh <cwd> bash -c
-<command>``: the shell says it is up and blocks on a socket until G, then changes to the cwd
-and execs bash, so nothing of the command runs before the worker has placed it.
+Commands start from a standby: a shell spawned ahead of time (vfork: no copy of this
+process), its rlimits set and, where the worker delegated the sandbox's tracking cgroup, already
+moved into a cgroup of its own, named by the command id it will carry. Moving a process into a
+cgroup costs an RCU grace period (milliseconds) when the host's cgroup lock is cold, so it is
+done here, in a thread, before the command arrives; a command never waits for it unless
+commands come faster than standbys are placed. The standby reads its cwd, command and
+environment from a socket, then execs ``env -i ... /bin/bash -c <command>``.
 
 A foreground ``run`` streams O/E until the command's own process exits, then X. What the
 command left in the background keeps its pipes; from then on this process reads and drops
@@ -39,6 +41,7 @@ import signal
 import socket
 import struct
 import sys
+import threading
 from collections import OrderedDict
 from typing import Any
 
@@ -50,10 +53,19 @@ SEND_BUFFER_LIMIT = 4 * 1024 * 1024
 KEEP_FINISHED = 64  # finished background commands whose output stays readable
 # Commands are preferred over the init when the sandbox runs out of memory.
 COMMAND_OOM_SCORE_ADJ = "500"
-# The gate each command waits in (fd 3) until the worker has placed it; then its cwd.
-GATE = (
-    'printf r >&3; read -r _ <&3 || exit 125; exec 3<&-; cd -- "$1" || exit 126; '
-    'unset OLDPWD; shift; exec "$@"'
+# What a standby runs: say it is up, read cwd, command and environment (NUL-separated, an
+# empty entry ends the environment), then become the command with exactly that environment.
+STANDBY = "; ".join(
+    [
+        "printf r >&3",
+        "IFS= read -r -d '' cwd <&3 || exit 125",
+        "IFS= read -r -d '' cmd <&3 || exit 125",
+        "vars=()",
+        'while IFS= read -r -d \'\' kv <&3 && [ -n "$kv" ]; do vars+=("$kv"); done',
+        "exec 3<&-",
+        'cd -- "$cwd" || exit 126',
+        'exec /usr/bin/env -i -- "${vars[@]}" /bin/bash -c "$cmd"',
+    ]
 )
 
 
@@ -111,51 +123,65 @@ class Connection:
 
 
 class Command:
-    def __init__(self, cid: str, pid: int, background: bool, max_output: int) -> None:
+    """A spawned shell: a standby until a request is given to it, then that command."""
+
+    def __init__(self, cid: str, pid: int, pidfd: int, gate: socket.socket) -> None:
         self.cid = cid
         self.pid = pid
-        self.background = background
-        self.pidfd = -1
-        self.gate: socket.socket | None = None  # where it waits, until it is let go
-        self.rlimits: list[tuple[str, int]] = []
+        self.pidfd = pidfd
+        self.gate: socket.socket | None = gate  # where it waits for its request
         self.pipes: dict[int, bytes] = {}  # read end -> b"O" / b"E"
-        self.rings = {b"O": Ring(max_output), b"E": Ring(max_output)}
+        self.state = "starting"  # -> "placing" -> "ready" -> "running"
+        self.tracked = False  # in a cgroup of its own, named by cid
+        self.background = False
+        self.rings = {b"O": Ring(0), b"E": Ring(0)}
         self.exit: dict[str, Any] | None = None
         self.conn: Connection | None = None
 
 
 class Init:
-    def __init__(self, listener: socket.socket) -> None:
+    def __init__(self, listener: socket.socket, rlimits: list[Any], track_fd: int | None):
         self.listener = listener
+        self.rlimits = [(str(name), int(value)) for name, value in rlimits]
+        self.track_fd = track_fd  # the sandbox's tracking cgroup, delegated to this process
         self.selector = selectors.DefaultSelector()
-        self.connections: dict[int, Connection] = {}
         self.commands: OrderedDict[str, Command] = OrderedDict()
+        self.standby: Command | None = None
+        self.waiting: list[tuple[Connection, dict[str, Any]]] = []
         self.devnull = os.open(os.devnull, os.O_RDWR)
+        self.placed_r, self.placed_w = os.pipe()  # placement threads report here
 
     # -- the loop --------------------------------------------------------------------------
 
     def serve(self) -> None:
         self.listener.setblocking(False)
         self.selector.register(self.listener, selectors.EVENT_READ, ("accept", None))
+        self.selector.register(self.placed_r, selectors.EVENT_READ, ("placed", None))
+        self.spawn_standby()
         while True:
             for key, events in self.selector.select():
                 kind, item = key.data
                 try:
-                    if kind == "accept":
-                        self.accept()
-                    elif kind == "conn":
-                        if events & selectors.EVENT_WRITE:
-                            self.flush(item)
-                        if events & selectors.EVENT_READ:
-                            self.receive(item)
-                    elif kind == "pipe":
-                        self.pump(item, key.fd)
-                    elif kind == "gate":
-                        self.at_gate(item)
-                    elif kind == "exit":
-                        self.exited(item)
+                    self.dispatch(kind, item, key.fd, events)
                 except Exception as exc:  # one broken connection or request never stops it
                     print(f"init: {kind}: {exc!r}", file=sys.stderr)
+
+    def dispatch(self, kind: str, item: Any, fd: int, events: int) -> None:
+        if kind == "accept":
+            self.accept()
+        elif kind == "conn":
+            if events & selectors.EVENT_WRITE:
+                self.flush(item)
+            if events & selectors.EVENT_READ:
+                self.receive(item)
+        elif kind == "pipe":
+            self.pump(item, fd)
+        elif kind == "gate":
+            self.standby_up(item)
+        elif kind == "placed":
+            self.standby_placed()
+        elif kind == "exit":
+            self.exited(item)
 
     def accept(self) -> None:
         try:
@@ -164,7 +190,6 @@ class Init:
             return
         sock.setblocking(False)
         conn = Connection(sock)
-        self.connections[sock.fileno()] = conn
         self.selector.register(sock, selectors.EVENT_READ, ("conn", conn))
 
     def receive(self, conn: Connection) -> None:
@@ -186,8 +211,6 @@ class Init:
         for kind, payload in frames:
             if kind == b"R":
                 self.request(conn, json.loads(payload))
-            elif kind == b"G" and conn.command is not None:
-                self.release(conn.command)
             elif kind == b"K" and conn.command is not None:
                 self.kill(conn.command)
 
@@ -219,15 +242,13 @@ class Init:
 
     def drop(self, conn: Connection) -> None:
         if conn.sock.fileno() >= 0:
-            self.connections.pop(conn.sock.fileno(), None)
             self.selector.unregister(conn.sock)
             conn.sock.close()
+        self.waiting = [(c, body) for c, body in self.waiting if c is not conn]
         command, conn.command = conn.command, None
         if command is not None:
             command.conn = None
-            if command.gate is not None:
-                self.close_gate(command)  # never let go: it exits without running anything
-            elif command.exit is None and not command.background:
+            if command.exit is None and not command.background:
                 self.kill(command)  # its worker is gone: nothing can time it out any more
 
     # -- requests ----------------------------------------------------------------------------
@@ -235,7 +256,12 @@ class Init:
     def request(self, conn: Connection, body: dict[str, Any]) -> None:
         op = body.get("op")
         if op == "run":
-            self.start(conn, body)
+            cwd = str(body["cwd"])
+            if not os.path.isdir(cwd):
+                self.fail(conn, "cannot_start", f"cwd {cwd}: No such file or directory")
+                return
+            self.waiting.append((conn, body))
+            self.serve_waiting()
         elif op == "output":
             self.output(conn, body)
         elif op == "kill":
@@ -278,23 +304,18 @@ class Init:
         }
         self.answer(conn, value, frame(b"O", out), frame(b"E", err))
 
-    def start(self, conn: Connection, body: dict[str, Any]) -> None:
-        cid = str(body["id"])
-        if cid in self.commands:
-            self.fail(conn, "bad_request", f"command {cid} exists")
-            return
-        cwd = str(body["cwd"])
-        if not os.path.isdir(cwd):
-            self.fail(conn, "cannot_start", f"cwd {cwd}: No such file or directory")
-            return
+    # -- standbys ----------------------------------------------------------------------------
+
+    def spawn_standby(self) -> None:
+        """The shell the next command will start from, spawned now."""
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         gate, gate_child = socket.socketpair()
         try:
             pid = os.posix_spawn(
-                "/bin/sh",
-                ["sh", "-c", GATE, "sh", cwd, "/bin/bash", "-c", str(body["command"])],
-                body["env"],
+                "/bin/bash",
+                ["bash", "-c", STANDBY, "standby"],
+                {},
                 file_actions=[
                     (os.POSIX_SPAWN_DUP2, self.devnull, 0),
                     (os.POSIX_SPAWN_DUP2, out_w, 1),
@@ -311,71 +332,121 @@ class Init:
                 os.close(fd)
             gate.close()
             limit = " (the sandbox's process limit)" if exc.errno == errno.EAGAIN else ""
-            self.fail(conn, "cannot_start", f"cannot start the command: {exc.strerror}{limit}")
+            for conn, _ in self.waiting:
+                self.fail(conn, "cannot_start", f"cannot start the command: {exc.strerror}{limit}")
+            self.waiting = []
             return
         finally:
             for fd in (out_w, err_w):
                 os.close(fd)
             gate_child.close()
-        command = Command(cid, pid, bool(body.get("background")), int(body["max_output"]))
-        command.pidfd = pidfd
-        command.gate = gate
-        command.rlimits = [(str(name), int(value)) for name, value in body.get("rlimits", [])]
+        command = Command(f"c{os.urandom(8).hex()}", pid, pidfd, gate)
         command.pipes = {out_r: b"O", err_r: b"E"}
-        self.commands[cid] = command
-        command.conn = conn
-        conn.command = command
-        self.selector.register(pidfd, selectors.EVENT_READ, ("exit", command))
-        self.selector.register(gate, selectors.EVENT_READ, ("gate", command))
         for fd in command.pipes:
             os.set_blocking(fd, False)
-            self.selector.register(fd, selectors.EVENT_READ, ("pipe", command))
-        self.forget_finished()
+        self.standby = command
+        self.selector.register(pidfd, selectors.EVENT_READ, ("exit", command))
+        self.selector.register(gate, selectors.EVENT_READ, ("gate", command))
 
-    def at_gate(self, command: Command) -> None:
-        """The command's shell has started and waits at its gate (its exec is complete, so
-        its /proc entries are its own): set its limits, then hand the worker its pidfd."""
+    def standby_up(self, command: Command) -> None:
+        """Its shell runs (its exec is complete, so its /proc entries are its own): set its
+        limits, then move it into its own cgroup, in a thread."""
         assert command.gate is not None
         self.selector.unregister(command.gate)
-        if command.gate.recv(1) != b"r" or command.conn is None:
-            self.close_gate(command)  # it died, or its worker went away: it never runs
-            return
         try:
+            if command.gate.recv(1) != b"r":
+                return  # it died: its exit is handled when its pidfd says so
             # Soft equals hard, so the kernel's SIGKILL comes at the limit and nothing can
             # raise them again (no CAP_SYS_RESOURCE in the sandbox).
-            for name, value in command.rlimits:
+            for name, value in self.rlimits:
                 resource.prlimit(command.pid, getattr(resource, name), (value, value))
             # When the sandbox runs out of memory, its commands go before this init.
             with open(f"/proc/{command.pid}/oom_score_adj", "w") as file:
                 file.write(COMMAND_OOM_SCORE_ADJ)
         except OSError as exc:
-            self.close_gate(command)
-            conn, command.conn = command.conn, None
-            conn.command = None
-            self.fail(conn, "cannot_start", f"cannot limit the command: {exc.strerror}")
+            # Never run a command without its limits: end this standby, and say why.
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(command.pid, signal.SIGKILL)
+            for conn, _ in self.waiting:
+                self.fail(conn, "cannot_start", f"cannot limit the command: {exc.strerror}")
+            self.waiting = []
             return
-        pidfd_message = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", command.pidfd))]
-        command.conn.sock.sendmsg([frame(b"P")], pidfd_message)
-
-    def release(self, command: Command) -> None:
-        """The worker has placed the command: let it run."""
-        if command.gate is None:
+        if self.track_fd is None:
+            command.state = "ready"
+            self.serve_waiting()
             return
-        with contextlib.suppress(OSError):  # it may have been killed meanwhile
-            command.gate.send(b"\n")
-        self.close_gate(command)
-        conn = command.conn
-        if conn is not None and command.background:
-            conn.command = None
-            command.conn = None
-            self.answer(conn, {"started": True})
+        command.state = "placing"
+        try:
+            threading.Thread(
+                target=self.place, args=(command.cid, command.pid), daemon=True
+            ).start()
+        except RuntimeError:  # no thread to be had (the sandbox's process limit): do it here
+            self.place(command.cid, command.pid)
 
-    def close_gate(self, command: Command) -> None:
-        if command.gate is not None:
-            with contextlib.suppress(KeyError, ValueError):
-                self.selector.unregister(command.gate)
-            command.gate.close()
-            command.gate = None
+    def place(self, cid: str, pid: int) -> None:
+        """In a thread: make the command's cgroup and move the standby into it."""
+        assert self.track_fd is not None
+        placed = "+"
+        try:
+            os.mkdir(cid, 0o755, dir_fd=self.track_fd)
+            fd = os.open(f"{cid}/cgroup.procs", os.O_WRONLY | os.O_CLOEXEC, dir_fd=self.track_fd)
+            try:
+                os.write(fd, str(pid).encode())
+            finally:
+                os.close(fd)
+        except OSError:
+            placed = "-"  # it runs untracked: its process group is what a kill reaches
+        os.write(self.placed_w, f"{placed}{cid}\n".encode())
+
+    def standby_placed(self) -> None:
+        for line in os.read(self.placed_r, 4096).decode().split():
+            command = self.standby
+            if command is not None and command.cid == line[1:] and command.state == "placing":
+                command.tracked = line[0] == "+"
+                command.state = "ready"
+        self.serve_waiting()
+
+    def serve_waiting(self) -> None:
+        """Hand the ready standby to the first request waiting for one."""
+        if not self.waiting:
+            return
+        if self.standby is None:
+            self.spawn_standby()
+            return
+        if self.standby.state != "ready":
+            return
+        command, self.standby = self.standby, None
+        conn, body = self.waiting.pop(0)
+        self.launch(command, conn, body)
+        self.spawn_standby()
+        if self.waiting:
+            self.serve_waiting()
+
+    def launch(self, command: Command, conn: Connection, body: dict[str, Any]) -> None:
+        command.state = "running"
+        command.background = bool(body.get("background"))
+        limit = int(body.get("max_output", 0))
+        command.rings = {b"O": Ring(limit), b"E": Ring(limit)}
+        self.commands[command.cid] = command
+        env = [f"{name}={value}" for name, value in dict(body["env"]).items()]
+        request = b"\0".join(part.encode() for part in [body["cwd"], body["command"], *env])
+        assert command.gate is not None
+        with contextlib.suppress(OSError):  # it died meanwhile: reported as the command's exit
+            command.gate.sendall(request + b"\0\0")
+        command.gate.close()
+        command.gate = None
+        for fd in command.pipes:
+            self.selector.register(fd, selectors.EVENT_READ, ("pipe", command))
+        started = {"id": command.cid, "tracked": command.tracked}
+        if command.background:
+            self.answer(conn, {"started": True, **started})
+        else:
+            command.conn = conn
+            conn.command = command
+            self.send(conn, json_frame(b"S", started))
+        self.forget_finished()
+
+    # -- command events ----------------------------------------------------------------------
 
     def pump(self, command: Command, fd: int) -> None:
         try:
@@ -405,8 +476,26 @@ class Init:
             command.exit = {"exit_code": 128 + os.WTERMSIG(status), "signal": os.WTERMSIG(status)}
         else:
             command.exit = {"exit_code": os.WEXITSTATUS(status)}
-        self.close_gate(command)
+        if command.state != "running":  # a standby that died (killed from inside, OOM)
+            self.discard(command)
+            if self.standby is command:
+                self.standby = None
+                if self.waiting:
+                    self.spawn_standby()
+            return
         self.report_exit(command)
+        self.remove_cgroup(command)
+
+    def discard(self, command: Command) -> None:
+        if command.gate is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self.selector.unregister(command.gate)
+            command.gate.close()
+            command.gate = None
+        for fd in command.pipes:
+            os.close(fd)
+        command.pipes = {}
+        self.remove_cgroup(command)
 
     def report_exit(self, command: Command) -> None:
         # What the process wrote before it exited is in its pipes now: send it first.
@@ -443,13 +532,25 @@ class Init:
             self.selector.unregister(fd)
 
     def kill(self, command: Command) -> None:
-        """SIGKILL the command's process group, then every live process in its cgroup (named
-        by the command id), until none is left: a forking command cannot outrun it."""
+        """SIGKILL the command's process group and everything in its cgroup: a forking
+        command cannot outrun either."""
         # The group outlives its leader while members remain; its id is not reused
         # meanwhile, and one signal reaches every member, even one forking right then.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(command.pid, signal.SIGKILL)
-        for _ in range(100):
+        if not command.tracked or self.track_fd is None:
+            return
+        try:  # cgroup v2: the kernel kills the whole cgroup at once
+            fd = os.open(f"{command.cid}/cgroup.kill", os.O_WRONLY, dir_fd=self.track_fd)
+        except OSError:
+            fd = -1
+        if fd >= 0:
+            try:
+                os.write(fd, b"1")
+                return
+            finally:
+                os.close(fd)
+        for _ in range(100):  # cgroup v1: until none is left
             victims = in_cgroup(command.cid)
             if not victims:
                 return
@@ -457,15 +558,22 @@ class Init:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
 
+    def remove_cgroup(self, command: Command) -> None:
+        """Remove the command's cgroup unless something it started still runs there (the
+        worker removes what is left when the sandbox ends)."""
+        if command.tracked and self.track_fd is not None:
+            with contextlib.suppress(OSError):
+                os.rmdir(command.cid, dir_fd=self.track_fd)
+
     def forget_finished(self) -> None:
         finished = [cid for cid, c in self.commands.items() if c.exit is not None]
         for cid in finished[: max(0, len(finished) - KEEP_FINISHED)]:
-            del self.commands[cid]
+            self.remove_cgroup(self.commands.pop(cid))
 
 
 def in_cgroup(cid: str) -> list[int]:
-    """Live processes of this sandbox in the cgroup named ``cid`` (the worker names each
-    command's cgroup by its id; a process cannot leave its cgroup from inside)."""
+    """Live processes of this sandbox in the cgroup named ``cid`` (each command's cgroup is
+    named by its id; a process cannot leave its cgroup from inside)."""
     found = []
     suffix = "/" + cid
     for name in os.listdir("/proc"):
@@ -491,6 +599,27 @@ def set_undumpable() -> None:
     ctypes.CDLL(None).prctl(pr_set_dumpable, 0, 0, 0, 0)
 
 
+def handshake(ready: socket.socket) -> tuple[dict[str, Any], int | None]:
+    """Tell the worker this process's pid (the kernel translates it to the host's); it moves
+    this process into the sandbox's cgroups and answers G with the sandbox's settings (and the
+    delegated tracking cgroup). If the worker dies first, so does the sandbox."""
+    credentials = struct.pack("3i", os.getpid(), os.getuid(), os.getgid())
+    ready.sendmsg([frame(b"P")], [(socket.SOL_SOCKET, socket.SCM_CREDENTIALS, credentials)])
+    inbox = bytearray()
+    fds: list[int] = []
+    while True:
+        chunk, ancillary, _, _ = ready.recvmsg(READ_SIZE, socket.CMSG_SPACE(4))
+        if not chunk:
+            sys.exit(1)
+        for level, kind, data in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds += [struct.unpack_from("i", data, at)[0] for at in range(0, len(data), 4)]
+        inbox += chunk
+        frames = split_frames(inbox)
+        if frames:
+            return json.loads(frames[0][1]), (fds[0] if fds else None)
+
+
 def main(argv: list[str]) -> None:
     listen_fd, ready_fd = int(argv[1]), int(argv[2])
     set_undumpable()
@@ -509,18 +638,9 @@ def main(argv: list[str]) -> None:
     ready = socket.socket(fileno=ready_fd)
     os.set_inheritable(listen_fd, False)
     os.set_inheritable(ready_fd, False)
-    # The worker learns this process's host pid from the credentials, moves it into the
-    # sandbox's cgroups, then says go. If it dies first, so does the sandbox.
-    credentials = struct.pack("3i", os.getpid(), os.getuid(), os.getgid())
-    ready.sendmsg([frame(b"P")], [(socket.SOL_SOCKET, socket.SCM_CREDENTIALS, credentials)])
-    inbox = bytearray()
-    while not split_frames(inbox):
-        chunk = ready.recv(HEADER.size)
-        if not chunk:
-            sys.exit(1)
-        inbox += chunk
+    settings, track_fd = handshake(ready)
     ready.close()
-    Init(listener).serve()
+    Init(listener, settings.get("rlimits", []), track_fd).serve()
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """The jail: bubblewrap's command line, the generated /etc, and the seccomp filter.
 
-A sandbox is one bwrap started at create with its own user, pid, mount, ipc, uts, cgroup and
-network namespaces (no network: only a loopback of its own), which sees only ``/usr``
+A sandbox is one bwrap started at create with its own user, pid, mount, ipc, uts and network
+namespaces (no network: only a loopback of its own), which sees only ``/usr``
 (read-only), a generated ``/etc``, the sandbox's home and ``/tmp``, a private ``/dev/shm`` and
 its own ``/proc`` and ``/dev``. When the worker is root, bwrap runs as an unprivileged host
 user (``nobody`` unless configured), so nothing in a sandbox ever holds host root or a
@@ -211,8 +211,12 @@ def explain_bwrap_failure(stderr: str) -> str:
 def static_args(*, shm_mb: int) -> list[str]:
     """The part of every sandbox's bwrap command line that never changes."""
     args = [
-        "--unshare-all",  # user, pid, ipc, uts, cgroup, net (no network at all)
         "--unshare-user",  # required, not just tried: the uid switch depends on it
+        "--unshare-pid", "--unshare-ipc", "--unshare-uts",
+        "--unshare-net",  # only a loopback of its own: no network at all
+        # No cgroup namespace: the init moves its commands into cgroups of their own, which
+        # a namespace-delegating cgroup v2 host refuses across a namespace boundary. The
+        # sandbox has no cgroup filesystem either way.
         "--disable-userns",  # no nested namespaces: less kernel surface
         "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID),
         "--hostname", SANDBOX_HOSTNAME,

@@ -143,9 +143,24 @@ class SandboxCgroups:
 
     # -- life ----------------------------------------------------------------------------------
 
-    def create(self, *, memory_mb: int, max_processes: int, cpus: float) -> None:
+    def create(
+        self,
+        *,
+        memory_mb: int,
+        max_processes: int,
+        cpus: float,
+        delegate_to: tuple[int, int | None] | None = None,
+    ) -> None:
+        """Make the directories and set the limits. ``delegate_to`` (a host uid and gid):
+        the tracking cgroup is handed to that user, so that the sandbox's init can make its
+        commands' cgroups below it; the limits stay root's."""
         for group in self.directories():
             group.path.mkdir()
+        track = self.groups.get("track")
+        if track is not None and delegate_to is not None:
+            uid, gid = delegate_to
+            for path in (track.path, track.path / "cgroup.procs"):
+                os.chown(path, uid, gid if gid is not None else uid)
         if (memory := self.groups.get("memory")) is not None:
             limit = str(memory_mb * 1024 * 1024)
             if memory.version == 2:

@@ -1,10 +1,9 @@
 """Running commands in a live sandbox: the worker's side of the init's control socket.
 
 Each call connects to ``init.sock``, sends one request and reads frames (see ``init.py`` for
-the protocol). A command's new process first sends the worker its pid (the kernel translates
-it into the host's pid namespace), and waits until the worker has moved it into the command's
-own cgroup; only then does it exec the shell. Output is pumped until the command's own
-process exits, whatever it left in the background.
+the protocol). The init starts the command from a standby already in the command's own
+cgroup and says which; output is pumped until the command's own process exits, whatever it
+left in the background.
 """
 
 from __future__ import annotations
@@ -13,9 +12,7 @@ import codecs
 import contextlib
 import enum
 import json
-import os
 import socket
-import struct
 import threading
 import time
 from collections.abc import Callable
@@ -30,13 +27,12 @@ from sandboxes.backends.base import (
     OutputCallback,
     OutputStream,
 )
-from sandboxes.backends.local.init import HEADER, MAX_FRAME, frame, json_frame, split_frames
+from sandboxes.backends.local.init import MAX_FRAME, json_frame, split_frames
 
 _READ_SIZE = 64 * 1024
 _CONNECT_TIMEOUT_S = 10.0
 _KILL_GRACE_S = 5.0
 _CANCEL_POLL_S = 0.05
-_FD = struct.Struct("i")
 
 
 class InitGone(Exception):
@@ -49,11 +45,9 @@ class CommandRefused(BackendError):
 
 @dataclass(frozen=True)
 class CommandSpec:
-    cid: str
     command: str
     env: dict[str, str]
     cwd: str
-    rlimits: list[tuple[str, int]]  # set by the init while the command waits at its gate
     background: bool = False
     max_output: int = 0
 
@@ -62,15 +56,19 @@ class CommandSpec:
             b"R",
             {
                 "op": "run",
-                "id": self.cid,
                 "command": self.command,
                 "env": self.env,
                 "cwd": self.cwd,
-                "rlimits": self.rlimits,
                 "background": self.background,
                 "max_output": self.max_output,
             },
         )
+
+
+@dataclass(frozen=True)
+class Started:
+    cid: str  # the command's id: its handle, and the name of its cgroup
+    tracked: bool  # it has a cgroup of its own
 
 
 class Capture:
@@ -152,6 +150,7 @@ class Channel:
             self.sock.close()
             raise
         self.inbox = bytearray()
+        self.pending: list[tuple[bytes, bytes]] = []  # frames read but not yet handed out
 
     def close(self) -> None:
         self.sock.close()
@@ -168,39 +167,9 @@ class Channel:
         except (BrokenPipeError, ConnectionResetError) as exc:
             raise InitGone(str(exc)) from None
 
-    def command_pid(self) -> int:
-        """Read the P frame for a new command: its pidfd, whose fdinfo names its host pid.
-        -1 when the init answered with a failure instead (left in the inbox)."""
-        header = bytearray()
-        fds: list[int] = []
-        while len(header) < HEADER.size:
-            try:
-                chunk, ancillary, _, _ = self.sock.recvmsg(
-                    HEADER.size - len(header), socket.CMSG_SPACE(_FD.size)
-                )
-            except TimeoutError:
-                raise BackendError("the sandbox did not start the command in time") from None
-            if not chunk:
-                raise InitGone("the init closed the connection")
-            for level, kind, data in ancillary:
-                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                    fds += [_FD.unpack_from(data, at)[0] for at in range(0, len(data), _FD.size)]
-            header += chunk
-        try:
-            self.inbox += header
-            if header[:1] != b"P":
-                return -1  # the init's answer instead (it could not start the command)
-            del self.inbox[: HEADER.size]
-            if len(fds) != 1:
-                raise BackendError("the sandbox's init did not say which process to place")
-            return _pid_of(fds[0])
-        finally:
-            for fd in fds:
-                os.close(fd)
-
     def frames(self, timeout_s: float | None) -> list[tuple[bytes, bytes]]:
         """Frames that arrive within ``timeout_s`` (none on timeout). InitGone on EOF."""
-        frames = self._split()
+        frames, self.pending = self.pending + self._split(), []
         if frames:
             return frames
         self.sock.settimeout(timeout_s)
@@ -215,6 +184,13 @@ class Channel:
         self.inbox += chunk
         return self._split()
 
+    def next_frame(self, timeout_s: float) -> tuple[bytes, bytes]:
+        frames = self.frames(timeout_s)
+        if not frames:
+            raise BackendError("the sandbox's init did not answer in time")
+        self.pending = frames[1:]
+        return frames[0]
+
     def _split(self) -> list[tuple[bytes, bytes]]:
         try:
             return split_frames(self.inbox)
@@ -225,8 +201,10 @@ class Channel:
         """The A frame answering a request (with the frames after it), or the F failure."""
         collected: list[tuple[bytes, bytes]] = []
         while True:
-            for kind, payload in self.frames(_CONNECT_TIMEOUT_S):
-                collected.append((kind, payload))
+            arrived = self.frames(_CONNECT_TIMEOUT_S)
+            if not arrived:
+                raise BackendError("the sandbox's init did not answer in time")
+            collected += arrived
             if collected:
                 kind, payload = collected[0]
                 if kind == b"F":
@@ -238,18 +216,6 @@ class Channel:
                         return body, collected[1:]
                     continue
                 raise BackendError(f"the sandbox's init answered {kind!r}")
-            raise InitGone("the init did not answer")
-
-
-def _pid_of(pidfd: int) -> int:
-    """The pid, in this process's pid namespace, of the process a pidfd refers to."""
-    with open(f"/proc/self/fdinfo/{pidfd}") as info:
-        for line in info:
-            if line.startswith("Pid:"):
-                pid = int(line.split()[1])
-                if pid > 0:
-                    return pid
-    raise BackendError("the sandbox's new command is already gone")
 
 
 def _failure(payload: bytes) -> BackendError:
@@ -259,15 +225,20 @@ def _failure(payload: bytes) -> BackendError:
     return CommandRefused(body.get("message", "the sandbox could not start the command"))
 
 
-def start(channel: Channel, spec: CommandSpec, place: Callable[[int], None]) -> None:
-    """Send the request, place the command's process (its host pid: rlimits, cgroup) while
-    it waits at the gate, then let it run."""
+def start(channel: Channel, spec: CommandSpec) -> Started:
+    """Send the request; the init answers once the command runs (S, or A for a background
+    one), or with the failure that kept it from starting."""
     channel.send(spec.request())
-    pid = channel.command_pid()
-    if pid < 0:
-        return  # a failure frame follows in the inbox
-    place(pid)
-    channel.send(frame(b"G"))
+    if spec.background:
+        body, _ = channel.answer()
+        return Started(str(body["id"]), bool(body["tracked"]))
+    kind, payload = channel.next_frame(_CONNECT_TIMEOUT_S)
+    if kind == b"S":
+        body = json.loads(payload)
+        return Started(str(body["id"]), bool(body["tracked"]))
+    if kind == b"F":
+        raise _failure(payload)
+    raise BackendError(f"the sandbox's init answered {kind!r}")
 
 
 def pump(channel: Channel, stdout: Capture, stderr: Capture, watch: Watch) -> Ended:
@@ -312,11 +283,6 @@ def _due(watch: Watch, now: float) -> Outcome | None:
     if sandbox_deadline is None or now >= sandbox_deadline:
         return Outcome.SANDBOX_EXPIRED
     return None
-
-
-def started(channel: Channel) -> None:
-    """A background command's start: its A frame (or the F failure)."""
-    channel.answer()
 
 
 def output(

@@ -78,7 +78,9 @@ def test_on_the_host_every_sandbox_process_is_unprivileged(
     [bwrap_pid1] = [pid for pid in pids if int(status_field(pid, "PPid")[0]) not in pids]
     outside = int(status_field(bwrap_pid1, "PPid")[0])
 
-    assert len(pids) == 3  # bwrap's pid 1, the init, the sleep (its shell has exited)
+    # bwrap's pid 1, the init, the standby shell of the next command, the sleep (whose shell
+    # has exited)
+    assert len(pids) == 4
     expected = local_backend.host_uid if WORKER_IS_ROOT else None
     for pid in [*pids, outside]:
         uids = {int(uid) for uid in status_field(pid, "Uid")}
@@ -119,8 +121,9 @@ def test_it_cannot_see_host_processes(local_backend: LocalBackend, sandbox: str)
     )
 
     pids = {int(line.split()[0]) for line in result.stdout.splitlines()}
-    # bwrap's pid 1, the sandbox's init, the shell, the loop's subshell: nothing of the host.
-    assert len(pids) <= 6
+    # bwrap's pid 1, the sandbox's init, the next command's standby shell, the shell, the
+    # loop's subshell: nothing of the host.
+    assert len(pids) <= 7
     assert "pytest" not in result.stdout
 
 

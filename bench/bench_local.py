@@ -25,6 +25,8 @@ from bench.__main__ import _machine
 from sandboxes.backends.local import LocalBackend
 
 PAIRS = 30
+IDLE_PAIRS = 10
+IDLE_S = 0.5  # between commands, as an agent's calls come: no lock or cache is still warm
 LIVES = 30
 
 
@@ -99,6 +101,14 @@ def run(backend: LocalBackend) -> None:
             live_s, fresh_s = _timed(live), _timed(fresh)
         pairs.append((live_s, fresh_s))
         old_way.append(_timed(full_fresh))
+    idle_pairs: list[tuple[float, float]] = []
+    for index in range(IDLE_PAIRS):
+        time.sleep(IDLE_S)
+        first, second = (fresh, live) if index % 2 else (live, fresh)
+        first_s = _timed(first)
+        time.sleep(IDLE_S)
+        second_s = _timed(second)
+        idle_pairs.append((second_s, first_s) if index % 2 else (first_s, second_s))
     backend.kill(sandbox_id)
 
     creates, destroys = [], []
@@ -135,6 +145,17 @@ def run(backend: LocalBackend) -> None:
         f"| fresh minimal `bwrap --unshare-all … true` ({PAIRS}, interleaved) | "
         f"{_ms(fresh_median)} | {_ms(statistics.quantiles([p[1] for p in pairs], n=10)[-1])} "
         "| — | — |"
+    )
+    idle_live = [p[0] for p in idle_pairs]
+    idle_fresh = [p[1] for p in idle_pairs]
+    print(
+        f"| `exec` of `true`, {IDLE_S:g} s apart ({IDLE_PAIRS}) | "
+        f"{_ms(statistics.median(idle_live))} | {_ms(max(idle_live))} (max) | cheaper than a "
+        f"fresh bwrap | {'yes' if statistics.median(idle_live) < statistics.median(idle_fresh) else 'no'} |"
+    )
+    print(
+        f"| fresh minimal bwrap, {IDLE_S:g} s apart ({IDLE_PAIRS}, interleaved) | "
+        f"{_ms(statistics.median(idle_fresh))} | {_ms(max(idle_fresh))} (max) | — | — |"
     )
     print(
         f"| fresh bwrap with the whole jail per command, as before ({PAIRS}) | "

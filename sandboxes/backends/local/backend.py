@@ -413,7 +413,7 @@ class LocalBackend(SandboxBackend):
     def _let_go(self, ready: socket.socket, cgroups: SandboxCgroups) -> None:
         """Tell the init to run: the per-process limits of its commands, and the tracking
         cgroup it may make command cgroups in (delegated to the sandbox's host user)."""
-        settings = init.json_frame(b"G", {"rlimits": self._rlimits(cgroups)})
+        settings = init.request_frame(b"G", {"rlimits": self._rlimits(cgroups)})
         track = cgroups.groups.get("track")
         if track is None:
             ready.sendall(settings)

@@ -31,19 +31,23 @@ worker went away is killed with everything it started.
 
 from __future__ import annotations
 
-import contextlib
+# Only modules that cost nothing to import: the sandbox waits for this process to start
+# (json, selectors, threading, contextlib and typing would add some 12 ms to every create).
+# It runs on the host's python3, 3.9 or newer (os.pidfd_open).
+import _thread
 import errno
-import json
+import marshal
 import os
 import resource
-import selectors
+import select
 import signal
 import socket
 import struct
 import sys
-import threading
-from collections import OrderedDict
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 HEADER = struct.Struct("!cI")
 MAX_FRAME = 16 * 1024 * 1024
@@ -74,7 +78,89 @@ def frame(kind: bytes, payload: bytes = b"") -> bytes:
 
 
 def json_frame(kind: bytes, value: Any) -> bytes:
-    return frame(kind, json.dumps(value).encode())
+    """A frame to the worker, which reads JSON (never anything it would have to trust)."""
+    return frame(kind, dump_json(value).encode())
+
+
+def request_frame(kind: bytes, value: Any) -> bytes:
+    """A frame to the init (from the worker, so trusted): marshal, which costs no import."""
+    return frame(kind, marshal.dumps(value))
+
+
+_JSON_ESCAPES = {i: f"\\u{i:04x}" for i in range(32)} | {ord('"'): '\\"', ord("\\"): "\\\\"}
+
+
+def dump_json(value: Any) -> str:
+    """JSON for the few shapes this process sends (dicts of str, int, bool, None)."""
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return '"' + value.translate(_JSON_ESCAPES) + '"'
+    if isinstance(value, dict):
+        items = (f"{dump_json(str(key))}:{dump_json(item)}" for key, item in value.items())
+        return "{" + ",".join(items) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(dump_json(item) for item in value) + "]"
+    raise TypeError(f"cannot send {type(value).__name__}")
+
+
+class suppress:
+    def __init__(self, *exceptions: type[BaseException]) -> None:
+        self.exceptions = exceptions
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> bool:
+        return kind is not None and issubclass(kind, self.exceptions)
+
+
+class SelectorKey:
+    def __init__(self, fd: int, data: Any) -> None:
+        self.fd = fd
+        self.data = data
+
+
+class Selector:
+    """The part of ``selectors`` this process uses, over epoll (selectors costs an import)."""
+
+    def __init__(self) -> None:
+        self.epoll = select.epoll()
+        self.keys: dict[int, SelectorKey] = {}
+
+    def register(self, fileobj: Any, events: int, data: Any) -> None:
+        fd = fileobj if isinstance(fileobj, int) else fileobj.fileno()
+        self.epoll.register(fd, events)
+        self.keys[fd] = SelectorKey(fd, data)
+
+    def modify(self, fileobj: Any, events: int, data: Any) -> None:
+        fd = fileobj if isinstance(fileobj, int) else fileobj.fileno()
+        self.epoll.modify(fd, events)
+        self.keys[fd] = SelectorKey(fd, data)
+
+    def unregister(self, fileobj: Any) -> None:
+        fd = fileobj if isinstance(fileobj, int) else fileobj.fileno()
+        if self.keys.pop(fd, None) is None:
+            raise KeyError(fd)
+        self.epoll.unregister(fd)
+
+    def get_key(self, fd: int) -> SelectorKey:
+        return self.keys[fd]
+
+    def select(self) -> list[tuple[SelectorKey, int]]:
+        ready = []
+        for fd, mask in self.epoll.poll():
+            key = self.keys.get(fd)
+            if key is not None:  # a hang-up or an error reads as readable: the read says which
+                events = EVENT_READ if mask & ~select.EPOLLOUT else 0
+                ready.append((key, events | (EVENT_WRITE if mask & select.EPOLLOUT else 0)))
+        return ready
+
+
+EVENT_READ = select.EPOLLIN
+EVENT_WRITE = select.EPOLLOUT
 
 
 def split_frames(buffer: bytearray) -> list[tuple[bytes, bytes]]:
@@ -144,8 +230,8 @@ class Init:
         self.listener = listener
         self.rlimits = [(str(name), int(value)) for name, value in rlimits]
         self.track_fd = track_fd  # the sandbox's tracking cgroup, delegated to this process
-        self.selector = selectors.DefaultSelector()
-        self.commands: OrderedDict[str, Command] = OrderedDict()
+        self.selector = Selector()
+        self.commands: dict[str, Command] = {}
         self.standby: Command | None = None
         self.waiting: list[tuple[Connection, dict[str, Any]]] = []
         self.devnull = os.open(os.devnull, os.O_RDWR)
@@ -155,8 +241,8 @@ class Init:
 
     def serve(self) -> None:
         self.listener.setblocking(False)
-        self.selector.register(self.listener, selectors.EVENT_READ, ("accept", None))
-        self.selector.register(self.placed_r, selectors.EVENT_READ, ("placed", None))
+        self.selector.register(self.listener, EVENT_READ, ("accept", None))
+        self.selector.register(self.placed_r, EVENT_READ, ("placed", None))
         self.spawn_standby()
         while True:
             for key, events in self.selector.select():
@@ -170,9 +256,9 @@ class Init:
         if kind == "accept":
             self.accept()
         elif kind == "conn":
-            if events & selectors.EVENT_WRITE:
+            if events & EVENT_WRITE:
                 self.flush(item)
-            if events & selectors.EVENT_READ:
+            if events & EVENT_READ:
                 self.receive(item)
         elif kind == "pipe":
             self.pump(item, fd)
@@ -190,7 +276,7 @@ class Init:
             return
         sock.setblocking(False)
         conn = Connection(sock)
-        self.selector.register(sock, selectors.EVENT_READ, ("conn", conn))
+        self.selector.register(sock, EVENT_READ, ("conn", conn))
 
     def receive(self, conn: Connection) -> None:
         try:
@@ -210,7 +296,7 @@ class Init:
             return
         for kind, payload in frames:
             if kind == b"R":
-                self.request(conn, json.loads(payload))
+                self.request(conn, marshal.loads(payload))  # noqa: S302 - only workers connect
             elif kind == b"K" and conn.command is not None:
                 self.kill(conn.command)
 
@@ -230,7 +316,7 @@ class Init:
         except OSError:
             self.drop(conn)
             return
-        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if conn.outbox else 0)
+        events = EVENT_READ | (EVENT_WRITE if conn.outbox else 0)
         self.selector.modify(conn.sock, events, ("conn", conn))
         if conn.closing and not conn.outbox:
             self.drop(conn)
@@ -345,8 +431,8 @@ class Init:
         for fd in command.pipes:
             os.set_blocking(fd, False)
         self.standby = command
-        self.selector.register(pidfd, selectors.EVENT_READ, ("exit", command))
-        self.selector.register(gate, selectors.EVENT_READ, ("gate", command))
+        self.selector.register(pidfd, EVENT_READ, ("exit", command))
+        self.selector.register(gate, EVENT_READ, ("gate", command))
 
     def standby_up(self, command: Command) -> None:
         """Its shell runs (its exec is complete, so its /proc entries are its own): set its
@@ -365,7 +451,7 @@ class Init:
                 file.write(COMMAND_OOM_SCORE_ADJ)
         except OSError as exc:
             # Never run a command without its limits: end this standby, and say why.
-            with contextlib.suppress(ProcessLookupError):
+            with suppress(ProcessLookupError):
                 os.kill(command.pid, signal.SIGKILL)
             for conn, _ in self.waiting:
                 self.fail(conn, "cannot_start", f"cannot limit the command: {exc.strerror}")
@@ -377,9 +463,7 @@ class Init:
             return
         command.state = "placing"
         try:
-            threading.Thread(
-                target=self.place, args=(command.cid, command.pid), daemon=True
-            ).start()
+            _thread.start_new_thread(self.place, (command.cid, command.pid))
         except RuntimeError:  # no thread to be had (the sandbox's process limit): do it here
             self.place(command.cid, command.pid)
 
@@ -431,12 +515,12 @@ class Init:
         env = [f"{name}={value}" for name, value in dict(body["env"]).items()]
         request = b"\0".join(part.encode() for part in [body["cwd"], body["command"], *env])
         assert command.gate is not None
-        with contextlib.suppress(OSError):  # it died meanwhile: reported as the command's exit
+        with suppress(OSError):  # it died meanwhile: reported as the command's exit
             command.gate.sendall(request + b"\0\0")
         command.gate.close()
         command.gate = None
         for fd in command.pipes:
-            self.selector.register(fd, selectors.EVENT_READ, ("pipe", command))
+            self.selector.register(fd, EVENT_READ, ("pipe", command))
         started = {"id": command.cid, "tracked": command.tracked}
         if command.background:
             self.answer(conn, {"started": True, **started})
@@ -488,7 +572,7 @@ class Init:
 
     def discard(self, command: Command) -> None:
         if command.gate is not None:
-            with contextlib.suppress(KeyError, ValueError):
+            with suppress(KeyError, ValueError):
                 self.selector.unregister(command.gate)
             command.gate.close()
             command.gate = None
@@ -527,7 +611,7 @@ class Init:
         except KeyError:
             registered = False
         if reading and not registered:
-            self.selector.register(fd, selectors.EVENT_READ, ("pipe", command))
+            self.selector.register(fd, EVENT_READ, ("pipe", command))
         elif not reading and registered:
             self.selector.unregister(fd)
 
@@ -536,7 +620,7 @@ class Init:
         command cannot outrun either."""
         # The group outlives its leader while members remain; its id is not reused
         # meanwhile, and one signal reaches every member, even one forking right then.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
+        with suppress(ProcessLookupError, PermissionError):
             os.killpg(command.pid, signal.SIGKILL)
         if not command.tracked or self.track_fd is None:
             return
@@ -555,14 +639,14 @@ class Init:
             if not victims:
                 return
             for pid in victims:
-                with contextlib.suppress(ProcessLookupError):
+                with suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
 
     def remove_cgroup(self, command: Command) -> None:
         """Remove the command's cgroup unless something it started still runs there (the
         worker removes what is left when the sandbox ends)."""
         if command.tracked and self.track_fd is not None:
-            with contextlib.suppress(OSError):
+            with suppress(OSError):
                 os.rmdir(command.cid, dir_fd=self.track_fd)
 
     def forget_finished(self) -> None:
@@ -617,18 +701,17 @@ def handshake(ready: socket.socket) -> tuple[dict[str, Any], int | None]:
         inbox += chunk
         frames = split_frames(inbox)
         if frames:
-            return json.loads(frames[0][1]), (fds[0] if fds else None)
+            return marshal.loads(frames[0][1]), (fds[0] if fds else None)  # noqa: S302 - the worker
 
 
 def main(argv: list[str]) -> None:
     listen_fd, ready_fd = int(argv[1]), int(argv[2])
-    set_undumpable()
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # no core dumps reach the host's handler
     keep = {listen_fd, ready_fd}
     for name in os.listdir("/proc/self/fd"):
         fd = int(name)
         if fd > 2 and fd not in keep:
-            with contextlib.suppress(OSError):
+            with suppress(OSError):
                 os.close(fd)
     devnull = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
@@ -640,6 +723,7 @@ def main(argv: list[str]) -> None:
     os.set_inheritable(ready_fd, False)
     settings, track_fd = handshake(ready)
     ready.close()
+    set_undumpable()  # after the handshake (ctypes is slow to import): before any command
     Init(listener, settings.get("rlimits", []), track_fd).serve()
 
 

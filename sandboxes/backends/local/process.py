@@ -27,7 +27,7 @@ from sandboxes.backends.base import (
     OutputCallback,
     OutputStream,
 )
-from sandboxes.backends.local.init import MAX_FRAME, json_frame, split_frames
+from sandboxes.backends.local.init import MAX_FRAME, request_frame, split_frames
 
 _READ_SIZE = 64 * 1024
 _CONNECT_TIMEOUT_S = 10.0
@@ -52,7 +52,7 @@ class CommandSpec:
     max_output: int = 0
 
     def request(self) -> bytes:
-        return json_frame(
+        return request_frame(
             b"R",
             {
                 "op": "run",
@@ -289,7 +289,7 @@ def output(
     channel: Channel, cid: str, stdout_offset: int, stderr_offset: int, max_bytes: int
 ) -> CommandOutput:
     channel.send(
-        json_frame(
+        request_frame(
             b"R",
             {
                 "op": "output",
@@ -315,13 +315,13 @@ def output(
 
 def kill(channel: Channel, cid: str) -> bool:
     """Ask the init to kill a command; whether it was still running."""
-    channel.send(json_frame(b"R", {"op": "kill", "id": cid}))
+    channel.send(request_frame(b"R", {"op": "kill", "id": cid}))
     body, _ = channel.answer()
     return bool(body["was_running"])
 
 
 def ping(channel: Channel) -> dict[str, Any]:
-    channel.send(json_frame(b"R", {"op": "ping"}))
+    channel.send(request_frame(b"R", {"op": "ping"}))
     return channel.answer()[0]
 
 

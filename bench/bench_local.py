@@ -160,10 +160,11 @@ def run(backend: LocalBackend) -> None:
     )
     idle_live = [p[0] for p in idle_pairs]
     idle_fresh = [p[1] for p in idle_pairs]
+    idle_met = statistics.median(idle_live) < statistics.median(idle_fresh)
     print(
         f"| `exec` of `true`, {IDLE_S:g} s apart ({IDLE_PAIRS}) | "
         f"{_ms(statistics.median(idle_live))} | {_ms(max(idle_live))} (max) | cheaper than a "
-        f"fresh bwrap | {'yes' if statistics.median(idle_live) < statistics.median(idle_fresh) else 'no'} |"
+        f"fresh bwrap | {'yes' if idle_met else 'no'} |"
     )
     print(
         f"| fresh minimal bwrap, {IDLE_S:g} s apart ({IDLE_PAIRS}, interleaved) | "

@@ -80,6 +80,7 @@ def main() -> None:
 
 
 def run(backend: LocalBackend) -> None:
+    # One long report on purpose: measure everything in one sitting, then print it in order.
     load_before = _load()
     limits = backend.limits()
     sandbox_id = backend.create(template="bench", metadata={}, envs={}, timeout_s=3600).sandbox_id

@@ -97,6 +97,7 @@ class LocalBackend(SandboxBackend):
         ``sandbox_uid``/``sandbox_gid``: the host user sandboxes run as when the worker is
         root (default ``nobody``). A worker that is not root runs them as itself.
         """
+        # Long for its docstring and its checks: it only stores configuration.
         for label, value in (
             ("cpu_seconds", cpu_seconds),
             ("memory_mb", memory_mb),
@@ -381,17 +382,7 @@ class LocalBackend(SandboxBackend):
                 die_with_parent=False,  # the sandbox outlives the worker that made it
             )
             with prepared:
-                err_r, err_w = os.pipe2(os.O_CLOEXEC)
-                try:
-                    # setsid --fork: bwrap is not this worker's child, so no worker has to
-                    # reap it, and it leaves the worker's session and process group.
-                    subprocess.run(
-                        [_setsid(), "--fork", *prepared.argv],
-                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err_w,
-                        check=True, timeout=_READY_TIMEOUT_S, **prepared.popen_kwargs(),
-                    )  # fmt: skip
-                finally:
-                    os.close(err_w)
+                err_r = _launch(prepared)
             for closing in (listener, ready_child):  # the sandbox's now
                 closing.close()
             try:
@@ -403,8 +394,6 @@ class LocalBackend(SandboxBackend):
             cgroups.attach(initial.pid)
             self._let_go(ready, cgroups)
             return initial
-        except subprocess.CalledProcessError as exc:
-            raise BackendError(f"could not start bubblewrap (exit {exc.returncode})") from None
         finally:
             os.close(source_fd)
             for sock in owned:
@@ -544,6 +533,21 @@ class LocalBackend(SandboxBackend):
             raise self._lost(sandbox_id) from None
         stdout.finish()
         stderr.finish()
+        oom = cgroups.oom_kills() > oom_before
+        return self._result(sandbox_id, ended, stdout, stderr, started, timeout_s, oom, on_output)
+
+    def _result(
+        self,
+        sandbox_id: str,
+        ended: process.Ended,
+        stdout: process.Capture,
+        stderr: process.Capture,
+        started: float,
+        timeout_s: float,
+        oom: bool,
+        on_output: OutputCallback | None,
+    ) -> CommandResult:
+        """How a foreground command ended, as the interface says it: a result, or the error."""
         if ended.outcome is process.Outcome.SANDBOX_EXPIRED:
             self._destroy(sandbox_id)
             raise SandboxNotFound(f"sandbox {sandbox_id} reached its timeout")
@@ -552,9 +556,8 @@ class LocalBackend(SandboxBackend):
             raise CommandTimeout(message, stdout=stdout.text(), stderr=stderr.text())
         if ended.outcome is process.Outcome.CANCELED:
             raise CommandCanceled(stdout=stdout.text(), stderr=stderr.text())
-        exit_code = ended.exit_code if ended.exit_code is not None else -1
         error_text = stderr.text()
-        if cgroups.oom_kills() > oom_before:
+        if oom:  # the OOM killer acted in this sandbox while the command ran: say so
             note = (
                 f"\n[airlock] out of memory: the sandbox reached its {self.memory_mb} MB limit "
                 "and the kernel killed a process in it\n"
@@ -563,7 +566,7 @@ class LocalBackend(SandboxBackend):
             if on_output is not None:
                 on_output("stderr", note)
         return CommandResult(
-            exit_code=exit_code,
+            exit_code=ended.exit_code if ended.exit_code is not None else -1,
             stdout=stdout.text(),
             stderr=error_text,
             truncated=stdout.truncated or stderr.truncated,
@@ -906,6 +909,25 @@ class LocalBackend(SandboxBackend):
 
 
 # -- helpers ---------------------------------------------------------------------------------
+
+
+def _launch(prepared: jail.BwrapCommand) -> int:
+    """Start the sandbox's bwrap; returns the read end of its stderr (for setup errors)."""
+    err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    try:
+        # setsid --fork: bwrap is not this worker's child, so no worker has to reap it, and
+        # it leaves the worker's session and process group.
+        subprocess.run(
+            [_setsid(), "--fork", *prepared.argv],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err_w,
+            check=True, timeout=_READY_TIMEOUT_S, **prepared.popen_kwargs(),
+        )  # fmt: skip
+    except subprocess.CalledProcessError as exc:
+        os.close(err_r)
+        raise BackendError(f"could not start bubblewrap (exit {exc.returncode})") from None
+    finally:
+        os.close(err_w)
+    return err_r
 
 
 def _cgroups_in(directory: Path) -> SandboxCgroups:

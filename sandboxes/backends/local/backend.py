@@ -453,7 +453,13 @@ class LocalBackend(SandboxBackend):
         with self._updating(sandbox_id) as (record, save):
             if record.paused:
                 return
-            self._sandbox_cgroups(sandbox_id).freeze(True)
+            cgroups = self._sandbox_cgroups(sandbox_id)
+            try:
+                cgroups.freeze(True)
+            except OSError as exc:
+                with contextlib.suppress(OSError):
+                    cgroups.freeze(False)
+                raise BackendError(f"could not pause sandbox {sandbox_id}: {exc}") from None
             save(replace(record, paused=True))
 
     def resume(self, sandbox_id: str, *, timeout_s: int) -> None:
@@ -461,7 +467,10 @@ class LocalBackend(SandboxBackend):
             raise ValueError(f"timeout_s must be positive, got {timeout_s}")
         with self._updating(sandbox_id) as (record, save):
             if record.paused:
-                self._sandbox_cgroups(sandbox_id).freeze(False)
+                try:
+                    self._sandbox_cgroups(sandbox_id).freeze(False)
+                except OSError as exc:
+                    raise BackendError(f"could not resume sandbox {sandbox_id}: {exc}") from None
             expires_at = datetime.now(UTC) + timedelta(seconds=timeout_s)
             save(replace(record, paused=False, expires_at=expires_at))
 

@@ -542,13 +542,17 @@ def unmount_all(directory: Path) -> None:
             if code == errno.EBUSY:
                 _libc.umount2(str(point).encode(), _MNT_DETACH)
     for device in loop_devices_under(directory):
-        # Mounted again nowhere (a crash between attach and mount): release it.
+        # Mounted nowhere (a crash between attach and mount): release it.
         with contextlib.suppress(OSError):
             fd = os.open(f"/dev/{device}", os.O_RDONLY | os.O_CLOEXEC)
             try:
                 fcntl.ioctl(fd, _LOOP_CLR_FD)
             finally:
                 os.close(fd)
+    # The kernel clears an auto-clearing loop device a moment after its last user goes.
+    deadline = time.monotonic() + _SETTLE_S
+    while loop_devices_under(directory) and time.monotonic() < deadline:
+        time.sleep(0.005)
 
 
 def loop_devices_under(directory: Path) -> list[str]:

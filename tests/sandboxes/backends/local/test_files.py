@@ -67,13 +67,15 @@ def test_racing_link_swaps_never_redirect_file_calls(
     escape = f"airlock-race-{secrets.token_hex(6)}"
     local_backend.write_file(sandbox, f"{HOME}/d/probe", b"inside")
     # It flips until told to stop (at most 20 s): long enough for both outcomes to show up
-    # on a loaded machine.
-    flipper, _ = in_background(
+    # on a loaded machine. write_file may make d anew while it is away: each round starts by
+    # putting the real d back.
+    flipper, flipped = in_background(
         lambda: run(
             local_backend,
             sandbox,
             "end=$((SECONDS + 20)); while [ $SECONDS -lt $end ] && [ ! -e stop ]; do "
-            "mv d d.real; ln -s /tmp d; rm d; mv d.real d; done",
+            "[ -e d.real ] && { rm -rf d; mv -T d.real d; }; "
+            "mv -T d d.real && ln -s /tmp d; rm -rf d; mv -T d.real d; done 2>/dev/null",
             timeout_s=30,
         )
     )
@@ -89,8 +91,8 @@ def test_racing_link_swaps_never_redirect_file_calls(
     flipper.join()
 
     assert not Path("/tmp", escape).exists()
-    assert outcomes["ok"] > 5
-    assert outcomes["refused"] > 5
+    assert outcomes["ok"] > 5, (outcomes, flipped)
+    assert outcomes["refused"] > 5, (outcomes, flipped)
 
 
 def test_write_file_replaces_a_planted_link_instead_of_following_it(

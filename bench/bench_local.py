@@ -28,8 +28,8 @@ PAIRS = 30
 EXPLAINED = """\
 What the numbers mean. A live exec is a request to the sandbox's init, which hands the command
 to a standby shell it started beforehand (rlimits set, already in the command's own cgroup):
-the cost is bash starting (twice: the standby's `env`, then the command's shell) and two Unix
-socket round trips; no namespace is made. Moving a process into a cgroup is what a naive live
+the cost is the command's bash starting and two Unix socket round trips; no namespace is
+made. Moving a process into a cgroup is what a naive live
 exec would pay on every call: the kernel's cgroup migration lock waits for an RCU grace period
 when it has been idle, 5-18 ms on this machine (exec of `true` 0.5 s apart took 16-20 ms when
 each command was moved at its start). The standby is moved while no command waits for it.

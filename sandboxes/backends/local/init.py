@@ -20,7 +20,7 @@ moved into a cgroup of its own, named by the command id it will carry. Moving a 
 cgroup costs an RCU grace period (milliseconds) when the host's cgroup lock is cold, so it is
 done here, in a thread, before the command arrives; a command never waits for it unless
 commands come faster than standbys are placed. The standby reads its cwd, command and
-environment from a socket, then execs ``env -i ... /bin/bash -c <command>``.
+environment from a socket, exports the environment and execs ``/bin/bash -c <command>``.
 
 A foreground ``run`` streams O/E until the command's own process exits, then X. What the
 command left in the background keeps its pipes; from then on this process reads and drops
@@ -58,7 +58,11 @@ KEEP_FINISHED = 64  # finished background commands whose output stays readable
 # Commands are preferred over the init when the sandbox runs out of memory.
 COMMAND_OOM_SCORE_ADJ = "500"
 # What a standby runs: say it is up, read cwd, command and environment (NUL-separated, an
-# empty entry ends the environment), then become the command with exactly that environment.
+# empty entry ends the environment), then become the command with that environment: it
+# started with none, and exports each variable itself (never through an argv, which every
+# host user can read). Once read, everything rides in the positional parameters, which no
+# variable can overwrite; a variable bash keeps read-only (UID, EUID, PPID, SHELLOPTS,
+# BASHOPTS) cannot be passed.
 STANDBY = "; ".join(
     [
         "printf r >&3",
@@ -68,7 +72,10 @@ STANDBY = "; ".join(
         'while IFS= read -r -d \'\' kv <&3 && [ -n "$kv" ]; do vars+=("$kv"); done',
         "exec 3<&-",
         'cd -- "$cwd" || exit 126',
-        'exec /usr/bin/env -i -- "${vars[@]}" /bin/bash -c "$cmd"',
+        'set -- "$cmd" "${vars[@]}"',
+        "unset cwd cmd vars kv OLDPWD",  # from here on, only the command's own variables
+        'while [ "$#" -gt 1 ]; do export -- "$2" 2>/dev/null; set -- "$1" "${@:3}"; done',
+        'exec /bin/bash -c "$1"',
     ]
 )
 

@@ -158,6 +158,31 @@ def test_run_envs_never_appear_in_a_host_command_line(
     thread.join(10)
 
 
+def test_run_envs_reach_the_command_exactly_and_never_change_what_runs(
+    local_backend: LocalBackend, sandbox: str
+) -> None:
+    # Names the sandbox's own shell uses on the way to the command, and values no shell
+    # quoting survives by accident.
+    tricky = {
+        "cmd": "echo hijacked",
+        "vars": "x",
+        "kv": "y",
+        "cwd": "/",
+        "IFS": ":",
+        "MULTI": "a\nb \"q\" 'r' $HOME \\ ;|&",
+        "EMPTY": "",
+    }
+
+    result = run(
+        local_backend,
+        sandbox,
+        'printf "%s|" "$cmd" "$vars" "$kv" "$cwd" "$MULTI" "$EMPTY"; pwd',
+        envs=tricky,
+    )
+
+    assert result.stdout == "echo hijacked|x|y|/|a\nb \"q\" 'r' $HOME \\ ;|&||/home/user\n"
+
+
 # -- host files --------------------------------------------------------------------------------
 
 

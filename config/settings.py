@@ -234,11 +234,20 @@ CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 # --- Sandboxes ----------------------------------------------------------------------------
 SANDBOX_BACKEND = env_choice("SANDBOX_BACKEND", ("local", "e2b"), "local")
 SANDBOX_LOCAL_ROOT = Path(env_str("SANDBOX_LOCAL_ROOT", str(VAR_DIR / "sandboxes")))
-SANDBOX_LOCAL_CPU_SECONDS = env_int("SANDBOX_LOCAL_CPU_SECONDS", 600, min_value=1)
+# Per sandbox, all its processes together (cgroups; a loop-mounted image for the disk).
 SANDBOX_LOCAL_MEMORY_MB = env_int("SANDBOX_LOCAL_MEMORY_MB", 1024, min_value=64)
 SANDBOX_LOCAL_MAX_PROCESSES = env_int("SANDBOX_LOCAL_MAX_PROCESSES", 256, min_value=8)
+# CPUs as a decimal (0.5 is half a core); 0 is refused by the backend when it starts.
+SANDBOX_LOCAL_CPUS = float(env_decimal("SANDBOX_LOCAL_CPUS", Decimal("1")))
+SANDBOX_LOCAL_DISK_MB = env_int("SANDBOX_LOCAL_DISK_MB", 2048, min_value=16)
+# Per process.
+SANDBOX_LOCAL_CPU_SECONDS = env_int("SANDBOX_LOCAL_CPU_SECONDS", 600, min_value=1)
 SANDBOX_LOCAL_MAX_FILE_MB = env_int("SANDBOX_LOCAL_MAX_FILE_MB", 2048, min_value=1)
 SANDBOX_LOCAL_TMP_MB = env_int("SANDBOX_LOCAL_TMP_MB", 512, min_value=1)
+# Refuse to create sandboxes unless every limit above (and seccomp) is enforced.
+SANDBOX_LOCAL_REQUIRE_LIMITS = env_bool("SANDBOX_LOCAL_REQUIRE_LIMITS", False)
+# The cgroup, in each hierarchy, under which every sandbox gets its own.
+SANDBOX_LOCAL_CGROUP = env_str("SANDBOX_LOCAL_CGROUP", "airlock")
 SANDBOX_LOCAL_BWRAP = env_str("SANDBOX_LOCAL_BWRAP", "bwrap")
 # The host uid/gid sandboxes run as when the worker is root (default: nobody/nogroup).
 SANDBOX_LOCAL_UID = env_int("SANDBOX_LOCAL_UID", None, min_value=1)

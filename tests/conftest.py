@@ -199,6 +199,7 @@ def local_sandboxes(settings: Any, local_backend: Any) -> Any:
     a backend: through settings. Returns the backend, to look inside."""
     settings.SANDBOX_BACKEND = "local"
     settings.SANDBOX_LOCAL_ROOT = local_backend.root
+    settings.SANDBOX_LOCAL_CGROUP = local_backend.cgroup_parent  # the tests' own cgroups
     return local_backend
 
 

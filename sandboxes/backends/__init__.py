@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 from collections.abc import Iterator
 from typing import TypeVar
 
+from celery.signals import worker_ready
 from django.conf import settings
 
 from sandboxes.backends.base import (
@@ -64,7 +66,8 @@ _BACKEND_SETTINGS = {
     "local": (
         "SANDBOX_LOCAL_ROOT", "SANDBOX_LOCAL_CPU_SECONDS", "SANDBOX_LOCAL_MEMORY_MB",
         "SANDBOX_LOCAL_MAX_PROCESSES", "SANDBOX_LOCAL_MAX_FILE_MB", "SANDBOX_LOCAL_TMP_MB",
-        "SANDBOX_LOCAL_BWRAP", "SANDBOX_LOCAL_UID", "SANDBOX_LOCAL_GID",
+        "SANDBOX_LOCAL_CPUS", "SANDBOX_LOCAL_DISK_MB", "SANDBOX_LOCAL_REQUIRE_LIMITS",
+        "SANDBOX_LOCAL_CGROUP", "SANDBOX_LOCAL_BWRAP", "SANDBOX_LOCAL_UID", "SANDBOX_LOCAL_GID",
     ),
 }  # fmt: skip
 
@@ -123,3 +126,19 @@ def kill_run_sandboxes(backend: SandboxBackend, run_id: str) -> int:
         with contextlib.suppress(SandboxNotFound):
             backend.kill(info.sandbox_id)
     return len(found)
+
+
+@worker_ready.connect(weak=False)
+def _log_local_limits(**_: object) -> None:
+    """A worker says at startup which local sandbox limits this host enforces, and what
+    happens instead of each one it cannot (the local backend only)."""
+    if settings.SANDBOX_BACKEND != "local" or _override:
+        return
+    from sandboxes.backends.local import LocalBackend, log_limits
+
+    try:
+        backend = get_backend()
+        if isinstance(backend, LocalBackend):
+            log_limits(backend)
+    except Exception:  # a report must never keep a worker from starting
+        logging.getLogger(__name__).exception("could not report the local sandbox limits")

@@ -122,6 +122,16 @@ _SIGNAL_NUMBERS = {(signal.strsignal(s) or "").lower(): s.value for s in signal.
 
 # Where a command's files live in the sandbox (not in the home: no artifact sees them).
 _DIR = '"${TMPDIR:-/tmp}/airlock-cmd/%s"'
+# Every process a command starts inherits AIRLOCK_COMMAND=<its id> (the directory's name);
+# this kills them all, the ones that left the command's process group too (`setsid`, a
+# double fork): envd signals one pid and has no cgroup per command. Only a process that
+# clears its own environment escapes, until the sandbox ends. Twice: a process forking while
+# the first pass kills its parent is caught by the second.
+_KILL_TAGGED = (
+    "for _ in 1 2; do for e in /proc/[0-9]*/environ; do q=${e#/proc/}; q=${q%/environ}; "
+    'grep -qzxF "AIRLOCK_COMMAND=${d##*/}" "$e" 2>/dev/null && kill -KILL "$q" 2>/dev/null; '
+    "done; done;"
+)
 
 # A foreground command. Arguments: the command id, the command, the watchdog. The command runs
 # as a job of its own (``set -m``: its own process group, pgid = its pid, in $d/pgid) with its
@@ -132,7 +142,7 @@ _FOREGROUND = """\
 d=%(dir)s
 mkdir -p "$d" && : >>"$d/out" && : >>"$d/err" || { echo "airlock: cannot write $d" >&2; exit 125; }
 set -m
-/bin/bash -c %(command)s </dev/null >>"$d/out" 2>>"$d/err" &
+AIRLOCK_COMMAND="${d##*/}" /bin/bash -c %(command)s </dev/null >>"$d/out" 2>>"$d/err" &
 p=$!
 set +m
 echo "$p" >"$d/pgid"
@@ -150,7 +160,7 @@ exit "$r"
 """
 _WATCHDOG = """\
 ( trap 'kill "$s" 2>/dev/null; exit 0' TERM; sleep %(after)s & s=$!; wait "$s" && \
-kill -KILL -- "-$p" ) </dev/null >/dev/null 2>&1 &
+{ kill -KILL -- "-$p"; %(kill_tagged)s } ) </dev/null >/dev/null 2>&1 &
 echo "$!" >"$d/watchdog"
 """
 # Kill a foreground command's group (and its watchdog), whatever became of its wrapper.
@@ -158,6 +168,7 @@ _KILL_FOREGROUND = """\
 d=%(dir)s
 [ -f "$d/watchdog" ] && kill "$(cat "$d/watchdog")" 2>/dev/null
 [ -f "$d/pgid" ] && kill -KILL -- "-$(cat "$d/pgid")" 2>/dev/null
+%(kill_tagged)s
 rm -rf "$d"
 exit 0
 """
@@ -183,7 +194,7 @@ cap "$d/out" <"$d/out.fifo" &
 co=$!
 cap "$d/err" <"$d/err.fifo" &
 ce=$!
-/bin/bash -c "$3" </dev/null >"$d/out.fifo" 2>"$d/err.fifo" &
+AIRLOCK_COMMAND="${d##*/}" /bin/bash -c "$3" </dev/null >"$d/out.fifo" 2>"$d/err.fifo" &
 echo "$!" >"$d/pid"
 wait "$!"
 r=$?
@@ -213,6 +224,7 @@ d=%(dir)s
 [ -d "$d" ] || exit 3
 if [ -f "$d/exit" ] || [ -f "$d/killed" ]; then was=0; else was=1; : >"$d/killed"; fi
 [ -f "$d/pgid" ] && kill -KILL -- "-$(cat "$d/pgid")" 2>/dev/null
+%(kill_tagged)s
 echo %(mark)s
 echo "$was"
 """
@@ -602,7 +614,7 @@ class E2BBackend(SandboxBackend):
     def _kill_group(self, sandbox: Sandbox, command_id: str) -> None:
         """Kill a foreground command's group: best effort (its watchdog, and the sandbox's
         end, get the rest)."""
-        script = _KILL_FOREGROUND % {"dir": _DIR % command_id}
+        script = _KILL_FOREGROUND % {"dir": _DIR % command_id, "kill_tagged": _KILL_TAGGED}
         try:
             sandbox.commands.run(script, timeout=_CONTROL_TIMEOUT_S)
         except Exception:
@@ -677,7 +689,11 @@ class E2BBackend(SandboxBackend):
     def kill_command(self, sandbox_id: str, handle: str) -> bool:
         command_id = _command_id(handle)
         sandbox = self._open(sandbox_id)
-        script = _KILL_BACKGROUND % {"dir": _DIR % command_id, "mark": _STATUS_MARK}
+        script = _KILL_BACKGROUND % {
+            "dir": _DIR % command_id,
+            "mark": _STATUS_MARK,
+            "kill_tagged": _KILL_TAGGED,
+        }
         lines = self._control(
             sandbox, f"kill background command {handle} in sandbox {sandbox_id}", script, handle
         )
@@ -778,7 +794,10 @@ class _ForegroundRun:
         }
         watchdog = ""
         if timeout_s > 0:
-            watchdog = _WATCHDOG % {"after": f"{timeout_s + _WATCHDOG_GRACE_S:g}"}
+            watchdog = _WATCHDOG % {
+                "after": f"{timeout_s + _WATCHDOG_GRACE_S:g}",
+                "kill_tagged": _KILL_TAGGED,
+            }
         self.script = _FOREGROUND % {
             "dir": _DIR % self.command_id,
             "command": shlex.quote(command),

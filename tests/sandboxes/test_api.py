@@ -546,11 +546,14 @@ def test_the_first_chunk_arrives_while_the_command_still_runs_and_a_disconnect_k
     marker = "987.654"
     body = {"command": f"echo ready; sleep {marker} & sleep {marker}; echo never", "timeout_s": 900}
     with _stream_exec(asgi_server, live_run, member_key, body) as response:
-        first = next(_events(response.iter_lines()))
-        assert first == ("stdout", {"text": "ready\n"})
+        # Held until the end of the block: a closed iterator closes the stream (a disconnect).
+        events = _events(response.iter_lines())
+        assert next(events) == ("stdout", {"text": "ready\n"})
+        # The row is written while the sandbox starts the command (off the first byte's path).
+        assert _wait_until(lambda: Command.objects.filter(run=live_run).exists())
         row = Command.objects.get(run=live_run)
         assert row.status == "running"  # the command is still asleep
-        assert _processes_running(marker)
+        assert _wait_until(lambda: bool(_processes_running(marker)))
     # The client went away: the command and what it started are killed, and recorded so.
     assert _wait_until(lambda: Command.objects.get(pk=row.pk).status != "running")
     row.refresh_from_db()

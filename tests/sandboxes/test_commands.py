@@ -82,6 +82,13 @@ def test_sandbox_check_reports_a_working_backend(local_sandboxes: Any) -> None:
     assert _call("sandbox_check").startswith("OK  local: bubblewrap")
 
 
+@pytest.mark.django_db
+def test_sandbox_check_prints_every_local_limit_in_force(local_sandboxes: Any) -> None:
+    out = _call("sandbox_check")
+    for name in ("memory", "processes", "cpu", "disk", "seccomp"):
+        assert f"in force  {name} " in out
+
+
 def test_sandbox_check_says_what_is_wrong(settings: Any) -> None:
     settings.SANDBOX_BACKEND = "e2b"
     settings.E2B_API_KEY = ""

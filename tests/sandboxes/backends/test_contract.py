@@ -1,25 +1,33 @@
 """The sandbox backend contract: every backend passes this suite unchanged.
 
 Only behaviour every backend can honour is asserted here; what is particular to one backend
-(isolation for ``local``, SDK error mapping for ``e2b``) lives in its own test module.
+(isolation and host limits for ``local``, SDK error mapping for ``e2b``) lives in its own
+test module. Pause is asserted where ``supports_pause`` says the backend has it.
 """
 
 from __future__ import annotations
 
 import io
+import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from functools import partial
 
 import pytest
 
 from sandboxes.backends.base import (
+    CommandCanceled,
+    CommandNotFound,
+    CommandResult,
     CommandTimeout,
     OutputStream,
     SandboxBackend,
     SandboxFileNotFound,
     SandboxNotFound,
+    SandboxPaused,
+    UnsupportedOption,
 )
 
 HOME = "/home/user"
@@ -304,6 +312,189 @@ def test_listing_a_missing_directory_raises_file_not_found(
 ) -> None:
     with pytest.raises(SandboxFileNotFound):
         backend.list_files(sandbox, f"{HOME}/missing")
+
+
+# -- a live machine (SPEC §14, §15) ------------------------------------------------------------
+#
+# A sandbox is a machine: what a command leaves in the background is still there for the
+# next command, never holds a foreground command open, and ends with the sandbox; a command
+# that times out or is canceled takes everything it started with it.
+
+SERVER_PORT = 8765
+SERVER = f"python3 -m http.server {SERVER_PORT} --bind 127.0.0.1 --directory {HOME}/site"
+
+
+def _answers(backend: SandboxBackend, sandbox_id: str, path: str) -> CommandResult:
+    """Ask the sandbox's own server, from inside the sandbox, until it answers."""
+    client = (
+        "python3 -c 'import sys, urllib.request; "
+        f'print(urllib.request.urlopen("http://127.0.0.1:{SERVER_PORT}/{path}", timeout=5)'
+        ".read().decode())'"
+    )
+    return backend.run(
+        sandbox_id,
+        f"for i in $(seq 100); do {client} 2>/dev/null && exit 0; sleep 0.1; done; exit 1",
+        timeout_s=30,
+    )
+
+
+def _running(backend: SandboxBackend, sandbox_id: str, pattern: str) -> bool:
+    # "[x]yz" matches "xyz" but not the command line of the shell that runs pgrep.
+    found = backend.run(sandbox_id, f"pgrep -f '{pattern}' >/dev/null && echo yes", timeout_s=30)
+    return found.stdout == "yes\n"
+
+
+def _gone(backend: SandboxBackend, sandbox_id: str, pattern: str) -> bool:
+    return not _running(backend, sandbox_id, pattern)
+
+
+def _eventually(condition: Callable[[], bool], timeout_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def test_a_background_server_answers_the_next_command(
+    backend: SandboxBackend, sandbox: str
+) -> None:
+    backend.write_file(sandbox, f"{HOME}/site/index.html", b"hello from the sandbox")
+
+    started = backend.run(sandbox, f"{SERVER} >/dev/null 2>&1 & echo started", timeout_s=30)
+    answered = _answers(backend, sandbox, "index.html")
+
+    assert started.stdout == "started\n"
+    assert answered.exit_code == 0
+    assert answered.stdout == "hello from the sandbox\n"
+
+
+def test_background_children_never_hold_a_foreground_command_open(
+    backend: SandboxBackend, sandbox: str
+) -> None:
+    # Their output streams stay open after the command's own process exits; the call must
+    # return anyway (not time out), and they must keep running.
+    result = backend.run(sandbox, "sleep 300 & (sleep 1; echo later) & echo now", timeout_s=20)
+
+    assert result.exit_code == 0
+    assert result.stdout == "now\n"
+    assert _running(backend, sandbox, "[s]leep 300")
+
+
+def test_a_timeout_kills_everything_the_command_started(
+    backend: SandboxBackend, sandbox: str
+) -> None:
+    with pytest.raises(CommandTimeout):
+        backend.run(
+            sandbox,
+            "sleep 301 & setsid sleep 302 & (sleep 303 &) ; sleep 304",
+            timeout_s=1,
+        )
+
+    for pattern in ("[s]leep 301", "[s]leep 302", "[s]leep 303", "[s]leep 304"):
+        assert _eventually(partial(_gone, backend, sandbox, pattern)), pattern
+
+
+def test_a_cancel_kills_everything_the_command_started(
+    backend: SandboxBackend, sandbox: str
+) -> None:
+    cancel = threading.Event()
+
+    def on_output(stream: OutputStream, text: str) -> None:
+        if "started" in text:
+            cancel.set()
+
+    with pytest.raises(CommandCanceled) as caught:
+        backend.run(
+            sandbox,
+            "sleep 305 & echo started; sleep 306",
+            timeout_s=60,
+            on_output=on_output,
+            cancel=cancel,
+        )
+
+    assert "started" in caught.value.stdout
+    assert _eventually(lambda: not _running(backend, sandbox, "[s]leep 30[56]"))
+    assert backend.run(sandbox, "echo usable", timeout_s=30).stdout == "usable\n"
+
+
+def test_a_background_command_by_handle(backend: SandboxBackend, sandbox: str) -> None:
+    handle = backend.start_command(
+        sandbox, "echo one; echo oops >&2; sleep 0.5; echo two; exit 3", cwd=HOME
+    )
+
+    assert _eventually(lambda: not backend.command_output(sandbox, handle).running)
+    whole = backend.command_output(sandbox, handle)
+    tail = backend.command_output(sandbox, handle, stdout_offset=4, stderr_offset=5)
+
+    assert whole.stdout == b"one\ntwo\n"
+    assert whole.stderr == b"oops\n"
+    assert (whole.stdout_end, whole.stderr_end) == (8, 5)
+    assert whole.exit_code == 3
+    assert whole.truncated is False
+    assert (tail.stdout, tail.stderr) == (b"two\n", b"")
+    assert (tail.stdout_end, tail.stderr_end) == (8, 5)
+
+
+def test_kill_command_ends_a_background_command_and_what_it_started(
+    backend: SandboxBackend, sandbox: str
+) -> None:
+    handle = backend.start_command(sandbox, "sleep 307 & setsid sleep 308 & sleep 309")
+    assert _eventually(lambda: _running(backend, sandbox, "[s]leep 309"))
+
+    assert backend.kill_command(sandbox, handle) is True
+
+    assert _eventually(lambda: not backend.command_output(sandbox, handle).running)
+    assert _eventually(lambda: not _running(backend, sandbox, "[s]leep 30[789]"))
+    assert backend.kill_command(sandbox, handle) is False
+
+
+def test_an_unknown_handle_is_command_not_found(backend: SandboxBackend, sandbox: str) -> None:
+    with pytest.raises(CommandNotFound):
+        backend.command_output(sandbox, "no-such-command")
+    with pytest.raises(CommandNotFound):
+        backend.kill_command(sandbox, "no-such-command")
+
+
+def test_nothing_is_left_once_the_sandbox_is_killed(backend: SandboxBackend, tag: str) -> None:
+    info = backend.create(template="base", metadata={"tag": tag}, envs={}, timeout_s=120)
+    backend.write_file(info.sandbox_id, f"{HOME}/site/index.html", b"x")
+    backend.run(info.sandbox_id, f"{SERVER} >/dev/null 2>&1 &", timeout_s=30)
+    handle = backend.start_command(info.sandbox_id, "sleep 310")
+
+    assert backend.kill(info.sandbox_id) is True
+
+    assert backend.list_sandboxes({"tag": tag}) == []
+    with pytest.raises(SandboxNotFound):
+        backend.run(info.sandbox_id, "true", timeout_s=10)
+    with pytest.raises(SandboxNotFound):
+        backend.command_output(info.sandbox_id, handle)
+
+
+def test_pause_and_resume_keep_processes_and_files(backend: SandboxBackend, sandbox: str) -> None:
+    if not backend.supports_pause:
+        pytest.skip(f"the {backend.name} backend cannot pause here")
+    backend.write_file(sandbox, f"{HOME}/site/index.html", b"kept")
+    backend.run(sandbox, f"{SERVER} >/dev/null 2>&1 &", timeout_s=30)
+    assert _answers(backend, sandbox, "index.html").stdout == "kept\n"
+
+    backend.pause(sandbox)
+    with pytest.raises(SandboxPaused):
+        backend.run(sandbox, "true", timeout_s=10)
+    backend.resume(sandbox, timeout_s=120)
+
+    assert _answers(backend, sandbox, "index.html").stdout == "kept\n"
+    assert read_all(backend, sandbox, f"{HOME}/site/index.html") == b"kept"
+    backend.resume(sandbox, timeout_s=120)  # a running sandbox: nothing happens
+    assert backend.run(sandbox, "echo running", timeout_s=30).stdout == "running\n"
+
+
+def test_a_backend_that_cannot_pause_says_so(backend: SandboxBackend, sandbox: str) -> None:
+    if backend.supports_pause:
+        pytest.skip(f"the {backend.name} backend can pause here")
+    with pytest.raises(UnsupportedOption, match=backend.name):
+        backend.pause(sandbox)
 
 
 # -- E2B semantics (SPEC §14/§15), written for every backend ---------------------------------

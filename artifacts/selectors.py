@@ -11,7 +11,7 @@ from typing import Any
 from django.conf import settings
 from django.db.models import BooleanField, Case, Q, QuerySet, Value, When
 
-from artifacts.models import Artifact, ReviewState
+from artifacts.models import Artifact, ReviewPolicy, ReviewState
 from config.exceptions import NotFound
 from sandboxes.models import RunStatus, SandboxRun
 from workspaces import access, watch
@@ -106,15 +106,33 @@ def artifact_wait(*, artifact: Artifact, while_state: set[str], wait_s: float) -
     )
 
 
-def artifact_review_refusal(*, artifact: Artifact, actor: Actor, role: Role | None) -> str | None:
-    """Why the actor may not review this artifact, or None when they may (state aside)."""
+def review_policy_for(*, workspace_id: Any) -> ReviewPolicy:
+    """The workspace's review policy; the defaults (unsaved) when it never set one. The
+    caller resolved the workspace through a scoped selector."""
+    policy = ReviewPolicy.objects.filter(workspace_id=workspace_id).first()
+    return policy if policy is not None else ReviewPolicy(workspace_id=workspace_id)
+
+
+def artifact_review_refusal(
+    *,
+    artifact: Artifact,
+    actor: Actor,
+    role: Role | None,
+    needed: int = 1,
+    approver_ids: Any = (),
+) -> str | None:
+    """Why the actor may not review this artifact, or None when they may (state aside).
+    `needed` approvals and the ids of who approved already: with two required, neither may
+    be the run's creator (whatever ALLOW_SELF_REVIEW says) and nobody approves twice."""
     if role is None:
         return "not_found"
     if not access.has_role(role, Role.ADMIN):
         return "role"
     is_own_run = actor.user is not None and artifact.run.created_by_id == actor.user.pk
-    if is_own_run and not settings.ALLOW_SELF_REVIEW:
+    if is_own_run and (needed > 1 or not settings.ALLOW_SELF_REVIEW):
         return "self_review"
+    if actor.user is not None and actor.user.pk in approver_ids:
+        return "already_approved"
     return None
 
 

@@ -28,6 +28,12 @@ def beat_schedule() -> dict[str, dict[str, Any]]:
             "schedule": settings.SANDBOX_RECONCILE_INTERVAL_S,
             "options": {"expires": settings.SANDBOX_RECONCILE_INTERVAL_S},
         },
+        # Pending artifacts past their workspace's review policy `expire_after_h` (SPEC §13).
+        "expire-pending-artifacts": {
+            "task": "artifacts.tasks.expire_pending_artifacts",
+            "schedule": settings.ARTIFACT_EXPIRY_INTERVAL_S,
+            "options": {"expires": settings.ARTIFACT_EXPIRY_INTERVAL_S},
+        },
     }
 
 

@@ -817,6 +817,7 @@ class LocalBackend(SandboxBackend):
                             path=posixpath.join(base, entry.name),
                             type=kind,
                             size=info.st_size if kind == "file" else None,
+                            mode=stat.S_IMODE(info.st_mode),
                         )
                     )
         finally:

@@ -9,16 +9,43 @@ import uuid
 from typing import Any
 
 from django.conf import settings
-from django.db.models import BooleanField, Case, Q, QuerySet, Value, When
+from django.db.models import (
+    BooleanField,
+    Case,
+    Count,
+    IntegerField,
+    OuterRef,
+    Q,
+    QuerySet,
+    Subquery,
+    Value,
+    When,
+)
+from django.db.models.functions import Coalesce
 
-from artifacts.models import Artifact, ReviewPolicy, ReviewState
+from artifacts.models import Approval, Artifact, ReviewPolicy, ReviewState
 from config.exceptions import NotFound
 from sandboxes.models import RunStatus, SandboxRun
 from workspaces import access, watch
 from workspaces.access import Actor
 from workspaces.models import Role
 
-ARTIFACT_RELATED = ("workspace", "run", "reviewed_by")
+ARTIFACT_RELATED = ("workspace", "workspace__review_policy", "run", "reviewed_by")
+
+
+
+def with_approval_count(queryset: QuerySet[Artifact]) -> QuerySet[Artifact]:
+    """Annotates `approval_count` (one subquery, no query per artifact)."""
+    approvals = (
+        Approval.objects.filter(artifact=OuterRef("pk"))
+        .order_by()
+        .values("artifact")
+        .annotate(n=Count("id"))
+        .values("n")
+    )
+    return queryset.annotate(
+        approval_count=Coalesce(Subquery(approvals, output_field=IntegerField()), 0)
+    )
 
 
 def _with_content_visibility(queryset: QuerySet[Artifact], actor: Actor) -> QuerySet[Artifact]:
@@ -41,7 +68,7 @@ def artifact_list(
     """Artifacts of one run, one workspace, or of every workspace the actor belongs to.
 
     Callers pass a run or workspace they already resolved through a scoped selector."""
-    queryset = Artifact.objects.select_related(*ARTIFACT_RELATED)
+    queryset = with_approval_count(Artifact.objects.select_related(*ARTIFACT_RELATED))
     if run is not None:
         queryset = queryset.filter(run=run)
     elif workspace is not None:
@@ -68,7 +95,11 @@ def artifact_get(
     """The artifact and the actor's role in its workspace: 404 for outsiders, 403 below
     `minimum`. With `content`, also 404 when the actor may not have its bytes: a member
     is not told, byte-wise, what waits in the airlock."""
-    artifact = Artifact.objects.select_related(*ARTIFACT_RELATED).filter(pk=artifact_id).first()
+    artifact = (
+        with_approval_count(Artifact.objects.select_related(*ARTIFACT_RELATED))
+        .filter(pk=artifact_id)
+        .first()
+    )
     role = access.require(
         access.role_in(actor, artifact.workspace_id if artifact else None), minimum, what="artifact"
     )
@@ -94,7 +125,11 @@ def artifact_wait(*, artifact: Artifact, while_state: set[str], wait_s: float) -
     caller resolved `artifact` through `artifact_get`."""
 
     def load() -> Artifact:
-        current = Artifact.objects.select_related(*ARTIFACT_RELATED).filter(pk=artifact.pk).first()
+        current = (
+            with_approval_count(Artifact.objects.select_related(*ARTIFACT_RELATED))
+            .filter(pk=artifact.pk)
+            .first()
+        )
         if current is None:
             raise NotFound("No such artifact.")
         return current
@@ -111,6 +146,19 @@ def review_policy_for(*, workspace_id: Any) -> ReviewPolicy:
     caller resolved the workspace through a scoped selector."""
     policy = ReviewPolicy.objects.filter(workspace_id=workspace_id).first()
     return policy if policy is not None else ReviewPolicy(workspace_id=workspace_id)
+
+
+def loaded_policy(artifact: Artifact) -> ReviewPolicy:
+    """The policy of an artifact loaded with ARTIFACT_RELATED (no query); the defaults when
+    its workspace has none."""
+    try:
+        return artifact.workspace.review_policy
+    except ReviewPolicy.DoesNotExist:
+        return ReviewPolicy(workspace_id=artifact.workspace_id)
+
+
+def approvals_needed(artifact: Artifact) -> int:
+    return loaded_policy(artifact).approvals_needed(artifact)
 
 
 def artifact_review_refusal(

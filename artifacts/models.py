@@ -257,3 +257,13 @@ class ReviewPolicy(models.Model):
         if self.second_approval_only_with_signals and not artifact.signal_codes:
             return 1
         return 2
+
+
+class ReviewQueueRun(SandboxRun):
+    """The review queue in the admin: runs with pending artifacts (artifacts.admin). A
+    proxy: the same rows as SandboxRun, listed and linked differently."""
+
+    class Meta:
+        proxy = True
+        verbose_name = "run awaiting review"
+        verbose_name_plural = "review queue"

@@ -31,6 +31,9 @@ logger = logging.getLogger(__name__)
 
 SYSTEM_POLICY = Actor.system("policy")
 RULE_FIELDS = ("type", "path_glob", "max_size")
+POLICY_FIELDS = (
+    "auto_approve", "required_approvals", "second_approval_only_with_signals", "expire_after_h",
+)  # fmt: skip
 PATH_GLOB_MAX_CHARS = 255
 EXPIRE_AFTER_MAX_H = 24 * 365
 EXPIRE_BATCH = 1000

@@ -6,6 +6,7 @@ once it is approved; admins and owners see everything in their workspaces."""
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
@@ -14,6 +15,7 @@ from django.db.models import (
     Case,
     Count,
     IntegerField,
+    Min,
     OuterRef,
     Q,
     QuerySet,
@@ -21,16 +23,19 @@ from django.db.models import (
     Value,
     When,
 )
-from django.db.models.functions import Coalesce
+from django.db.models.functions import Coalesce, Right
 
 from artifacts.models import Approval, Artifact, ReviewPolicy, ReviewState
+from artifacts.risk import CODES
 from config.exceptions import NotFound
-from sandboxes.models import RunStatus, SandboxRun
+from sandboxes.models import Command, RunStatus, SandboxRun
 from workspaces import access, watch
+from workspaces import selectors as workspace_selectors
 from workspaces.access import Actor
-from workspaces.models import Role
+from workspaces.models import Event, Role
 
 ARTIFACT_RELATED = ("workspace", "workspace__review_policy", "run", "reviewed_by")
+SIGNAL_CODES = CODES
 
 
 
@@ -195,12 +200,97 @@ def review_queue(*, workspace_ids: Any = None) -> QuerySet[Artifact]:
     return queryset.order_by("created_at", "id")
 
 
-def review_console_counts(*, workspace_ids: Any = None) -> dict[str, int]:
-    """What the admin index shows: pending reviews and running sandboxes."""
+def runs_awaiting_review(
+    *, workspace_ids: Any = None, decider: Actor | None = None
+) -> QuerySet[SandboxRun]:
+    """Runs with pending artifacts, annotated with `pending_count`, `oldest_pending` and a
+    `signal_<code>` count per signal code, over their pending artifacts. With `decider`:
+    only what that person may decide now (not their own runs — unless ALLOW_SELF_REVIEW,
+    and never where two approvals are needed — and not what they already approved), and
+    the counts over those artifacts. One grouped query over the pending artifacts."""
+    pending = Q(artifacts__review_state=ReviewState.PENDING)
+    if workspace_ids is not None:
+        pending &= Q(artifacts__workspace__in=workspace_ids)
+    runs = SandboxRun.objects.all()
+    if decider is not None:
+        pending &= Q(artifacts__in=decidable_by(decider).values("pk"))
+    counts: dict[str, Any] = {
+        f"signal_{code}": Count("artifacts", filter=Q(artifacts__signal_codes__contains=code))
+        for code in SIGNAL_CODES
+    }
+    return runs.filter(pending).annotate(
+        pending_count=Count("artifacts"), oldest_pending=Min("artifacts__created_at"), **counts
+    )
+
+
+def decidable_by(decider: Actor) -> QuerySet[Artifact]:
+    """Pending artifacts this person may decide, role aside (the caller scopes the
+    workspaces): not of their own runs (unless ALLOW_SELF_REVIEW, never where two approvals
+    are needed), not already approved by them."""
+    pending = Artifact.objects.filter(review_state=ReviewState.PENDING)
+    if decider.user is None:
+        return pending
+    own = Q(run__created_by=decider.user)
+    if settings.ALLOW_SELF_REVIEW:
+        own &= Q(workspace__review_policy__required_approvals=2)
+    return pending.exclude(approvals__reviewer=decider.user).exclude(own)
+
+
+def review_console_counts(
+    *, workspace_ids: Any = None, decider: Actor | None = None
+) -> dict[str, int]:
+    """What the admin index shows: pending reviews, those `decider` may decide, and running
+    sandboxes."""
     runs = SandboxRun.objects.filter(status=RunStatus.RUNNING)
+    mine = decidable_by(decider) if decider is not None else Artifact.objects.none()
     if workspace_ids is not None:
         runs = runs.filter(workspace__in=workspace_ids)
+        mine = mine.filter(workspace__in=workspace_ids)
     return {
         "pending_reviews": review_queue(workspace_ids=workspace_ids).count(),
+        "pending_for_me": mine.count(),
         "running_sandboxes": runs.count(),
     }
+
+
+# --- the run review page -----------------------------------------------------------------
+
+COMMAND_EXCERPT_CHARS = 600  # of each output tail: the page shows the last lines only
+
+
+@dataclass(frozen=True)
+class RunReview:
+    """Everything the run review page shows, in five queries whatever the run holds."""
+
+    artifacts: list[Artifact]
+    approvals: dict[Any, list[Approval]]  # artifact id → approvals, oldest first
+    commands: dict[str, Command]  # command id (as the trail's subject_id) → its row
+    events: list[Event]
+    policy: ReviewPolicy
+
+
+def run_review(*, run: SandboxRun) -> RunReview:
+    """The run's artifacts, their approvals, its command history (each output tail cut to
+    its last COMMAND_EXCERPT_CHARS in the database) and its trail. The caller resolved the
+    run through a scoped selector (or the admin's scoped queryset)."""
+    artifacts = list(
+        Artifact.objects.filter(run=run).select_related("reviewed_by").order_by("created_at", "id")
+    )
+    approvals: dict[Any, list[Approval]] = {}
+    for approval in Approval.objects.filter(artifact__run=run).order_by("created_at", "id"):
+        approvals.setdefault(approval.artifact_id, []).append(approval)
+    commands = (
+        Command.objects.filter(run=run)
+        .defer("stdout_tail", "stderr_tail")
+        .annotate(
+            stdout_end=Right("stdout_tail", COMMAND_EXCERPT_CHARS),
+            stderr_end=Right("stderr_tail", COMMAND_EXCERPT_CHARS),
+        )
+    )
+    return RunReview(
+        artifacts=artifacts,
+        approvals=approvals,
+        commands={str(command.pk): command for command in commands},
+        events=list(workspace_selectors.event_list(workspace=run.workspace, run_id=run.pk)),
+        policy=review_policy_for(workspace_id=run.workspace_id),
+    )

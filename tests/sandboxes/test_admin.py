@@ -100,15 +100,3 @@ def test_a_run_is_read_only_and_keeps_its_secrets(
     run.refresh_from_db()
     assert (run.prompt, run.status) == ("Summarise Q3", "running")
     assert SandboxRun.objects.filter(pk=run.pk).exists()
-
-
-def test_the_timeline_shows_the_runs_transitions_from_the_trail(
-    client: Any, reviewer: Any, workspace: Workspace, fake_backend: FakeBackend
-) -> None:
-    run = start_run(workspace=workspace)
-    client.force_login(reviewer)
-    client.post(RUNS, {"action": "cancel_runs", "_selected_action": [run.pk]})
-
-    page = client.get(f"{RUNS}{run.pk}/change/").content.decode()
-    assert "booting → running · <code>mark_running</code> by system:start_sandbox_run" in page
-    assert "running → canceled · <code>cancel</code> by user:adam" in page

@@ -102,7 +102,7 @@ def _review_of_two(*, artifact: Artifact, actor: Actor, decision: str, comment: 
     after the other: both approvals recorded, one final state."""
     with transaction.atomic():
         locked = (
-            Artifact.objects.select_for_update()
+            Artifact.objects.select_for_update(of=("self",))
             .select_related(*selectors.ARTIFACT_RELATED)
             .get(pk=artifact.pk)
         )

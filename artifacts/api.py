@@ -266,13 +266,16 @@ class RunArtifactsArchiveView(RunScopedView):
         "member is named by its path under the run's output folder (or the sandbox home).",
     )
     def get(self, request: Request, run_id: str) -> StreamingHttpResponse:
-        artifacts = (
+        # The rows are read now, while the request's database connection is certainly open;
+        # the stream then only reads storage. Rows are small: memory follows their count,
+        # never the files' sizes.
+        artifacts = list(
             selectors.artifact_list(actor=self.actor, run=self.run)
             .filter(content_visible=True)
             .order_by("created_at", "id")
         )
         response = StreamingHttpResponse(
-            downloads.archive_chunks(artifacts.iterator(), output_dir=self.run.output_dir),
+            downloads.archive_chunks(artifacts, output_dir=self.run.output_dir),
             content_type="application/zip",
         )
         response["Content-Disposition"] = (

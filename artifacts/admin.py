@@ -506,7 +506,9 @@ class SandboxRunReviewAdmin(SandboxRunAdmin):
     ) -> HttpResponse:
         run = self.get_object(request, unquote(object_id))
         if run is None or not self.has_view_permission(request, run):
-            return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
+            # As Django's own change view answers: back to the index, saying so.
+            self.message_user(request, "No such run (or not one you review).", messages.WARNING)
+            return HttpResponseRedirect(reverse("admin:index"))
         return TemplateResponse(request, self.review_template, self._review_context(request, run))
 
     def _review_context(self, request: HttpRequest, run: SandboxRun) -> dict[str, Any]:
@@ -736,10 +738,10 @@ class ReviewPolicyAdmin(WorkspaceScopedAdmin):
     list_filter = [AdministeredWorkspaceFilter]
     readonly_fields = ["updated_at", "updated_by", "history"]
 
-    def get_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
-        fields = ["auto_approve", "required_approvals", "second_approval_only_with_signals",
-                  "expire_after_h"]  # fmt: skip
-        return ["workspace", *fields] if obj is None else [*fields, *self.readonly_fields]
+    def get_fields(self, request: HttpRequest, obj: Any = None) -> tuple[str, ...]:
+        fields = ("auto_approve", "required_approvals", "second_approval_only_with_signals",
+                  "expire_after_h")  # fmt: skip
+        return ("workspace", *fields) if obj is None else (*fields, *self.readonly_fields)
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return self.has_module_permission(request)

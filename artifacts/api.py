@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import django_filters
+from django.db.models import Q
 from django.http import StreamingHttpResponse
 from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.types import OpenApiTypes
@@ -257,7 +258,7 @@ class RunArtifactsArchiveView(RunScopedView):
         responses={
             (200, "application/zip"): OpenApiResponse(
                 OpenApiTypes.BINARY,
-                description='A zip of the artifacts, streamed; Content-Disposition: attachment; '
+                description="A zip of the artifacts, streamed; Content-Disposition: attachment; "
                 'filename="run-<id>-artifacts.zip".',
             )
         },
@@ -271,7 +272,7 @@ class RunArtifactsArchiveView(RunScopedView):
         # never the files' sizes.
         artifacts = list(
             selectors.artifact_list(actor=self.actor, run=self.run)
-            .filter(content_visible=True)
+            .filter(Q(content_visible=True))  # the selector's annotation
             .order_by("created_at", "id")
         )
         response = StreamingHttpResponse(
@@ -301,8 +302,8 @@ class RuleSerializer(StrictSerializer):
 
 
 class ReviewPolicySerializer(StrictSerializer):
-    auto_approve = RuleSerializer(
-        many=True,
+    auto_approve = serializers.ListField(
+        child=RuleSerializer(),
         required=False,
         max_length=MAX_AUTO_APPROVE_RULES,
         help_text="A rule approves an artifact at capture when every field it gives matches; "

@@ -105,9 +105,13 @@ def _artifact_row(event: Event, titles: dict[str, str]) -> TimelineRow:
         size = filesizeformat(data.get("size") or 0)
         signals = ", ".join(data.get("signals") or [])
         return TimelineRow(
-            event.created_at, "capture", f"Captured {title}", event.actor,
-            detail=f"{size}" + (f" · signals: {signals}" if signals else ""), anchor=anchor,
-        )  # fmt: skip
+            event.created_at,
+            "capture",
+            f"Captured {title}",
+            event.actor,
+            detail=f"{size}" + (f" · signals: {signals}" if signals else ""),
+            anchor=anchor,
+        )
     verbs = {
         "approval_recorded": ("First approval of", "pending"),
         "approved": ("Approved", "ok"),
@@ -118,9 +122,14 @@ def _artifact_row(event: Event, titles: dict[str, str]) -> TimelineRow:
     if data.get("transition") == "auto_approve":
         verb = f"Approved by policy rule {data.get('rule_number')}:"
     return TimelineRow(
-        event.created_at, "decision", f"{verb} {title}", event.actor,
-        detail=data.get("comment", ""), status=status, anchor=anchor,
-    )  # fmt: skip
+        event.created_at,
+        "decision",
+        f"{verb} {title}",
+        event.actor,
+        detail=data.get("comment", ""),
+        status=status,
+        anchor=anchor,
+    )
 
 
 def _run_row(event: Event, run: SandboxRun) -> TimelineRow:
@@ -130,17 +139,25 @@ def _run_row(event: Event, run: SandboxRun) -> TimelineRow:
     if kind == "running":
         booted = human_duration((event.created_at - run.created_at).total_seconds() * 1000)
         return TimelineRow(
-            event.created_at, "boot", "Sandbox booted", event.actor,
-            detail=f"{data.get('sandbox_id', '')} · after {booted}", status="ok",
-        )  # fmt: skip
+            event.created_at,
+            "boot",
+            "Sandbox booted",
+            event.actor,
+            detail=f"{data.get('sandbox_id', '')} · after {booted}",
+            status="ok",
+        )
     details = [str(data.get(k)) for k in ("end_reason", "exit_code") if data.get(k) is not None]
     if (data.get("error") or {}).get("message"):
         details.append(data["error"]["message"])
     status = "ok" if kind in ("succeeded", "resumed") else ("" if kind == "paused" else "failed")
     return TimelineRow(
-        event.created_at, "run", f"Run {kind}", event.actor, detail=" · ".join(details),
+        event.created_at,
+        "run",
+        f"Run {kind}",
+        event.actor,
+        detail=" · ".join(details),
         status=status,
-    )  # fmt: skip
+    )
 
 
 def run_timeline(
@@ -163,9 +180,12 @@ def run_timeline(
             size = filesizeformat(event.data.get("size") or 0)
             rows.append(
                 TimelineRow(
-                    event.created_at, "upload", f"Uploaded {event.data.get('path', '')}",
-                    event.actor, detail=size,
-                )  # fmt: skip
+                    event.created_at,
+                    "upload",
+                    f"Uploaded {event.data.get('path', '')}",
+                    event.actor,
+                    detail=size,
+                )
             )
         elif event.subject_type == "artifact":
             rows.append(_artifact_row(event, titles))

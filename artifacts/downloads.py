@@ -114,6 +114,9 @@ class _Sink:
     def flush(self) -> None:
         pass
 
+    def close(self) -> None:
+        pass
+
     def take(self) -> bytes:
         data = b"".join(self._parts)
         self._parts.clear()
@@ -149,7 +152,7 @@ def archive_chunks(artifacts: Iterable[Artifact], *, output_dir: str) -> Iterato
     already) is stored. A file missing from storage is left out (and logged)."""
     sink = _Sink()
     taken: set[str] = set()
-    with zipfile.ZipFile(sink, "w", allowZip64=True) as archive:  # type: ignore[arg-type]
+    with zipfile.ZipFile(sink, "w", allowZip64=True) as archive:
         for artifact in artifacts:
             try:
                 source = _open_chunks(artifact.file.name)

@@ -136,7 +136,7 @@ def _plugins() -> tuple[BasePlugin, ...]:
     an address in a log is not a credential, and it would flag most logs. Nothing here
     verifies a secret over the network (detect-secrets only does with a filter we never
     enable)."""
-    classes = get_mapping_from_secret_type_to_class().values()
+    classes: Iterable[type[BasePlugin]] = get_mapping_from_secret_type_to_class().values()
     return tuple(cls() for cls in classes if cls is not IPPublicDetector)
 
 

@@ -38,7 +38,6 @@ ARTIFACT_RELATED = ("workspace", "workspace__review_policy", "run", "reviewed_by
 SIGNAL_CODES = CODES
 
 
-
 def with_approval_count(queryset: QuerySet[Artifact]) -> QuerySet[Artifact]:
     """Annotates `approval_count` (one subquery, no query per artifact)."""
     approvals = (

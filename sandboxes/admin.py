@@ -120,7 +120,7 @@ class SandboxRunAdmin(WorkspaceScopedAdmin):
     @admin.display(description="Run", ordering="created_at")
     def run(self, obj: SandboxRun) -> SafeString:
         return format_html(
-            '<code>{}</code> {}', short_id(obj.pk), first_line(obj.prompt, 60) or "—"
+            "<code>{}</code> {}", short_id(obj.pk), first_line(obj.prompt, 60) or "—"
         )
 
     @admin.display(description="Started by")

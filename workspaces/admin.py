@@ -106,7 +106,7 @@ NO_SAVE_BUTTONS = {
 
 
 class AdministeredWorkspaceFilter(admin.SimpleListFilter):
-    """"By workspace", naming only the workspaces the user administers (every workspace for
+    """ "By workspace", naming only the workspaces the user administers (every workspace for
     a superuser), never one they would see no rows in. Subclasses say which field holds
     the workspace (`field_path`)."""
 

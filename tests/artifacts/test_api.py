@@ -349,7 +349,9 @@ def test_signals_are_in_the_metadata_and_the_secret_in_no_response(
     path = plant(local_sandboxes, sandbox_run, "artifacts/creds.env", AWS_PAIR)
     client = client_as(api, admin_user)
 
-    captured = client.post(f"/api/v1/runs/{sandbox_run.pk}/artifacts/", {"path": path}, format="json")
+    captured = client.post(
+        f"/api/v1/runs/{sandbox_run.pk}/artifacts/", {"path": path}, format="json"
+    )
     assert captured.status_code == 201
     artifact_id = captured.json()["id"]
     responses = [
@@ -380,9 +382,12 @@ def test_two_approvals_through_the_api(
     api: Any, admin_user: Any, superuser: Any, sandbox_run: SandboxRun, admin_key: str
 ) -> None:
     policy_url = f"/api/v1/workspaces/{sandbox_run.workspace_id}/review-policy/"
-    assert client_as(api, admin_user).put(
-        policy_url, {"required_approvals": 2}, format="json"
-    ).status_code == 200
+    assert (
+        client_as(api, admin_user)
+        .put(policy_url, {"required_approvals": 2}, format="json")
+        .status_code
+        == 200
+    )
     artifact = make_artifact(sandbox_run)
     url = f"/api/v1/artifacts/{artifact.pk}/review/"
 
@@ -505,7 +510,11 @@ def test_the_archive_holds_what_the_caller_may_download(
 def test_archive_member_names_are_relative_and_unique(
     api: Any, admin_user: Any, sandbox_run: SandboxRun, outsider: Any
 ) -> None:
-    paths = ["/home/user/artifacts/x/a.txt", "/home/user/artifacts/x/a.txt", "/home/user/../../etc/b"]
+    paths = [
+        "/home/user/artifacts/x/a.txt",
+        "/home/user/artifacts/x/a.txt",
+        "/home/user/../../etc/b",
+    ]
     for number, path in enumerate(paths, start=1):
         artifact = make_artifact(sandbox_run, title="a.txt", data=str(number).encode())
         Artifact.objects.filter(pk=artifact.pk).update(

@@ -365,7 +365,9 @@ def test_a_capture_stores_its_signals_and_never_the_secret(
     [event] = Event.objects.filter(subject_id=str(artifact.pk))
     assert event.data["signals"] == ["secret"]
     everything_recorded = repr(artifact.signals) + repr(event.data) + caplog.text
-    assert AWS_SECRET not in everything_recorded and "AKIAIOSFODNN7EXAMPLE" not in everything_recorded
+    assert (
+        AWS_SECRET not in everything_recorded and "AKIAIOSFODNN7EXAMPLE" not in everything_recorded
+    )
     assert stored_bytes(artifact) == AWS_PAIR  # the file itself is untouched
 
 
@@ -374,7 +376,7 @@ def test_a_script_is_executable_when_the_sandbox_made_it_so(
 ) -> None:
     script = plant(local_sandboxes, sandbox_run, "artifacts/run.sh", b"#!/bin/sh\necho hi\n")
     plain = plant(local_sandboxes, sandbox_run, "artifacts/notes.sh", b"#!/bin/sh\necho hi\n")
-    os.chmod(home_of(local_sandboxes, sandbox_run) / "artifacts/run.sh", 0o755)
+    os.chmod(home_of(local_sandboxes, sandbox_run) / "artifacts/run.sh", 0o755)  # noqa: S103
     os.chmod(home_of(local_sandboxes, sandbox_run) / "artifacts/notes.sh", 0o644)
 
     [signal] = capture_file(sandbox_run, script).signals
@@ -392,8 +394,8 @@ def test_output_files_and_the_command_log_get_signals(
     with zipfile.ZipFile(buffer, "w") as archive:
         archive.writestr("../evil", "x")
     plant(local_sandboxes, sandbox_run, "artifacts/bundle.zip", buffer.getvalue())
-    result = CommandResult(exit_code=0, stdout=f"AWS_SECRET_ACCESS_KEY={AWS_SECRET}\n", stderr="", truncated=False,
-                           duration_ms=5)  # fmt: skip
+    stdout = f"AWS_SECRET_ACCESS_KEY={AWS_SECRET}\n"
+    result = CommandResult(exit_code=0, stdout=stdout, stderr="", truncated=False, duration_ms=5)
 
     summary = capture.capture_run_outputs(run=sandbox_run, result=result, actor=JOB)
 

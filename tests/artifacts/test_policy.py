@@ -21,7 +21,9 @@ pytestmark = pytest.mark.django_db
 
 
 def _set(workspace: Any, **fields: Any) -> ReviewPolicy:
-    return policy.review_policy_set(workspace=workspace, actor=Actor(user=workspace.owner), **fields)
+    return policy.review_policy_set(
+        workspace=workspace, actor=Actor(user=workspace.owner), **fields
+    )
 
 
 # --- the policy itself -------------------------------------------------------------------
@@ -82,7 +84,9 @@ def test_a_rule_approves_at_capture_as_system_policy_with_the_rule(
 ) -> None:
     rules = [{"type": "image"}, {"path_glob": "/home/user/artifacts/*.csv", "max_size": 100}]
     _set(sandbox_run.workspace, auto_approve=rules)
-    small = capture_file(sandbox_run, plant(local_sandboxes, sandbox_run, "artifacts/a.csv", b"1,2\n"))
+    small = capture_file(
+        sandbox_run, plant(local_sandboxes, sandbox_run, "artifacts/a.csv", b"1,2\n")
+    )
     big = capture_file(
         sandbox_run, plant(local_sandboxes, sandbox_run, "artifacts/b.csv", b"1,2\n" * 100)
     )

@@ -296,7 +296,7 @@ def test_two_reviewers_approving_at_once_record_two_approvals_and_one_final_stat
             copy = Artifact.objects.select_related("run").get(pk=artifact.pk)
             barrier.wait()  # both read it pending, with no approval, before either writes
             _review(copy, who)
-        except BaseException as exc:  # noqa: BLE001 (reported below)
+        except BaseException as exc:
             errors.append(exc)
         finally:
             connection.close()

@@ -195,7 +195,7 @@ def test_a_zip_with_a_symbolic_link_is_flagged() -> None:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
         link = zipfile.ZipInfo("link")
-        link.external_attr = (0o120777 << 16)
+        link.external_attr = 0o120777 << 16
         archive.writestr(link, "/etc/shadow")
     assert "are links" in signals_of(buffer.getvalue(), "a.zip")[1]["message"]
 
@@ -203,7 +203,7 @@ def test_a_zip_with_a_symbolic_link_is_flagged() -> None:
 @pytest.mark.parametrize("mode", ["w", "w:gz"])
 def test_a_tar_with_absolute_and_long_names(mode: str) -> None:
     buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode=mode, format=tarfile.GNU_FORMAT) as archive:
+    with tarfile.open(fileobj=buffer, mode=mode, format=tarfile.GNU_FORMAT) as archive:  # type: ignore[call-overload]
         for name in ("/etc/passwd", "ok.txt", "deep/" + "d" * 150 + "/../../x"):
             info = tarfile.TarInfo(name)
             info.size = 3

@@ -40,7 +40,13 @@ def _chart_png(width: int = 240, height: int = 120) -> bytes:
         for y in range(height)
     )
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
+
 
 FILES = {
     "artifacts/report.md": b"# Q3 summary\n\nRevenue **grew** 12%.\n\n- one\n- two\n\n"
@@ -99,7 +105,12 @@ def test_a_reviewer_decides_a_run_with_the_keyboard(
     assert [s["code"] for s in by_title["creds.env"].signals] == ["secret", "secret"]
     dialogs: list[str] = []
     with chromium_page() as page:
-        page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+
+        def on_dialog(dialog: Any) -> None:
+            dialogs.append(dialog.message)
+            dialog.dismiss()
+
+        page.on("dialog", on_dialog)
         seen = _review(page, live_server.url, {t: str(a.pk) for t, a in by_title.items()})
 
     assert dialogs == []  # nothing an agent wrote ran as a script

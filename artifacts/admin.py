@@ -19,6 +19,7 @@ from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.contrib.admin.utils import unquote
 from django.db.models import Case, IntegerField, Q, QuerySet, Value, When
+from django.db.models.functions import Left
 from django.http import (
     Http404,
     HttpRequest,
@@ -551,6 +552,7 @@ class SandboxRunReviewAdmin(SandboxRunAdmin):
             "cost": self.cost(run),
             "limits": self.limits(run),
             "timeline": timeline,
+            "timeline_html": console.timeline_html(timeline),
             "command_count": len(data.commands),
             "cards": cards,
             "pending": [card for card in cards if card.pending],
@@ -635,6 +637,10 @@ admin.site.register(SandboxRun, SandboxRunReviewAdmin)
 # --- the review queue: runs with pending work ------------------------------------------------
 
 MINE = "mine"
+QUEUE_RUN_FIELDS = (
+    "id", "workspace", "thread_id", "created_by", "api_key", "status", "created_at",
+    "workspace__name", "created_by__username", "api_key__name", "api_key__prefix",
+)  # fmt: skip
 
 
 class DecisionFilter(admin.SimpleListFilter):
@@ -679,7 +685,12 @@ class ReviewQueueAdmin(WorkspaceScopedAdmin):
             workspace_ids=access.administered_workspaces(admin_actor(request)),
             decider=admin_actor(request) if mine else None,
         )
-        return runs.select_related("workspace", "created_by", "api_key")
+        # Only what the columns show: the grouped rows stay narrow (a prompt may be 100 KB).
+        return (
+            runs.only(*QUEUE_RUN_FIELDS)
+            .annotate(prompt_start=Left("prompt", 200))
+            .select_related("workspace", "created_by", "api_key")
+        )
 
     def get_ordering(self, request: HttpRequest) -> list[Any]:
         return ["oldest_pending", "id"]
@@ -695,13 +706,13 @@ class ReviewQueueAdmin(WorkspaceScopedAdmin):
         return super().changelist_view(request, context)
 
     @admin.display(description="Run")
-    def run(self, obj: SandboxRun) -> SafeString:
+    def run(self, obj: Any) -> SafeString:
         url = reverse("admin:sandboxes_sandboxrun_change", args=[obj.pk])
         return format_html(
             '<a href="{}"><code>{}</code> {}</a>',
             url,
             short_id(obj.pk),
-            first_line(obj.prompt, 70) or "—",
+            first_line(obj.prompt_start, 70) or "—",
         )
 
     @admin.display(description="Started by")

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from django.db import transaction
 
-from artifacts import content, policy, risk, storage
+from artifacts import content, markdown, policy, risk, storage
 from artifacts.models import Artifact, ArtifactType
 from config.exceptions import AirlockError, Conflict, InvalidInput, NotFound
 from sandboxes import execution, validation
@@ -53,6 +53,7 @@ def _create_artifact(
     found = scanner.finish(size=stored.size, content_type=content_type)
     signals = [signal.as_json() for signal in found]
     preview = risk.redact(content.preview(stored.head), scanner.secrets) if text_like else ""
+    rendered = markdown.render(preview) if preview and markdown.is_markdown(content_type) else ""
     try:
         with transaction.atomic():
             artifact = Artifact.objects.create(
@@ -67,6 +68,7 @@ def _create_artifact(
                 sha256=stored.sha256,
                 sandbox_path=content.printable(sandbox_path, limit=1024),
                 preview_text=preview,
+                preview_html=rendered,
                 signals=signals,
                 signal_codes=",".join(sorted({s["code"] for s in signals})),
                 risk=risk.highest_severity(signals),

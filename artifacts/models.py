@@ -63,6 +63,9 @@ class Artifact(ConcurrentTransitionMixin, models.Model):
     sha256 = models.CharField(max_length=64)
     sandbox_path = models.CharField(max_length=1024, blank=True)  # empty for the command log
     preview_text = models.TextField(blank=True)  # text types only, ≤ PREVIEW_MAX_CHARS
+    # A Markdown preview rendered at capture (raw HTML off, sanitised by nh3; sanitised
+    # again when shown), so the run review page does not render dozens of files per view.
+    preview_html = models.TextField(blank=True)
     # Risk signals (artifacts.risk), computed at capture: [{code, severity, message, line?}].
     signals = models.JSONField(default=list, blank=True)
     # Denormalised from `signals` for the review queue's counts: the codes, sorted, joined

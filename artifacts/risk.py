@@ -209,7 +209,23 @@ _KEY_PREFIXES = (
     b"private",
     b"client",
 )
-_NOT_TOKEN_ONLY = b"abcdefghijklmnopqrstuvwxyz_-"
+_NOT_DIGITS = bytes(byte for byte in range(256) if not 48 <= byte <= 57)
+
+
+def _secret_shaped(block: bytes, run: bytes, line_start: int) -> bool:
+    """Whether a long run of token characters can be what a token plugin finds. Every
+    provider format and base64 over the entropy limit mixes an upper-case letter with
+    lower-case letters or digits; a run of only lower-case letters and digits (a URL path,
+    a hash in a log) can only be a quoted hex string (HexHighEntropyString needs the
+    quotes) or a Mailchimp key (`…-us6`). Anything else is an identifier or a path."""
+    digits = bool(run.translate(None, _NOT_DIGITS))
+    if run.lower() != run:  # an upper-case letter
+        return digits or run.upper() != run
+    if not digits:
+        return False
+    line_end = block.find(b"\n", line_start)
+    line = block[line_start : len(block) if line_end == -1 else line_end]
+    return b"-us" in run or b'"' in line or b"'" in line
 
 
 def _keyword_hit(lowered: bytes, at: int, anchor: bytes) -> bool:
@@ -251,10 +267,8 @@ def _candidates(block: bytes) -> dict[int, int]:
     while at != -1:
         run_end = tokens.find(b" ", at)
         run_end = len(block) if run_end == -1 else run_end
-        if lowered[at:run_end].translate(None, _NOT_TOKEN_ONLY) != block[at:run_end].translate(
-            None, _NOT_TOKEN_ONLY
-        ) or any(48 <= byte <= 57 for byte in block[at:run_end]):
-            start = block.rfind(b"\n", 0, at) + 1
+        start = block.rfind(b"\n", 0, at) + 1
+        if _secret_shaped(block, block[at:run_end], start):
             hits[start] = hits.get(start, 0) | TOKENS
         at = tokens.find(_TOKEN_RUN, run_end)
     return dict(sorted(hits.items()))

@@ -14,6 +14,7 @@ from django.db.models import (
     BooleanField,
     Case,
     Count,
+    Exists,
     IntegerField,
     Min,
     OuterRef,
@@ -211,8 +212,15 @@ def runs_awaiting_review(
     if workspace_ids is not None:
         pending &= Q(artifacts__workspace__in=workspace_ids)
     runs = SandboxRun.objects.all()
-    if decider is not None:
-        pending &= Q(artifacts__in=decidable_by(decider).values("pk"))
+    if decider is not None and decider.user is not None:
+        # On the joined artifact row itself (no subquery over the artifacts): a planner
+        # with stale statistics cannot turn it into a nested loop over all pending rows.
+        mine = Approval.objects.filter(artifact_id=OuterRef("artifacts__id"), reviewer=decider.user)
+        pending &= ~Exists(mine)
+        own = Q(created_by=decider.user)
+        if settings.ALLOW_SELF_REVIEW:
+            own &= Q(workspace__review_policy__required_approvals=2)
+        runs = runs.exclude(own)
     counts: dict[str, Any] = {
         f"signal_{code}": Count("artifacts", filter=Q(artifacts__signal_codes__contains=code))
         for code in SIGNAL_CODES

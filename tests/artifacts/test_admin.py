@@ -633,14 +633,14 @@ def test_the_queue_lists_runs_with_pending_work_oldest_first_with_counts_and_sig
 
     response = client.get(QUEUE)
     listed = [
-        (r.prompt.split("\n")[0], r.pending_count) for r in response.context["cl"].result_list
+        (r.prompt_start.split("\n")[0], r.pending_count) for r in response.context["cl"].result_list
     ]
     assert listed == [("Adam's own", 1), ("Older run", 2), ("Newer run", 1)]
     html = response.content.decode()
     assert "airlock-signal-secret" in html and f"{RUNS}{older.pk}/change/" in html
 
     mine_only = client.get(f"{QUEUE}?decide=mine").context["cl"].result_list
-    assert [r.prompt.split("\n")[0] for r in mine_only] == ["Older run", "Newer run"]
+    assert [r.prompt_start.split("\n")[0] for r in mine_only] == ["Older run", "Newer run"]
 
 
 @pytest.mark.django_db

@@ -177,6 +177,14 @@ class ArtifactAdmin(FSMAdminMixin, WorkspaceScopedAdmin):
         context = {"title": title, "queue_url": reverse(QUEUE_URL), **(extra_context or {})}
         return super().changelist_view(request, context)
 
+    def get_list_display(self, request: HttpRequest) -> Any:
+        # In the pending list the state is the same on every row and nobody reviewed them
+        # yet: those columns would only push the table wider than the page.
+        state = request.GET.get(ReviewStateFilter.parameter_name)
+        if state in {*DECIDED_STATES, ALL_STATES}:
+            return self.list_display
+        return [n for n in self.list_display if n not in ("review_state", "reviewed_by")]
+
     def get_ordering(self, request: HttpRequest) -> list[Any]:
         if request.GET.get(ReviewStateFilter.parameter_name) == ALL_STATES:
             return [_PENDING_FIRST, "created_at", "id"]

@@ -204,7 +204,9 @@ def timeline_html(rows: list[TimelineRow]) -> SafeString:
             what = format_html("<code>{}</code>", row.title)
         else:
             what = conditional_escape(row.title)
-        output = format_html('<pre class="airlock-output">{}</pre>', row.output) if row.output else ""
+        output = (
+            format_html('<pre class="airlock-output">{}</pre>', row.output) if row.output else ""
+        )
         items.append(
             format_html(
                 '<li class="{}"><time datetime="{}" title="{}">{}</time>'

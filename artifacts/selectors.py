@@ -216,7 +216,7 @@ def runs_awaiting_review(
         # On the joined artifact row itself (no subquery over the artifacts): a planner
         # with stale statistics cannot turn it into a nested loop over all pending rows.
         mine = Approval.objects.filter(artifact_id=OuterRef("artifacts__id"), reviewer=decider.user)
-        pending &= ~Exists(mine)
+        pending &= Q(~Exists(mine))
         own = Q(created_by=decider.user)
         if settings.ALLOW_SELF_REVIEW:
             own &= Q(workspace__review_policy__required_approvals=2)

@@ -15,6 +15,7 @@ Targets: review page ≤ 300 ms with a constant number of queries; queue ≤ 300
 from __future__ import annotations
 
 import argparse
+import operator
 import os
 import random
 import shutil
@@ -23,6 +24,7 @@ import sys
 import tempfile
 import time
 from datetime import timedelta
+from functools import reduce
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +65,7 @@ def _fill_run(run: Any, *, artifacts: int, commands: int, loud: int = 10) -> Non
             "creds-{n}.env",
             "text/plain",
             "AWS_ACCESS_KEY_ID=[AWS Access Key removed]\n",
-            [{"code": "secret", "severity": "high", "message": "AWS Access Key on line 1", "line": 1}],
+            [{"code": "secret", "severity": "high", "message": "AWS Access Key on line 1"}],
         ),
         ("chart-{n}.png", "image/png", "", []),
     ]
@@ -71,48 +73,73 @@ def _fill_run(run: Any, *, artifacts: int, commands: int, loud: int = 10) -> Non
     for n in range(artifacts):
         title, content_type, preview, signals = kinds[n % len(kinds)]
         artifact = Artifact(
-            run=run, workspace_id=run.workspace_id, thread_id=run.thread_id,
+            run=run,
+            workspace_id=run.workspace_id,
+            thread_id=run.thread_id,
             type="image" if content_type == "image/png" else "file",
-            title=title.format(n=n), file=f"artifacts/{run.workspace_id}/bench/{n}",
-            content_type=content_type, size=len(preview) or 40_000, sha256="0" * 64,
+            title=title.format(n=n),
+            file=f"artifacts/{run.workspace_id}/bench/{n}",
+            content_type=content_type,
+            size=len(preview) or 40_000,
+            sha256="0" * 64,
             sandbox_path=f"/home/user/artifacts/{title.format(n=n)}",
-            preview_text=preview.format(n=n)[:4096], signals=signals,
+            preview_text=preview.format(n=n)[:4096],
+            signals=signals,
             preview_html=markdown.render(preview.format(n=n)[:4096])
-            if content_type == "text/markdown" else "",
+            if content_type == "text/markdown"
+            else "",
             signal_codes=",".join(s["code"] for s in signals),
-            risk="high" if signals else "", created_at=now - timedelta(seconds=artifacts - n),
-        )  # fmt: skip
+            risk="high" if signals else "",
+            created_at=now - timedelta(seconds=artifacts - n),
+        )
         rows.append(artifact)
         events.append(
             Event(
-                workspace_id=run.workspace_id, type="artifact.created", actor="user:bench",
-                subject_type="artifact", subject_id=str(artifact.pk), run_id=run.pk,
-                thread_id=run.thread_id, data={"title": artifact.title, "size": artifact.size},
-            )  # fmt: skip
+                workspace_id=run.workspace_id,
+                type="artifact.created",
+                actor="user:bench",
+                subject_type="artifact",
+                subject_id=str(artifact.pk),
+                run_id=run.pk,
+                thread_id=run.thread_id,
+                data={"title": artifact.title, "size": artifact.size},
+            )
         )
     Artifact.objects.bulk_create(rows, batch_size=1000)
     history = []
     for n in range(commands):
         command = Command(
-            run=run, workspace_id=run.workspace_id, kind="exec",
-            command=f"python3 step_{n}.py --input data-{n}.csv", cwd="/home/user",
-            actor="user:bench", status="exited", exit_code=n % 7 == 0, duration_ms=800 + n,
-            started_at=now - timedelta(seconds=commands - n), ended_at=now,
+            run=run,
+            workspace_id=run.workspace_id,
+            kind="exec",
+            command=f"python3 step_{n}.py --input data-{n}.csv",
+            cwd="/home/user",
+            actor="user:bench",
+            status="exited",
+            exit_code=n % 7 == 0,
+            duration_ms=800 + n,
+            started_at=now - timedelta(seconds=commands - n),
+            ended_at=now,
             stdout_tail=(
                 ("progress line of a long command output\n" * 1700)[: 64 * 1024]
                 if n % loud == 0
                 else f"step {n}: 42 rows written\n" * 3
             ),
             stderr_tail="warning: something to look at\n" * 10,
-        )  # fmt: skip
+        )
         history.append(command)
         for kind in ("command.started", "command.finished"):
             events.append(
                 Event(
-                    workspace_id=run.workspace_id, type=kind, actor="user:bench",
-                    subject_type="command", subject_id=str(command.pk), run_id=run.pk,
-                    thread_id=run.thread_id, data={"command": command.command},
-                )  # fmt: skip
+                    workspace_id=run.workspace_id,
+                    type=kind,
+                    actor="user:bench",
+                    subject_type="command",
+                    subject_id=str(command.pk),
+                    run_id=run.pk,
+                    thread_id=run.thread_id,
+                    data={"command": command.command},
+                )
             )
     Command.objects.bulk_create(history, batch_size=500)
     Event.objects.bulk_create(events, batch_size=2000)
@@ -137,7 +164,7 @@ def bench_review_page(requests: int) -> list[str]:
     staff = None
     results = {}
     for artifacts, commands, loud in ((20, 50, 10), (50, 100, 10), (200, 500, 10), (200, 500, 1)):
-        owner, workspace, run = _people_and_run(f"review-{artifacts}-{time.time_ns()}")
+        _, workspace, run = _people_and_run(f"review-{artifacts}-{time.time_ns()}")
         if staff is None:
             from django.contrib.auth import get_user_model
 
@@ -149,13 +176,13 @@ def bench_review_page(requests: int) -> list[str]:
         _fill_run(run, artifacts=artifacts, commands=commands, loud=loud)
         url = f"/admin/sandboxes/sandboxrun/{run.pk}/change/"
         median, p95 = _median_ms(lambda url=url: client.get(url), requests)
-        with CaptureQueriesContext(connection) as queries:
+        with CaptureQueriesContext(connection) as captured:
             client.get(url)
-        results[(artifacts, commands, loud)] = (median, len(queries))
+        results[(artifacts, commands, loud)] = (median, len(captured))
         output = "every command 64 KiB of output" if loud == 1 else "one in 10 loud"
         lines.append(
             f"| {artifacts} artifacts, {commands} commands ({output}) | {median:.1f} ms | "
-            f"{p95:.1f} ms | {len(queries)} |"
+            f"{p95:.1f} ms | {len(captured)} |"
         )
     median, queries = results[(200, 500, 10)]
     constant = len({count for _, count in results.values()}) == 1
@@ -186,10 +213,13 @@ def bench_queue(requests: int, pending: int) -> list[str]:
         runs.append(first)
         extra = [
             SandboxRun(
-                workspace=workspace, thread_id=f"t-{n}", created_by=owner,
-                prompt=f"Task {n}\nwith details", max_duration_ms=3_600_000,
+                workspace=workspace,
+                thread_id=f"t-{n}",
+                created_by=owner,
+                prompt=f"Task {n}\nwith details",
+                max_duration_ms=3_600_000,
                 idle_timeout_ms=900_000,
-            )  # fmt: skip
+            )
             for n in range(runs_per_workspace - 1)
         ]
         runs += SandboxRun.objects.bulk_create(extra)
@@ -201,16 +231,23 @@ def bench_queue(requests: int, pending: int) -> list[str]:
         flagged = n % 9 == 0
         rows.append(
             Artifact(
-                run=run, workspace_id=run.workspace_id, thread_id=run.thread_id, type="file",
-                title=f"file-{n}.txt", file=f"artifacts/{run.workspace_id}/b/{n}",
-                content_type="text/plain", size=100 + n, sha256="0" * 64,
+                run=run,
+                workspace_id=run.workspace_id,
+                thread_id=run.thread_id,
+                type="file",
+                title=f"file-{n}.txt",
+                file=f"artifacts/{run.workspace_id}/b/{n}",
+                content_type="text/plain",
+                size=100 + n,
+                sha256="0" * 64,
                 sandbox_path=f"/home/user/artifacts/file-{n}.txt",
                 review_state="pending" if is_pending else "approved",
                 reviewed_at=None if is_pending else now,
                 signals=[{"code": "secret", "severity": "high", "message": "m"}] if flagged else [],
-                signal_codes="secret" if flagged else "", risk="high" if flagged else "",
+                signal_codes="secret" if flagged else "",
+                risk="high" if flagged else "",
                 created_at=now - timedelta(seconds=random.randint(0, 86_400)),
-            )  # fmt: skip
+            )
         )
     Artifact.objects.bulk_create(rows, batch_size=2000)
     superuser = get_user_model().objects.create_superuser(
@@ -246,7 +283,7 @@ def bench_queue(requests: int, pending: int) -> list[str]:
         client = Client()
         client.force_login(user)
         for name, url in pages:
-            median, p95 = _median_ms(lambda url=url: client.get(url), requests)
+            median, p95 = _median_ms(lambda url=url, client=client: client.get(url), requests)
             medians[(name, who)] = median
             lines.append(f"| {name} | {who} | {median:.1f} ms | {p95:.1f} ms |")
     worst = max(v for (name, _), v in medians.items() if name.startswith("queue"))
@@ -261,7 +298,8 @@ def bench_queue(requests: int, pending: int) -> list[str]:
 def _texts() -> dict[str, bytes]:
     """Two 10 MiB texts: a service log, and Python source (the standard library's)."""
     random.seed(3)
-    words = "the request user session worker queue build test value result cache".split()
+    words = ["the", "request", "user", "session", "worker", "queue", "build", "test"]
+    words += ["value", "result", "cache"]
     lines, size = [], 0
     while size < 10 * MIB:
         line = (
@@ -299,18 +337,18 @@ def bench_signals(pairs: int) -> list[str]:
         f"{pairs} interleaved pairs per text (order alternating within each pair): capture "
         "with the signals, and with a scanner that looks at nothing. Medians.",
         "",
-        "| text | capture without signals | with signals | added | lines sent to "
-        "detect-secrets |",
+        "| text | capture without signals | with signals | added | lines sent to detect-secrets |",
         "|---|---|---|---|---|",
     ]
     worst = 0.0
     for name, data in _texts().items():
         (home / "big.txt").write_bytes(data)
-        plain, scanned = [], []
+        plain: list[float] = []
+        scanned: list[float] = []
         for pair in range(pairs + 1):
             order = (True, False) if pair % 2 else (False, True)
             for with_signals in order:
-                capture.risk.SignalScanner = original if with_signals else _blind(original)
+                risk.SignalScanner = original if with_signals else _blind(original)  # type: ignore[misc]
                 started = time.perf_counter()
                 artifact = capture.artifact_capture(
                     run=run, actor=Actor.for_user(owner), path="/home/user/big.txt"
@@ -320,7 +358,7 @@ def bench_signals(pairs: int) -> list[str]:
                     (scanned if with_signals else plain).append(elapsed)
                 artifact.file.delete(save=False)
                 artifact.delete()
-        capture.risk.SignalScanner = original
+        risk.SignalScanner = original  # type: ignore[misc]
         scanner = original(name="big.txt")
         for start in range(0, len(data), MIB):
             scanner.feed(data[start : start + MIB])
@@ -329,8 +367,7 @@ def bench_signals(pairs: int) -> list[str]:
         added = full / base - 1
         worst = max(worst, added)
         lines.append(
-            f"| {name} | {base * 1000:.1f} ms | {full * 1000:.1f} ms | +{added:.0%} | "
-            f"{checked:,} |"
+            f"| {name} | {base * 1000:.1f} ms | {full * 1000:.1f} ms | +{added:.0%} | {checked:,} |"
         )
     lines += [
         "",
@@ -344,8 +381,8 @@ def bench_signals(pairs: int) -> list[str]:
     return lines
 
 
-def _blind(original: type) -> type:
-    class Blind(original):  # type: ignore[misc, valid-type]
+def _blind(original: Any) -> Any:
+    class Blind(original):
         def feed(self, chunk: bytes) -> None:
             pass
 
@@ -357,15 +394,18 @@ def _blind(original: type) -> type:
 
 def _cleanup(prefixes: tuple[str, ...]) -> None:
     from django.contrib.auth import get_user_model
+    from django.db.models import Q
 
     from workspaces.models import Event, Workspace
 
-    for workspace in Workspace.objects.filter(name__startswith=prefixes):
+    def starting(field: str, starts: tuple[str, ...]) -> Q:
+        return reduce(operator.or_, (Q(**{f"{field}__startswith": s}) for s in starts))
+
+    for workspace in Workspace.objects.filter(starting("name", prefixes)):
         Event.objects.filter(workspace_id=workspace.pk).delete()
         workspace.delete()  # runs, artifacts, commands, policies, memberships, keys
-    get_user_model().objects.filter(
-        username__startswith=("bench-reviewer-", "bench-root-", "bench-staff-")
-    ).delete()
+    users = ("bench-reviewer-", "bench-root-", "bench-staff-")
+    get_user_model().objects.filter(starting("username", users)).delete()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -390,8 +430,8 @@ def main(argv: list[str] | None = None) -> None:
             "",
         ]
         try:
-            out += bench_review_page(args.requests) + [""]
-            out += bench_queue(args.requests, args.pending) + [""]
+            out += [*bench_review_page(args.requests), ""]
+            out += [*bench_queue(args.requests, args.pending), ""]
             out += bench_signals(args.pairs)
         finally:
             _cleanup(("review-", "queue-review-", "signals-"))

@@ -5,6 +5,7 @@ records activity on its run."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
 import django_filters
@@ -28,11 +29,11 @@ from artifacts.models import (
 )
 from config.api import (
     CommaSeparatedChoices,
+    StrictQueryMixin,
     StrictSerializer,
-    page_of,
     paginate,
+    served_chunks,
     validated,
-    validated_query,
 )
 from sandboxes.api import RunScopedView
 from sandboxes.validation import PATH_MAX_LENGTH
@@ -122,7 +123,7 @@ class RunArtifactsView(RunScopedView, generics.GenericAPIView[Artifact]):
     filterset_class = ArtifactFilter
     queryset = Artifact.objects.none()
 
-    @extend_schema(responses=page_of(ArtifactOut), operation_id="runs_artifacts_list")
+    @extend_schema(responses=ArtifactOut(many=True), operation_id="runs_artifacts_list")
     def get(self, request: Request, run_id: str) -> Response:
         artifacts = selectors.artifact_list(actor=self.actor, run=self.run)
         return paginate(self, request, self.filter_queryset(artifacts), ArtifactOut, "-created_at")
@@ -142,18 +143,18 @@ class RunArtifactsView(RunScopedView, generics.GenericAPIView[Artifact]):
         return Response(body, status=status.HTTP_201_CREATED)
 
 
-class ArtifactListView(generics.GenericAPIView[Artifact]):
+class ArtifactListView(StrictQueryMixin, generics.GenericAPIView[Artifact]):
     filter_backends = [DjangoFilterBackend]
     filterset_class = ArtifactFilter
     queryset = Artifact.objects.none()
 
-    @extend_schema(responses=page_of(ArtifactOut), operation_id="artifacts_list")
+    @extend_schema(responses=ArtifactOut(many=True), operation_id="artifacts_list")
     def get(self, request: Request) -> Response:
         artifacts = selectors.artifact_list(actor=Actor.from_request(request))
         return paginate(self, request, self.filter_queryset(artifacts), ArtifactOut, "-created_at")
 
 
-class ArtifactScopedView(APIView):
+class ArtifactScopedView(StrictQueryMixin, APIView):
     """Base of every `artifacts/{id}/…` route: resolves the artifact once (404 for outsiders)
     and checks the role for the method. Reading an artifact is not activity on its run."""
 
@@ -194,6 +195,8 @@ class ArtifactWaitQuery(StrictSerializer):
 
 
 class ArtifactDetailView(ArtifactScopedView):
+    query = {"GET": ArtifactWaitQuery}
+
     @extend_schema(
         parameters=[ArtifactWaitQuery],
         responses=ArtifactOut,
@@ -203,7 +206,7 @@ class ArtifactDetailView(ArtifactScopedView):
         f"`wait_s` seconds (at most {selectors.WAIT_MAX_S}) with the artifact as it is then.",
     )
     def get(self, request: Request, artifact_id: str) -> Response:
-        query = validated_query(ArtifactWaitQuery, request)
+        query = self.query_data
         if query.get("wait_s"):
             self.artifact = selectors.artifact_wait(
                 artifact=self.artifact,
@@ -223,7 +226,11 @@ class ArtifactContentView(ArtifactScopedView):
         "approved; admins and owners get any.",
     )
     def get(self, request: Request, artifact_id: str) -> StreamingHttpResponse:
-        return downloads.attachment_response(self.artifact)
+        response = downloads.attachment_response(self.artifact)
+        chunks = response.streaming_content
+        assert not isinstance(chunks, AsyncIterator)  # downloads streams from storage, in sync
+        response.streaming_content = served_chunks(request, chunks)
+        return response
 
 
 class ArtifactReviewView(ArtifactScopedView):

@@ -5,11 +5,14 @@ from __future__ import annotations
 import functools
 import json
 import logging
-from typing import Any
+from collections.abc import AsyncIterator, Iterable
+from typing import Any, ClassVar
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import RequestDataTooBig
+from django.core.handlers.asgi import ASGIRequest
 from django.http import Http404, HttpRequest, JsonResponse
 from rest_framework import exceptions, pagination, parsers, serializers, status
 from rest_framework.response import Response
@@ -104,6 +107,46 @@ def validated_query(
     return dict(serializer.validated_data)
 
 
+PAGE_PARAMETERS = ("cursor", "page_size")
+
+
+class StrictQueryMixin:
+    """Every route refuses query parameters it does not know: a 400 naming them, as unknown
+    body fields are. A handler that takes parameters declares them per method in `query`
+    (a StrictSerializer, which also checks their values: `self.query_data`); a list (a view
+    with `pagination_class`) also takes `cursor`, `page_size` and its FilterSet's fields."""
+
+    query: ClassVar[dict[str, type[serializers.Serializer[Any]]]] = {}
+    query_data: dict[str, Any]
+
+    def initial(self, request: Any, *args: Any, **kwargs: Any) -> None:
+        super().initial(request, *args, **kwargs)  # type: ignore[misc]  # a mixin of APIView
+        method = request.method or "GET"
+        known = set(self.list_parameters()) if method == "GET" else set()
+        query_class = self.query.get(method)
+        if query_class is not None:
+            known |= set(query_class().fields)
+        override = settings.REST_FRAMEWORK.get("URL_FORMAT_OVERRIDE", "format")
+        unknown = sorted(set(request.query_params) - known - {override})
+        if unknown:
+            raise exceptions.ValidationError(
+                {name: ["Unknown query parameter."] for name in unknown}
+            )
+        self.query_data = {}
+        if query_class is not None:
+            fields = query_class().fields
+            params = {k: v for k, v in request.query_params.dict().items() if k in fields}
+            serializer = query_class(data=params)
+            serializer.is_valid(raise_exception=True)
+            self.query_data = dict(serializer.validated_data)
+
+    def list_parameters(self) -> list[str]:
+        if getattr(self, "pagination_class", None) is None:
+            return []
+        filterset = getattr(self, "filterset_class", None)
+        return [*PAGE_PARAMETERS, *(filterset.base_filters if filterset else ())]
+
+
 class CommaSeparatedChoices(serializers.CharField):
     """`a,b,c` in a query parameter: each one of `choices` (400 naming the others)."""
 
@@ -144,6 +187,25 @@ def page_of(serializer_class: type[serializers.Serializer[Any]]) -> serializers.
             "results": serializer_class(many=True),
         },
     )
+
+
+def served_chunks(request: Any, chunks: Iterable[bytes]) -> Iterable[bytes] | AsyncIterator[bytes]:
+    """A streamed body as the server running the request can stream it. Under ASGI Django
+    reads a synchronous iterator into memory whole before sending any of it (and under WSGI
+    an asynchronous one): a file download there is read chunk by chunk on a worker thread."""
+    if not isinstance(getattr(request, "_request", request), ASGIRequest):
+        return chunks
+
+    iterator = iter(chunks)
+
+    def read() -> bytes | None:
+        return next(iterator, None)
+
+    async def chunked() -> AsyncIterator[bytes]:
+        while (chunk := await sync_to_async(read, thread_sensitive=False)()) is not None:
+            yield chunk
+
+    return chunked()
 
 
 def _error(detail: str, code: str, status_code: int, **extra: Any) -> Response:

@@ -1,6 +1,84 @@
+"""The web application, as uvicorn serves it (`uvicorn config.asgi:application`): Django, and
+the MCP server (artifacts/mcp.py) mounted beside it at /mcp/. Under ASGI, streams (the
+streaming exec, SSE) hold no worker thread while they wait.
+
+The lifespan (startup and shutdown) is the MCP app's: Django has none, and the MCP session
+manager's task group must run for as long as the server does.
+"""
+
+from __future__ import annotations
+
 import os
 
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
 from django.core.asgi import get_asgi_application
+from django.core.handlers.asgi import ASGIHandler
+from django.http import HttpRequest, HttpResponseBase
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
-application = get_asgi_application()
+get_asgi_application()  # sets Django up: import the apps' modules after
+
+from artifacts.mcp import MCP_PATH, mcp_app  # noqa: E402
+
+
+class OneHopASGIHandler(ASGIHandler):
+    """Django's ASGI handler with each request's middleware and view run in one hop to a
+    thread, as under WSGI, instead of one hop per hook of every middleware (about fifteen per
+    request): every middleware and view here is synchronous. Responses, streams included,
+    are still sent from the event loop."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.load_middleware(is_async=False)
+
+    async def get_response_async(self, request: HttpRequest) -> HttpResponseBase:
+        response: HttpResponseBase = await sync_to_async(self.get_response, thread_sensitive=True)(
+            request
+        )
+        return response
+
+
+def _share_connections() -> None:
+    """Under ASGI each request's sync code runs on a thread of its own, so a persistent
+    connection would stay open, unused, with the thread it was made on: Django asks for
+    CONN_MAX_AGE=0 under ASGI, and PostgreSQL connections then come from a pool shared by
+    the threads (WEB_DATABASE_POOL_SIZE; opening one costs more than most requests).
+    Workers, which are not served here, keep their persistent connections."""
+    for database in settings.DATABASES.values():
+        database["CONN_MAX_AGE"] = 0
+        postgres = database["ENGINE"] == "django.db.backends.postgresql"
+        if postgres and settings.WEB_DATABASE_POOL_SIZE:
+            size = settings.WEB_DATABASE_POOL_SIZE
+            pool = {"min_size": min(2, size), "max_size": size, "timeout": 30}
+            database.setdefault("OPTIONS", {})["pool"] = pool
+
+
+def build_application() -> ASGIApp:
+    """Django and a new MCP app (whose lifespan runs once: one per server)."""
+    _share_connections()
+    mcp_application = mcp_app()
+    django_application = OneHopASGIHandler()
+    # The admin's and the API docs' assets (Swagger UI and ReDoc come with the project, so the
+    # docs work offline), unless a proxy serves the collected var/static (SERVE_STATIC=false).
+    django_app = ASGIStaticFilesHandler(django_application) if settings.SERVE_STATIC else None
+
+    async def application(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await mcp_application(scope, receive, send)
+            return
+        path: str = scope.get("path", "")
+        if path == MCP_PATH.rstrip("/"):
+            scope = {**scope, "path": MCP_PATH, "raw_path": MCP_PATH.encode()}
+            path = MCP_PATH
+        if scope["type"] == "http" and path.startswith(MCP_PATH):
+            await mcp_application(scope, receive, send)
+            return
+        await (django_app or django_application)(scope, receive, send)  # type: ignore[arg-type]
+
+    return application
+
+
+application = build_application()

@@ -23,6 +23,11 @@ def beat_schedule() -> dict[str, dict[str, Any]]:
             "schedule": settings.SANDBOX_SWEEP_INTERVAL_S,
             "options": {"expires": settings.SANDBOX_SWEEP_INTERVAL_S},
         },
+        "check-background-commands": {
+            "task": "sandboxes.tasks.check_background_commands",
+            "schedule": settings.SANDBOX_COMMAND_CHECK_INTERVAL_S,
+            "options": {"expires": settings.SANDBOX_COMMAND_CHECK_INTERVAL_S},
+        },
         "reconcile-sandboxes": {
             "task": "sandboxes.tasks.reconcile_sandboxes",
             "schedule": settings.SANDBOX_RECONCILE_INTERVAL_S,

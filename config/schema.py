@@ -1,8 +1,14 @@
-"""OpenAPI post-processing: document the error shape every route can answer with."""
+"""The OpenAPI schema's house rules: descriptions only where a route states them (docstrings
+are written for the code's readers, not the API's), and, added after generation, the error
+shape every route can answer with, `Retry-After` on 429s and the attachment headers of the
+routes that answer with a file."""
 
 from __future__ import annotations
 
 from typing import Any
+
+from drf_spectacular.openapi import AutoSchema as SpectacularAutoSchema
+from drf_spectacular.plumbing import get_override
 
 ERROR_SCHEMA = {
     "type": "object",
@@ -22,10 +28,38 @@ ERROR_RESPONSES = {
     "405": "Method not allowed.",
     "409": "Conflict with the current state.",
     "413": "Body too large.",
-    "415": "Unsupported media type (send JSON).",
-    "429": "A limit was reached; see Retry-After.",
+    "415": "Unsupported media type: send the body type this route documents.",
+    "429": "A limit was reached; retry after `Retry-After` seconds.",
     "503": "A backend is unavailable; retry later.",
 }
+
+RETRY_AFTER = {
+    "Retry-After": {
+        "description": "Seconds to wait before trying again.",
+        "schema": {"type": "integer"},
+    }
+}
+ATTACHMENT_HEADERS = {
+    "Content-Disposition": {
+        "description": '`attachment; filename="…"`: always a download, never shown inline.',
+        "schema": {"type": "string"},
+    },
+    "X-Content-Type-Options": {"description": "`nosniff`.", "schema": {"type": "string"}},
+}
+
+
+class AutoSchema(SpectacularAutoSchema):
+    """drf-spectacular's, without docstrings as descriptions: an operation says what it does
+    with `extend_schema(description=…)`, a field with its `help_text`."""
+
+    def get_description(self) -> str:  # type: ignore[override]
+        return ""
+
+    def _map_basic_serializer(self, serializer: Any, direction: Any) -> dict[str, Any]:
+        mapped: dict[str, Any] = super()._map_basic_serializer(serializer, direction)  # type: ignore[no-untyped-call]
+        if get_override(serializer, "description", None) is None:
+            mapped.pop("description", None)
+        return mapped
 
 
 def add_error_responses(result: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
@@ -40,4 +74,8 @@ def add_error_responses(result: dict[str, Any], **kwargs: Any) -> dict[str, Any]
                     code,
                     {"description": description, "content": {"application/json": {"schema": ref}}},
                 )
+            responses["429"].setdefault("headers", {}).update(RETRY_AFTER)
+            for response in responses.values():
+                if "application/octet-stream" in response.get("content", {}):
+                    response.setdefault("headers", {}).update(ATTACHMENT_HEADERS)
     return result

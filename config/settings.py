@@ -72,6 +72,7 @@ INSTALLED_APPS = [
     "rest_framework.authtoken",
     "django_filters",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI and ReDoc served from here: the docs work offline
     "django_fsm_log",
     "workspaces",
     "sandboxes",
@@ -122,6 +123,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         }
     )
 DATABASES["default"]["CONN_MAX_AGE"] = env_int("CONN_MAX_AGE", 60, min_value=0)
+# The web process (config/asgi.py) shares PostgreSQL connections through a pool of at most
+# this many (0: none, a connection per request). Workers keep persistent connections.
+WEB_DATABASE_POOL_SIZE = env_int("WEB_DATABASE_POOL_SIZE", 20, min_value=0)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -139,6 +143,8 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
+# The web process (config/asgi.py) serves /static/ itself unless a proxy serves STATIC_ROOT.
+SERVE_STATIC = env_bool("SERVE_STATIC", True)
 MEDIA_ROOT = VAR_DIR / "media"
 
 # Transitions are events on the trail (workspaces.events): one row, written by one helper.
@@ -174,7 +180,7 @@ REST_FRAMEWORK = {
     "PAGE_SIZE": 50,
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     "EXCEPTION_HANDLER": "config.api.exception_handler",
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "config.schema.AutoSchema",
     "DEFAULT_THROTTLE_RATES": {"auth": env_str("AUTH_THROTTLE_RATE", "30/min")},
 }
 SPECTACULAR_SETTINGS = {
@@ -183,11 +189,16 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "SCHEMA_PATH_PREFIX": "/api/v1",
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
     "ENUM_NAME_OVERRIDES": {
         "MembershipRoleEnum": "workspaces.models.Role",
         "ApiKeyRoleEnum": "workspaces.models.ApiKeyRole",
         "ArtifactTypeEnum": "artifacts.models.ArtifactType",
+        "RunStatusEnum": "sandboxes.models.RunStatus",
+        "CommandStatusEnum": "sandboxes.models.CommandStatus",
     },
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
@@ -248,6 +259,9 @@ SANDBOX_DEFAULT_IDLE_TIMEOUT_MS = env_int(
 )
 SANDBOX_SWEEP_INTERVAL_S = env_int("SANDBOX_SWEEP_INTERVAL_S", 30, min_value=1)
 SANDBOX_RECONCILE_INTERVAL_S = env_int("SANDBOX_RECONCILE_INTERVAL_S", 300, min_value=1)
+# How often beat looks at running background commands: how soon their end, their timeout_s
+# and the end of their run are noticed when nobody reads them.
+SANDBOX_COMMAND_CHECK_INTERVAL_S = env_int("SANDBOX_COMMAND_CHECK_INTERVAL_S", 10, min_value=1)
 SANDBOX_SWEEP_CONCURRENCY = env_int("SANDBOX_SWEEP_CONCURRENCY", 16, min_value=1)
 SANDBOX_KEEPALIVE_MIN_S = env_int("SANDBOX_KEEPALIVE_MIN_S", 30, min_value=0)
 # E2B's published per-second prices: per vCPU, and per GiB of memory.

@@ -12,16 +12,18 @@ from typing import Any
 from django.contrib import admin
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.template.defaultfilters import truncatechars
 from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
 from config.exceptions import Conflict
 from sandboxes import selectors, services
-from sandboxes.models import ACTIVE_STATUSES, SandboxRun
+from sandboxes.models import ACTIVE_STATUSES, Command, SandboxRun
 from workspaces.admin import (
     NO_SAVE_BUTTONS,
     AdministeredWorkspaceFilter,
+    ReadOnlyInline,
     WorkspaceAdmin,
     WorkspaceScopedAdmin,
     admin_actor,
@@ -82,6 +84,30 @@ RUN_DETAIL_FIELDS = (
 )  # fmt: skip
 
 
+OUTPUT_EXCERPT_CHARS = 400
+
+
+class CommandInline(ReadOnlyInline):
+    """The run's command history, oldest first. Reviewers (admins and owners) may read
+    command output, so each row shows the end of what it printed."""
+
+    model = Command
+    verbose_name_plural = "Command history"
+    fields = ("command", "kind", "status", "exit_code", "started_at", "duration_ms", "actor",
+              "output")  # fmt: skip
+    readonly_fields = fields
+    ordering = ["started_at", "id"]
+
+    @admin.display(description="Output (end)")
+    def output(self, obj: Command) -> SafeString:
+        text = (obj.stdout_tail + obj.stderr_tail)[-OUTPUT_EXCERPT_CHARS:]
+        return format_html("<pre style='white-space: pre-wrap; margin: 0'>{}</pre>", text)
+
+    @admin.display(description="Command")
+    def command(self, obj: Command) -> str:
+        return truncatechars(obj.command, 200)
+
+
 @admin.register(SandboxRun)
 class SandboxRunAdmin(WorkspaceScopedAdmin):
     list_display = [
@@ -96,6 +122,7 @@ class SandboxRunAdmin(WorkspaceScopedAdmin):
     actions = ["cancel_runs"]
     fields = RUN_DETAIL_FIELDS
     readonly_fields = RUN_DETAIL_FIELDS
+    inlines = [CommandInline]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # runs start through the API or `manage.py start_run`

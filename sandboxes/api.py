@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import json
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any, ClassVar
 
@@ -10,26 +13,32 @@ from django.http import StreamingHttpResponse
 from django.utils import timezone
 from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
+from rest_framework import exceptions as drf_exceptions
 from rest_framework import generics, serializers, status
+from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.utils.encoders import JSONEncoder
 from rest_framework.views import APIView
 
 from config.api import (
     CommaSeparatedChoices,
+    StrictQueryMixin,
     StrictSerializer,
-    page_of,
     paginate,
+    served_chunks,
     validated,
-    validated_query,
 )
-from config.exceptions import InvalidInput, PermissionDenied
-from sandboxes import execution, selectors, services, validation
+from config.exceptions import AirlockError, InvalidInput, PermissionDenied
+from sandboxes import background, execution, selectors, services, validation
 from sandboxes.backends.base import SANDBOX_HOME
 from sandboxes.models import (
     ACTIVE_STATUSES,
     DEFAULT_OUTPUT_DIR,
+    Command,
+    CommandKind,
+    CommandStatus,
     EndReason,
     RunStatus,
     SandboxRun,
@@ -126,7 +135,7 @@ class WorkspaceRunsView(WorkspaceScopedView, generics.GenericAPIView[SandboxRun]
     filterset_class = RunFilter
     queryset = SandboxRun.objects.none()
 
-    @extend_schema(responses=page_of(RunOut), operation_id="workspaces_runs_list")
+    @extend_schema(responses=RunOut(many=True), operation_id="workspaces_runs_list")
     def get(self, request: Request, workspace_id: str) -> Response:
         runs = self.filter_queryset(selectors.run_list(actor=self.actor, workspace=self.workspace))
         return paginate(self, request, runs, RunOut, "-created_at")
@@ -181,7 +190,7 @@ class UsageOut(UsageTotalsOut):
 USAGE_DEFAULT_DAYS = 30
 
 
-class UsageQuery(serializers.Serializer[Any]):
+class UsageQuery(StrictSerializer):
     def get_fields(self) -> dict[str, serializers.Field[Any, Any, Any, Any]]:
         return {
             "from": serializers.DateField(required=False),
@@ -202,6 +211,7 @@ class UsageQuery(serializers.Serializer[Any]):
 
 class WorkspaceUsageView(WorkspaceScopedView):
     minimum_role: ClassVar[dict[str, Role]] = {"GET": Role.ADMIN}
+    query = {"GET": UsageQuery}
 
     @extend_schema(
         parameters=[
@@ -216,24 +226,22 @@ class WorkspaceUsageView(WorkspaceScopedView):
         ),
     )
     def get(self, request: Request, workspace_id: str) -> Response:
-        query = UsageQuery(data=request.query_params)
-        query.is_valid(raise_exception=True)
-        usage = selectors.run_usage(workspace=self.workspace, **query.validated_data)
+        usage = selectors.run_usage(workspace=self.workspace, **self.query_data)
         return Response(UsageOut(usage).data)
 
 
-class RunListView(generics.GenericAPIView[SandboxRun]):
+class RunListView(StrictQueryMixin, generics.GenericAPIView[SandboxRun]):
     filter_backends = [DjangoFilterBackend]
     filterset_class = RunFilter
     queryset = SandboxRun.objects.none()
 
-    @extend_schema(responses=page_of(RunOut), operation_id="runs_list")
+    @extend_schema(responses=RunOut(many=True), operation_id="runs_list")
     def get(self, request: Request) -> Response:
         runs = selectors.run_list(actor=Actor.from_request(request))
         return paginate(self, request, self.filter_queryset(runs), RunOut, "-created_at")
 
 
-class RunScopedView(APIView):
+class RunScopedView(StrictQueryMixin, APIView):
     """Base of every `runs/{id}/…` route: resolves the run once (404 for outsiders) and
     checks the role for the method. Activity is recorded by what works in the sandbox (exec,
     files, commands, captures), never by reading the run."""
@@ -247,15 +255,24 @@ class RunScopedView(APIView):
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
         super().initial(request, *args, **kwargs)
         self.actor = Actor.from_request(request)
-        self.run, self.role = selectors.run_get(
+        self.run, self.role = resolve_run(
             actor=self.actor,
             run_id=kwargs["run_id"],
             minimum=self.minimum_role.get(request.method or "GET", Role.MEMBER),
+            controls_run=self.controls_run,
         )
-        if self.controls_run and not selectors.run_is_controlled_by(
-            run=self.run, actor=self.actor, role=self.role
-        ):
-            raise PermissionDenied("Members may only end their own runs.")
+
+
+def resolve_run(
+    *, actor: Actor, run_id: Any, minimum: Role = Role.MEMBER, controls_run: bool = False
+) -> tuple[SandboxRun, Role]:
+    """What every run route (and MCP tool) starts with: the run and the caller's role, 404
+    for outsiders, 403 below `minimum`, and with `controls_run` (ending it) 403 for a member
+    on someone else's run."""
+    run, role = selectors.run_get(actor=actor, run_id=run_id, minimum=minimum)
+    if controls_run and not selectors.run_is_controlled_by(run=run, actor=actor, role=role):
+        raise PermissionDenied("Members may only end their own runs.")
+    return run, role
 
 
 class RunWaitQuery(StrictSerializer):
@@ -273,6 +290,8 @@ class RunWaitQuery(StrictSerializer):
 
 
 class RunDetailView(RunScopedView):
+    query = {"GET": RunWaitQuery}
+
     @extend_schema(
         parameters=[RunWaitQuery],
         responses=RunOut,
@@ -282,7 +301,7 @@ class RunDetailView(RunScopedView):
         "not keep the sandbox alive.",
     )
     def get(self, request: Request, run_id: str) -> Response:
-        query = validated_query(RunWaitQuery, request)
+        query = self.query_data
         run = self.run
         if query.get("wait_s"):
             while_status = set(query.get("while_status") or ACTIVE_STATUSES)
@@ -300,33 +319,311 @@ class ExecIn(StrictSerializer):
     )
 
 
-class ExecOut(serializers.Serializer[Any]):
+class ExecExitOut(serializers.Serializer[Any]):
     exit_code = serializers.IntegerField(allow_null=True, help_text="null when it timed out")
-    stdout = serializers.CharField()
-    stderr = serializers.CharField()
-    truncated = serializers.BooleanField()
+    truncated = serializers.BooleanField(
+        help_text=f"stdout or stderr was cut at EXEC_MAX_OUTPUT_BYTES (default {1024 * 1024})."
+    )
     timed_out = serializers.BooleanField()
     duration_ms = serializers.IntegerField()
+    command_id = serializers.UUIDField(help_text="Its row in the run's command history.")
 
 
-class RunExecView(RunScopedView):
-    @extend_schema(request=ExecIn, responses=ExecOut)
-    def post(self, request: Request, run_id: str) -> Response:
+class ExecOut(ExecExitOut):
+    stdout = serializers.CharField()
+    stderr = serializers.CharField()
+
+
+class EventStreamRenderer(BaseRenderer):
+    """`Accept: text/event-stream` on the routes that stream. Errors raised before the stream
+    starts are still answered as JSON (see `StreamingView`)."""
+
+    media_type = "text/event-stream"
+    format = "sse"
+    charset = "utf-8"
+
+    def render(
+        self,
+        data: Any,
+        accepted_media_type: str | None = None,
+        renderer_context: Any = None,
+    ) -> bytes:
+        # Only errors reach a renderer here, and StreamingView answers those as JSON.
+        return json.dumps(data, cls=JSONEncoder).encode()
+
+
+class StreamingView(RunScopedView):
+    """A route that answers JSON, or Server-Sent Events when the client asks for them."""
+
+    renderer_classes = [JSONRenderer, EventStreamRenderer]
+
+    def wants_stream(self, request: Request) -> bool:
+        return isinstance(getattr(request, "accepted_renderer", None), EventStreamRenderer)
+
+    def handle_exception(self, exc: Exception) -> Response:
+        # An error before the stream starts (bad input, a run not running) is JSON, whatever
+        # the client accepts, with its status code.
+        self.request.accepted_renderer = JSONRenderer()
+        self.request.accepted_media_type = JSONRenderer.media_type
+        return super().handle_exception(exc)
+
+
+def sse(event: str, data: Any) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(data, cls=JSONEncoder)}\n\n".encode()
+
+
+SSE_HEARTBEAT = b": keepalive\n\n"
+
+
+async def exec_events(prepared: execution.PreparedExec) -> AsyncIterator[bytes]:
+    """A streamed exec as Server-Sent Events: `stdout`/`stderr` `{text}` as the command
+    prints, then one `exit` (or one `error` `{detail, code}` when the sandbox failed under
+    it), with a comment line every SSE_HEARTBEAT_S of silence."""
+    try:
+        async for item in execution.exec_stream(prepared, heartbeat_s=SSE_HEARTBEAT_S):
+            if item is None:
+                yield SSE_HEARTBEAT
+            elif isinstance(item, execution.ExecOutput):
+                yield sse(item.stream, {"text": item.text})
+            else:
+                yield sse("exit", ExecExitOut(item).data)
+    except AirlockError as exc:
+        yield sse("error", {"detail": exc.detail, "code": exc.code})
+
+
+SSE_HEARTBEAT_S = 15.0
+EXEC_STREAM_DESCRIPTION = (
+    "Run one command in the sandbox and wait for it (`timeout_s`: default 60 s or the run's "
+    "remaining time). A timed-out command is a result: `timed_out` true, `exit_code` null.\n\n"
+    "With `Accept: text/event-stream` the output is streamed as Server-Sent Events while the "
+    'command runs: `event: stdout` / `event: stderr` with `data: {"text": …}`, then one '
+    "`event: exit` with `data: {exit_code, duration_ms, timed_out, truncated, command_id}` "
+    "(or one `event: error` with `data: {detail, code}` if the sandbox failed under it). A "
+    "comment line is sent every 15 s of silence. Closing the connection kills the command and "
+    "everything it started. Errors found before the command starts are JSON, as usual."
+)
+
+
+class RunExecView(StreamingView):
+    @extend_schema(
+        request=ExecIn,
+        # The stream is asked for with Accept, not DRF's ?format= (which it does not take).
+        parameters=[OpenApiParameter("format", exclude=True)],
+        responses={
+            (200, "application/json"): ExecOut,
+            (200, "text/event-stream"): OpenApiTypes.STR,
+        },
+        description=EXEC_STREAM_DESCRIPTION,
+    )
+    def post(self, request: Request, run_id: str) -> Response | StreamingHttpResponse:
         data = validated(ExecIn, request)
+        if self.wants_stream(request):
+            prepared = execution.exec_prepare(run=self.run, actor=self.actor, **data)
+            return event_stream_response(exec_events(prepared))
         result = execution.run_exec(run=self.run, actor=self.actor, **data)
         return Response(ExecOut(result).data)
 
 
-PATH_PARAM = OpenApiParameter(
-    "path", str, required=True, description=f"Absolute, under {SANDBOX_HOME}"
-)
+def event_stream_response(events: AsyncIterator[bytes]) -> StreamingHttpResponse:
+    response = StreamingHttpResponse(events, content_type="text/event-stream; charset=utf-8")
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"  # nginx: pass each event on at once
+    return response
 
 
-def _path(request: Request) -> str:
-    path = request.query_params.get("path")
-    if not path:
-        raise InvalidInput("The `path` query parameter is required.", code="required")
-    return path
+# --- the command history and background commands --------------------------------------------
+
+
+class CommandOut(serializers.ModelSerializer[Command]):
+    """A command of the run's history. Its output tails (the last 64 KiB of each stream) are
+    content: null unless the caller started the run or is an admin or owner."""
+
+    timed_out = serializers.BooleanField(read_only=True)
+    error = serializers.JSONField(allow_null=True, read_only=True, help_text="{code, message}")
+    env_names = serializers.ListField(
+        child=serializers.CharField(), read_only=True, help_text="Never the values."
+    )
+    stdout_tail = serializers.SerializerMethodField()
+    stderr_tail = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Command
+        fields = [
+            "id", "kind", "command", "cwd", "env_names", "status", "actor", "started_at",
+            "ended_at", "exit_code", "duration_ms", "timed_out", "truncated", "error",
+            "stdout_bytes", "stderr_bytes", "stdout_tail", "stderr_tail",
+        ]  # fmt: skip
+        read_only_fields = fields
+
+    def _visible(self) -> bool:
+        return bool(self.context.get("output_visible"))
+
+    @extend_schema_field(serializers.CharField(allow_null=True))
+    def get_stdout_tail(self, command: Command) -> str | None:
+        return command.stdout_tail if self._visible() else None
+
+    @extend_schema_field(serializers.CharField(allow_null=True))
+    def get_stderr_tail(self, command: Command) -> str | None:
+        return command.stderr_tail if self._visible() else None
+
+
+class CommandOutputOut(serializers.Serializer[Any]):
+    stdout = serializers.CharField()
+    stderr = serializers.CharField()
+    stdout_offset = serializers.IntegerField()
+    stderr_offset = serializers.IntegerField()
+    stdout_next = serializers.IntegerField()
+    stderr_next = serializers.IntegerField()
+
+
+# Inline, not a component: a nullable reference is beyond OpenAPI 3.0 validators.
+COMMAND_OUTPUT_SCHEMA = {
+    "type": "object",
+    "nullable": True,
+    "description": "Its output after the byte offsets asked for (`stdout_offset`, "
+    "`stderr_offset`: where the text starts; `*_next`: where to read on); null unless you "
+    "may read it.",
+    "properties": {
+        "stdout": {"type": "string"},
+        "stderr": {"type": "string"},
+        **{
+            f"{stream}_{end}": {"type": "integer"}
+            for stream in ("stdout", "stderr")
+            for end in ("offset", "next")
+        },
+    },
+    "required": [
+        "stdout",
+        "stderr",
+        "stdout_offset",
+        "stderr_offset",
+        "stdout_next",
+        "stderr_next",
+    ],
+}
+
+
+class CommandDetailOut(CommandOut):
+    output = serializers.SerializerMethodField()
+
+    class Meta(CommandOut.Meta):
+        fields = [*CommandOut.Meta.fields, "output"]
+        read_only_fields = fields
+
+    @extend_schema_field(COMMAND_OUTPUT_SCHEMA)
+    def get_output(self, command: Command) -> dict[str, Any] | None:
+        read = getattr(command, "output", None)
+        return CommandOutputOut(read).data if read is not None and self._visible() else None
+
+
+class CommandStartIn(ExecIn):
+    timeout_s = serializers.FloatField(
+        min_value=0.1,
+        required=False,
+        help_text="Kill it past this long (default: when the run ends; at most its remaining "
+        "time).",
+    )
+
+
+class CommandFilter(django_filters.FilterSet):
+    kind = django_filters.ChoiceFilter(choices=CommandKind.choices)
+    status = django_filters.ChoiceFilter(choices=CommandStatus.choices)
+
+    class Meta:
+        model = Command
+        fields = ["kind", "status"]
+
+
+class CommandOutputQuery(StrictSerializer):
+    stdout_offset = serializers.IntegerField(min_value=0, required=False, default=0)
+    stderr_offset = serializers.IntegerField(min_value=0, required=False, default=0)
+
+
+class RunCommandsView(RunScopedView, generics.GenericAPIView[Command]):
+    filter_backends = [DjangoFilterBackend]
+    filterset_class = CommandFilter
+    queryset = Command.objects.none()
+
+    @extend_schema(
+        responses=CommandOut(many=True),
+        operation_id="runs_commands_list",
+        description="The run's command history, oldest first: every exec, background command "
+        "and the job's command. Output tails are null unless you started the run or are an "
+        "admin or owner.",
+    )
+    def get(self, request: Request, run_id: str) -> Response:
+        commands = self.filter_queryset(selectors.command_list(run=self.run))
+        rows = functools.partial(CommandOut, context={"output_visible": self.output_visible()})
+        return paginate(self, request, commands, rows, "started_at")
+
+    @extend_schema(
+        request=CommandStartIn,
+        responses={202: CommandOut},
+        description="Start a command in the background: 202 at once, `status: running`. Read "
+        "its output so far with GET …/commands/{id}/?stdout_offset=&stderr_offset=, kill it "
+        "with POST …/kill/. It ends when it exits, is killed, passes `timeout_s`, or the run "
+        "ends (then it is killed).",
+    )
+    def post(self, request: Request, run_id: str) -> Response:
+        data = validated(CommandStartIn, request)
+        command = background.command_start_background(run=self.run, actor=self.actor, **data)
+        body = CommandOut(command, context={"output_visible": self.output_visible()}).data
+        return Response(body, status=status.HTTP_202_ACCEPTED)
+
+    def output_visible(self) -> bool:
+        return selectors.command_output_visible(run=self.run, actor=self.actor, role=self.role)
+
+
+class RunCommandDetailView(RunScopedView):
+    query = {"GET": CommandOutputQuery}
+
+    @extend_schema(
+        parameters=[CommandOutputQuery],
+        responses=CommandDetailOut,
+        description="One command: how it stands and, for the run's creator and admins, its "
+        "output after the given byte offsets (`output`; null for other members). A "
+        "background command that ended meanwhile is recorded as ended by this read.",
+    )
+    def get(self, request: Request, run_id: str, command_id: str) -> Response:
+        command = selectors.command_get(run=self.run, command_id=command_id)
+        visible = selectors.command_output_visible(run=self.run, actor=self.actor, role=self.role)
+        read = background.command_read(run=self.run, command=command, **self.query_data)
+        command.output = read if visible else None  # type: ignore[attr-defined]
+        body = CommandDetailOut(command, context={"output_visible": visible}).data
+        return Response(body)
+
+
+class RunCommandKillView(RunScopedView):
+    controls_run = True
+
+    @extend_schema(
+        request=None,
+        responses=CommandOut,
+        description="Kill a background command and everything it started (members: in runs "
+        "they started). A command that already ended is answered as it is.",
+    )
+    def post(self, request: Request, run_id: str, command_id: str) -> Response:
+        command = selectors.command_get(run=self.run, command_id=command_id)
+        command = background.command_kill(run=self.run, command=command, actor=self.actor)
+        return Response(CommandOut(command, context={"output_visible": True}).data)
+
+
+class PathQuery(StrictSerializer):
+    path = serializers.CharField(
+        max_length=validation.PATH_MAX_LENGTH,
+        trim_whitespace=False,
+        help_text=f"Absolute, under {SANDBOX_HOME}",
+    )
+
+
+class DirectoryQuery(StrictSerializer):
+    path = serializers.CharField(
+        max_length=validation.PATH_MAX_LENGTH,
+        trim_whitespace=False,
+        required=False,
+        default=SANDBOX_HOME,
+        help_text=f"Absolute, under {SANDBOX_HOME} (default)",
+    )
 
 
 class UploadOut(serializers.Serializer[Any]):
@@ -335,28 +632,40 @@ class UploadOut(serializers.Serializer[Any]):
 
 
 class RunFilesView(RunScopedView):
+    query = {"GET": PathQuery, "PUT": PathQuery}
+
     @extend_schema(
-        parameters=[PATH_PARAM],
+        parameters=[PathQuery],
         request={"application/octet-stream": OpenApiTypes.BINARY},
         responses=UploadOut,
-        description="Write the raw request body to `path` (parents created, replaced if there).",
+        description="Write the raw request body to `path` (parents created, replaced if "
+        "there). The body is the file's bytes: a multipart form is refused (415), so that no "
+        "form envelope ends up in the file.",
     )
     def put(self, request: Request, run_id: str) -> Response:
-        path = _path(request)
+        if request.content_type.lower().startswith("multipart/"):
+            raise drf_exceptions.UnsupportedMediaType(
+                request.content_type,
+                detail="Send the file's bytes as the raw body (Content-Type: "
+                "application/octet-stream), not as a multipart form.",
+            )
+        path = self.query_data["path"]
         size = execution.run_upload_file(
             run=self.run, actor=self.actor, path=path, stream=request._request
         )
         return Response({"path": validation.clean_sandbox_path(path), "size": size})
 
     @extend_schema(
-        parameters=[PATH_PARAM],
+        parameters=[PathQuery],
         responses={(200, "application/octet-stream"): OpenApiTypes.BINARY},
         description="The file's bytes, as an attachment.",
     )
     def get(self, request: Request, run_id: str) -> StreamingHttpResponse:
-        path = validation.clean_sandbox_path(_path(request))
+        path = validation.clean_sandbox_path(self.query_data["path"])
         chunks = execution.run_download_file(run=self.run, path=path)
-        response = StreamingHttpResponse(chunks, content_type="application/octet-stream")
+        response = StreamingHttpResponse(
+            served_chunks(request, chunks), content_type="application/octet-stream"
+        )
         filename = path.rsplit("/", 1)[-1] or "file"
         response["Content-Disposition"] = _attachment(filename)
         response["X-Content-Type-Options"] = "nosniff"
@@ -382,12 +691,11 @@ class FileListOut(serializers.Serializer[Any]):
 
 
 class RunFileListView(RunScopedView):
-    @extend_schema(
-        parameters=[OpenApiParameter("path", str, description=f"Default {SANDBOX_HOME}")],
-        responses=FileListOut,
-    )
+    query = {"GET": DirectoryQuery}
+
+    @extend_schema(parameters=[DirectoryQuery], responses=FileListOut)
     def get(self, request: Request, run_id: str) -> Response:
-        path = validation.clean_sandbox_path(request.query_params.get("path") or SANDBOX_HOME)
+        path = validation.clean_sandbox_path(self.query_data["path"])
         entries = execution.run_list_files(run=self.run, path=path)
         return Response({"path": path, "entries": FileEntryOut(entries, many=True).data})
 

@@ -9,17 +9,20 @@ vanished under it fails the run as sandbox_lost.
 
 from __future__ import annotations
 
+import asyncio
 import codecs
 import contextlib
 import logging
 import tempfile
+import threading
 import time
-from collections.abc import Callable, Iterator
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Protocol, TypeVar
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connections, transaction
 from django.utils import timezone
 
 from config.exceptions import (
@@ -33,6 +36,7 @@ from config.exceptions import (
 from sandboxes import services, validation
 from sandboxes.backends import (
     BackendError,
+    CommandCanceled,
     CommandResult,
     CommandTimeout,
     FileEntry,
@@ -41,7 +45,7 @@ from sandboxes.backends import (
     TransientBackendError,
     get_backend,
 )
-from sandboxes.backends.base import SANDBOX_HOME
+from sandboxes.backends.base import SANDBOX_HOME, OutputCallback, OutputStream
 from sandboxes.models import (
     COMMAND_TAIL_BYTES,
     Command,
@@ -79,10 +83,11 @@ def as_api_error(exc: BackendError) -> AirlockError:
 
 def backend_call(run: SandboxRun, call: Callable[[], T]) -> T:
     """Call the backend for a running run: errors mapped by `as_api_error`, and a sandbox that
-    vanished fails the run (sandbox_lost). CommandTimeout passes through to the caller."""
+    vanished fails the run (sandbox_lost). CommandTimeout and CommandCanceled pass through to
+    the caller."""
     try:
         return call()
-    except CommandTimeout:
+    except (CommandTimeout, CommandCanceled):
         raise
     except SandboxNotFound as exc:
         run_lose_sandbox(run=run, error=exc)
@@ -132,11 +137,13 @@ def command_start(
     command: str,
     cwd: str,
     env: dict[str, str] | None = None,
+    command_id: uuid.UUID | None = None,
 ) -> Command:
-    """A command's row, and `command.started` on the trail: before it runs, so a crash
-    mid-command still leaves it in the history."""
+    """A command's row, and `command.started` on the trail: by the time anything about the
+    command's end is known, so a crash mid-command still leaves it in the history."""
     with transaction.atomic():
         row = Command.objects.create(
+            id=command_id or uuid.uuid4(),
             run=run,
             workspace_id=run.workspace_id,
             kind=kind,
@@ -171,12 +178,20 @@ def command_finish(
     truncated: bool = False,
     duration_ms: int | None = None,
     error: dict[str, str] | None = None,
+    output_bytes: tuple[int, int] | None = None,
 ) -> Command:
     """How a command ended, with its output tails, and `command.finished` on the trail. Only
-    a running command finishes: a second report of the same end records nothing."""
+    a running command finishes: a second report of the same end records nothing.
+
+    `output_bytes`: how many bytes each stream wrote, when `stdout` and `stderr` are only
+    their ends (a background command's); otherwise their own lengths."""
     command.stdout_tail, cut_out = tail(stdout)
     command.stderr_tail, cut_err = tail(stderr)
     command.truncated = truncated or cut_out or cut_err
+    command.stdout_bytes, command.stderr_bytes = output_bytes or (
+        len(stdout.encode("utf-8", "replace")),
+        len(stderr.encode("utf-8", "replace")),
+    )
     command.status = status
     command.exit_code = exit_code
     command.ended_at = timezone.now()
@@ -187,7 +202,7 @@ def command_finish(
     )
     command.error = error
     fields = ["stdout_tail", "stderr_tail", "truncated", "status", "exit_code", "ended_at",
-              "duration_ms", "error"]  # fmt: skip
+              "duration_ms", "error", "stdout_bytes", "stderr_bytes"]  # fmt: skip
     with transaction.atomic():
         updated = Command.objects.filter(pk=command.pk, status=CommandStatus.RUNNING).update(
             **{name: getattr(command, name) for name in fields}
@@ -223,6 +238,28 @@ class ExecResult:
     command_id: Any = None
 
 
+@dataclass(frozen=True)
+class ExecOutput:
+    """A chunk of a streamed exec's output, as the command printed it."""
+
+    stream: OutputStream
+    text: str
+
+
+@dataclass(frozen=True)
+class PreparedExec:
+    """An exec that passed its checks, ready to run: what `exec_prepare` hands
+    `exec_perform`. Its row is written when it runs, under `command_id`."""
+
+    run: SandboxRun
+    actor: Actor
+    command: str
+    cwd: str
+    timeout_s: float
+    env: dict[str, str]
+    command_id: uuid.UUID
+
+
 def run_exec(
     *,
     run: SandboxRun,
@@ -234,74 +271,207 @@ def run_exec(
 ) -> ExecResult:
     """Run one foreground command and wait for it (at most `timeout_s`, default a minute or
     the run's remaining time). A timed-out command is a result (`timed_out`), not an error."""
-    require_running(run)
+    prepared = exec_prepare(
+        run=run, actor=actor, command=command, timeout_s=timeout_s, cwd=cwd, env=env
+    )
+    return exec_perform(prepared)
+
+
+def clean_timeout(run: SandboxRun, timeout_s: float | None) -> float:
+    """A command's timeout: what was asked, never past the run's remaining time (400), by
+    default a minute or what remains."""
     remaining = run.remaining_s()
     if timeout_s is None:
-        timeout_s = min(DEFAULT_EXEC_TIMEOUT_S, remaining)
-    elif timeout_s > remaining:
+        return min(DEFAULT_EXEC_TIMEOUT_S, remaining)
+    if timeout_s > remaining:
         raise InvalidInput(
             f"timeout_s is longer than the run's remaining time ({int(remaining)} s).",
             code="timeout_too_long",
         )
+    return timeout_s
+
+
+def exec_prepare(
+    *,
+    run: SandboxRun,
+    actor: Actor,
+    command: str,
+    timeout_s: float | None = None,
+    cwd: str | None = None,
+    env: dict[str, str] | None = None,
+) -> PreparedExec:
+    """Everything an exec checks before the sandbox runs it (409 unless running, 400 for bad
+    input), and the activity. The errors come here, before any output, so a streamed exec can
+    still answer them with a status code."""
+    require_running(run)
+    timeout_s = clean_timeout(run, timeout_s)
     cwd = validation.clean_sandbox_path(cwd, field="cwd") if cwd else SANDBOX_HOME
     env = validation.clean_env(env)
     services.run_touch(run=run)
-    row = command_start(
-        run=run, actor=actor, kind=CommandKind.EXEC, command=command, cwd=cwd, env=env
-    )
+    return PreparedExec(run, actor, command, cwd, timeout_s, env, command_id=uuid.uuid4())
+
+
+def exec_perform(
+    prepared: PreparedExec,
+    *,
+    on_output: OutputCallback | None = None,
+    cancel: threading.Event | None = None,
+) -> ExecResult:
+    """Run a prepared exec in the sandbox and record it: its row and `command.started` are
+    written while the sandbox starts the command (so the history adds nothing to the time its
+    first output takes), and committed before its end is recorded. `on_output` receives the
+    output as it arrives; setting `cancel` kills the command and everything it started
+    (CommandCanceled, after the row records it as killed)."""
+    run, actor = prepared.run, prepared.actor
+    cancel = cancel or threading.Event()
+    ran: list[CommandResult | BaseException] = []
+
+    def call() -> None:  # the backend only: the database is this caller's thread's
+        try:
+            ran.append(get_backend().run(
+                run.sandbox_id, prepared.command, timeout_s=prepared.timeout_s,
+                cwd=prepared.cwd, envs=prepared.env, on_output=on_output,
+                max_output_bytes=settings.EXEC_MAX_OUTPUT_BYTES, cancel=cancel,
+            ))  # fmt: skip
+        except BaseException as exc:
+            ran.append(exc)
+
     started = time.monotonic()
+    sandbox_side = threading.Thread(target=call, name=f"exec-{prepared.command_id}")
+    sandbox_side.start()
     try:
-        result: CommandResult = backend_call(
-            run,
-            lambda: get_backend().run(
-                run.sandbox_id,
-                command,
-                timeout_s=timeout_s,
-                cwd=cwd,
-                envs=env,
-                max_output_bytes=settings.EXEC_MAX_OUTPUT_BYTES,
-            ),
-        )
-    except CommandTimeout as exc:
-        elapsed = int((time.monotonic() - started) * 1000)
-        command_finish(
-            command=row,
-            actor=actor,
-            status=CommandStatus.TIMED_OUT,
-            stdout=exc.stdout,
-            stderr=exc.stderr,
-            duration_ms=elapsed,
-        )
-        return ExecResult(None, exc.stdout, exc.stderr, False, True, elapsed, row.pk)
-    except AirlockError as exc:
-        command_finish(
-            command=row,
-            actor=actor,
-            status=CommandStatus.FAILED,
-            error={"code": exc.code, "message": exc.detail},
-        )
+        row = command_start(
+            run=run, actor=actor, kind=CommandKind.EXEC, command=prepared.command,
+            cwd=prepared.cwd, env=prepared.env, command_id=prepared.command_id,
+        )  # fmt: skip
+    except BaseException:
+        cancel.set()  # no history, no command
+        sandbox_side.join()
         raise
-    finally:
-        services.run_touch(run=run)
+    sandbox_side.join()
+    outcome: CommandResult | BaseException
+    try:
+        outcome = backend_call(run, lambda: _returned(ran[0]))
+    except BaseException as exc:
+        outcome = exc
+    services.run_touch(run=run)
+    return _finish_exec(prepared, row, outcome, int((time.monotonic() - started) * 1000))
+
+
+def _returned(ran: CommandResult | BaseException) -> CommandResult:
+    if isinstance(ran, BaseException):
+        raise ran
+    return ran
+
+
+def _finish_exec(
+    prepared: PreparedExec, row: Command, ran: CommandResult | BaseException, elapsed: int
+) -> ExecResult:
+    """Record how the exec ended; its result, or its error raised."""
+    actor = prepared.actor
+    if isinstance(ran, CommandTimeout | CommandCanceled):
+        timed_out = isinstance(ran, CommandTimeout)
+        command_finish(
+            command=row,
+            actor=actor,
+            status=CommandStatus.TIMED_OUT if timed_out else CommandStatus.KILLED,
+            stdout=ran.stdout,
+            stderr=ran.stderr,
+            duration_ms=elapsed,
+            error=None if timed_out else CLIENT_GONE,
+        )
+        if not timed_out:
+            raise ran
+        return ExecResult(None, ran.stdout, ran.stderr, False, True, elapsed, row.pk)
+    if isinstance(ran, BaseException):
+        if isinstance(ran, AirlockError):
+            error = {"code": ran.code, "message": ran.detail}
+        else:
+            error = {"code": "server_error", "message": "The exec failed unexpectedly."}
+        command_finish(command=row, actor=actor, status=CommandStatus.FAILED, error=error)
+        raise ran
     command_finish(
         command=row,
         actor=actor,
         status=CommandStatus.EXITED,
-        exit_code=result.exit_code,
-        stdout=result.stdout,
-        stderr=result.stderr,
-        truncated=result.truncated,
-        duration_ms=result.duration_ms,
+        exit_code=ran.exit_code,
+        stdout=ran.stdout,
+        stderr=ran.stderr,
+        truncated=ran.truncated,
+        duration_ms=ran.duration_ms,
     )
     return ExecResult(
-        result.exit_code,
-        result.stdout,
-        result.stderr,
-        result.truncated,
-        False,
-        result.duration_ms,
-        row.pk,
+        ran.exit_code, ran.stdout, ran.stderr, ran.truncated, False, ran.duration_ms, row.pk
     )
+
+
+CLIENT_GONE = {"code": "client_disconnected", "message": "The streaming client went away."}
+
+
+class _Forwarder:
+    """What a streamed exec sends on: at most EXEC_MAX_OUTPUT_BYTES of each stream (what the
+    JSON answer would hold, so memory stays bounded when the client reads slowly), handed
+    from the backend's thread to the event loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[Any]):
+        self.loop = loop
+        self.queue = queue
+        self.room = {"stdout": settings.EXEC_MAX_OUTPUT_BYTES,
+                     "stderr": settings.EXEC_MAX_OUTPUT_BYTES}  # fmt: skip
+
+    def put(self, item: Any) -> None:
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+
+    def output(self, stream: OutputStream, text: str) -> None:
+        room = self.room[stream]
+        if room <= 0:
+            return
+        data = text.encode("utf-8", "replace")
+        if len(data) > room:
+            text = codecs.getincrementaldecoder("utf-8")("ignore").decode(data[:room])
+        self.room[stream] = room - len(data)
+        if text:
+            self.put(ExecOutput(stream, text))
+
+
+async def exec_stream(
+    prepared: PreparedExec, *, heartbeat_s: float | None = None
+) -> AsyncIterator[ExecOutput | ExecResult | None]:
+    """A prepared exec run on a thread of its own, its output yielded as it arrives and its
+    result last (None, every `heartbeat_s` of silence, says it still runs). An error after the
+    start (the sandbox vanished…) is raised from the iteration. When the consumer stops early
+    (a streaming client disconnected), the command and everything it started are killed, and
+    its row records that."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[ExecOutput | ExecResult | BaseException] = asyncio.Queue()
+    forward = _Forwarder(loop, queue)
+    cancel = threading.Event()
+
+    def work() -> None:
+        try:
+            forward.put(exec_perform(prepared, on_output=forward.output, cancel=cancel))
+        except CommandCanceled:
+            pass  # nobody is listening any more
+        except BaseException as exc:
+            forward.put(exc)
+        finally:
+            connections.close_all()  # this thread's own connections
+
+    threading.Thread(target=work, name=f"stream-{prepared.command_id}", daemon=True).start()
+    try:
+        while True:
+            try:
+                item = await asyncio.wait_for(queue.get(), heartbeat_s)
+            except TimeoutError:
+                yield None
+                continue
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+            if isinstance(item, ExecResult):
+                return
+    finally:
+        cancel.set()  # a no-op once the command has ended
 
 
 # --- files ---------------------------------------------------------------------------

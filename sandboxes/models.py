@@ -259,6 +259,13 @@ class Command(models.Model):
     )
     actor = models.CharField(max_length=150, help_text="Who ran it: user:…, api_key:…, system:…")
     handle = models.CharField(max_length=128, blank=True)  # the backend's, for background ones
+    # A background command is killed as timed out once past this (when read, by the
+    # periodic check); foreground commands are timed by the backend call itself.
+    deadline_at = models.DateTimeField(null=True, blank=True)
+    # Bytes of each stream the command wrote, as far as it was last read: where the tails
+    # end, so a refresh reads only the last tail and what came after it.
+    stdout_bytes = models.PositiveBigIntegerField(default=0)
+    stderr_bytes = models.PositiveBigIntegerField(default=0)
     started_at = models.DateTimeField(default=timezone.now)
     ended_at = models.DateTimeField(null=True, blank=True)
     exit_code = models.IntegerField(null=True, blank=True)

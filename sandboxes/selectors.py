@@ -90,6 +90,22 @@ def command_list(*, run: SandboxRun) -> QuerySet[Command]:
     return Command.objects.filter(run=run).order_by("started_at", "id")
 
 
+def command_get(*, run: SandboxRun, command_id: uuid.UUID | str) -> Command:
+    """One command of the run (resolved through `run_get`): 404 when it is another run's."""
+    command = Command.objects.filter(run=run, pk=command_id).first()
+    if command is None:
+        raise NotFound("No such command.")
+    command.run = run
+    return command
+
+
+def command_output_visible(*, run: SandboxRun, actor: Actor, role: Role) -> bool:
+    """Command output is content (SPEC §12): the run's creator (its user, or its key) and
+    admins and owners read it; other members see only what ran and how it ended. The same
+    rule as ending the run."""
+    return run_is_controlled_by(run=run, actor=actor, role=role)
+
+
 def active_run_count(*, workspace: Workspace) -> int:
     return SandboxRun.objects.filter(workspace=workspace, status__in=ACTIVE_STATUSES).count()
 

@@ -71,11 +71,25 @@ def run_transition(run_id: Any, change: Callable[[SandboxRun], None]) -> Sandbox
         raise Conflict(f"The run is {current}.", code="invalid_state") from exc
 
 
+# What ends with a run, just before its sandbox is killed (its background commands:
+# sandboxes.background registers them in SandboxesConfig.ready).
+_run_end_hooks: list[Callable[[SandboxRun], None]] = []
+
+
+def on_run_end(hook: Callable[[SandboxRun], None]) -> None:
+    _run_end_hooks.append(hook)
+
+
 def kill_sandbox_quietly(run: SandboxRun) -> bool:
     """Kill a run's sandbox after its state is final. A failure here leaks nothing for long:
     reconcile kills sandboxes of terminal runs, and E2B's own deadline still applies."""
     if not run.sandbox_id:
         return True
+    for hook in _run_end_hooks:
+        try:
+            hook(run)
+        except Exception:  # the kill matters more: what a hook missed, its own check finds
+            logger.exception("run end hook %s failed run=%s", hook, run.pk)
     try:
         get_backend().kill(run.sandbox_id)
     except BackendError as exc:
@@ -139,6 +153,12 @@ def run_create(
         "max_duration_ms": max_duration,
         "idle_timeout_ms": idle,
     }
+    if fields["files"] and not command:
+        raise InvalidInput(
+            "`files` are written before the run's `command`, and this run has none: upload "
+            "files into an interactive run with PUT runs/{id}/files/?path=.",
+            code="files_need_command",
+        )
     fingerprint = _fingerprint(fields) if idempotency_key else ""
     if idempotency_key:
         existing = _run_for_idempotency_key(workspace, idempotency_key, fingerprint)

@@ -9,7 +9,7 @@ from typing import Any
 
 from celery import shared_task
 
-from sandboxes import reconcile, services, sweep
+from sandboxes import background, reconcile, services, sweep
 from sandboxes.backends import TransientBackendError
 
 logger = logging.getLogger(__name__)
@@ -51,3 +51,8 @@ def sweep_sandboxes() -> dict[str, int]:
 @shared_task(acks_late=True, soft_time_limit=240, time_limit=300)
 def reconcile_sandboxes() -> dict[str, int]:
     return reconcile.sandboxes_reconcile().as_dict()
+
+
+@shared_task(acks_late=True, soft_time_limit=240, time_limit=300)
+def check_background_commands() -> dict[str, int]:
+    return background.background_commands_check().as_dict()

@@ -322,3 +322,106 @@ def streamed(response: Any) -> bytes:
     except BaseException:
         response.close()
         raise
+
+
+# --- a real ASGI server ----------------------------------------------------------------------
+
+
+class AsgiServer:
+    """uvicorn serving config.asgi:application on a thread of the test process, on a free
+    loopback port: for what only a real server shows (streams read as they are written, a
+    client that disconnects, the MCP mount)."""
+
+    def __init__(self) -> None:
+        import socket
+
+        import uvicorn
+
+        from config.asgi import build_application
+
+        self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.socket.bind(("127.0.0.1", 0))
+        self.port = self.socket.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(build_application(), log_level="warning", lifespan="on")
+        self.server = uvicorn.Server(config)
+
+    def __enter__(self) -> AsgiServer:
+        import threading
+        import time
+
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True
+        )
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=20)
+        self.socket.close()
+
+
+@pytest.fixture
+def asgi_server(transactional_db: Any, settings: Any) -> Any:
+    """A real uvicorn server in front of the test database (committed data: the server's
+    threads have their own connections). Returns it; `.url` is its base URL."""
+    settings.ALLOWED_HOSTS = ["127.0.0.1", "localhost"]
+    # No pool in tests: its idle connections would outlive the test database's teardown.
+    settings.WEB_DATABASE_POOL_SIZE = 0
+    with AsgiServer() as server:
+        yield server
+
+
+@pytest.fixture
+def task_runner(local_sandboxes: Any) -> Any:
+    """Does what the worker would, on a thread of the test process (the real worker is tested
+    in tests/e2e): boots every booting run and runs every command job not yet started, by
+    calling the services the tasks call. For tests that drive the API from outside."""
+    import threading
+    import time
+
+    from django.db import connections
+
+    from artifacts.jobs import run_execute_command
+    from sandboxes import services
+    from sandboxes.models import SandboxRun
+
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            while not stop.is_set():
+                for run_id in SandboxRun.objects.filter(status="booting").values_list(
+                    "pk", flat=True
+                ):
+                    services.run_boot(run_id=str(run_id))
+                jobs = SandboxRun.objects.filter(status="running", command_started_at__isnull=True)
+                for run_id in jobs.exclude(command="").values_list("pk", flat=True):
+                    run_execute_command(run_id=str(run_id))
+                time.sleep(0.05)
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    yield
+    stop.set()
+    thread.join(timeout=30)
+
+
+def live_backends() -> list[str]:
+    """The sandbox fixtures of the backends whose sandboxes are live machines (background
+    commands by handle, `run(cancel=)` killing what a command started): E2B, and the local
+    backend once it is one (issue 12's live sandbox implements start_command; the first
+    release's fresh bwrap per command did not)."""
+    from sandboxes.backends.base import SandboxBackend
+    from sandboxes.backends.local import LocalBackend
+
+    live_local = LocalBackend.start_command is not SandboxBackend.start_command
+    return ["e2b_sandboxes", *(["local_sandboxes"] if live_local else [])]

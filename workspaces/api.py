@@ -13,11 +13,11 @@ from rest_framework.views import APIView
 
 from config.api import (
     CommaSeparatedChoices,
+    CursorPagination,
+    StrictQueryMixin,
     StrictSerializer,
-    page_of,
     paginate,
     validated,
-    validated_query,
 )
 from config.exceptions import PermissionDenied
 from workspaces import access, selectors, services
@@ -27,7 +27,7 @@ from workspaces.models import ApiKeyRole, Event, EventType, Role, Workspace
 User = get_user_model()
 
 
-class WorkspaceScopedView(APIView):
+class WorkspaceScopedView(StrictQueryMixin, APIView):
     """Base of every route under `workspaces/{ws}/`: resolves the workspace from the URL once
     and checks the caller's role against `minimum_role` for the method. Subclasses read
     `self.workspace`, `self.role` and `self.actor` and never look the workspace up themselves."""
@@ -71,8 +71,10 @@ class WorkspaceIn(StrictSerializer):
     name = serializers.CharField(max_length=100, trim_whitespace=True)
 
 
-class WorkspaceListView(APIView):
-    @extend_schema(responses=page_of(WorkspaceOut), operation_id="workspaces_list")
+class WorkspaceListView(StrictQueryMixin, APIView):
+    pagination_class = CursorPagination
+
+    @extend_schema(responses=WorkspaceOut(many=True), operation_id="workspaces_list")
     def get(self, request: Request) -> Response:
         queryset = selectors.workspace_list(actor=Actor.from_request(request))
         return paginate(self, request, queryset, WorkspaceOut, "-created_at")
@@ -141,8 +143,9 @@ class MemberRoleIn(StrictSerializer):
 
 class MemberListView(WorkspaceScopedView):
     minimum_role: ClassVar[dict[str, Role]] = {"POST": Role.ADMIN}
+    pagination_class = CursorPagination
 
-    @extend_schema(responses=page_of(MemberOut), operation_id="workspaces_members_list")
+    @extend_schema(responses=MemberOut(many=True), operation_id="workspaces_members_list")
     def get(self, request: Request, workspace_id: str) -> Response:
         queryset = selectors.membership_list(workspace=self.workspace)
         return paginate(self, request, queryset, MemberOut, "joined_at")
@@ -205,8 +208,9 @@ class ApiKeyIn(StrictSerializer):
 
 class ApiKeyListView(WorkspaceScopedView):
     minimum_role: ClassVar[dict[str, Role]] = {"GET": Role.ADMIN, "POST": Role.ADMIN}
+    pagination_class = CursorPagination
 
-    @extend_schema(responses=page_of(ApiKeyOut), operation_id="workspaces_api_keys_list")
+    @extend_schema(responses=ApiKeyOut(many=True), operation_id="workspaces_api_keys_list")
     def get(self, request: Request, workspace_id: str) -> Response:
         queryset = selectors.api_key_list(workspace=self.workspace)
         return paginate(self, request, queryset, ApiKeyOut, "-created_at")
@@ -283,6 +287,8 @@ class EventQuery(StrictSerializer):
 
 
 class EventListView(WorkspaceScopedView):
+    query = {"GET": EventQuery}
+
     @extend_schema(
         parameters=[EventQuery],
         responses=EventPageOut,
@@ -291,7 +297,7 @@ class EventListView(WorkspaceScopedView):
         "and up.",
     )
     def get(self, request: Request, workspace_id: str) -> Response:
-        query = validated_query(EventQuery, request)
+        query = dict(self.query_data)
         size = query.pop("page_size")
         events = list(
             selectors.event_list(

@@ -11,6 +11,20 @@ from workspaces.selectors import api_key_find
 from workspaces.services import api_key_mark_used
 
 
+def api_key_authenticate(raw_key: str) -> ApiKey:
+    """The live key a caller presented (its use recorded), or AuthenticationFailed saying why
+    not: the one lookup of the REST API and the MCP server."""
+    key = api_key_find(raw_key=raw_key)
+    if key is None:
+        raise exceptions.AuthenticationFailed("Invalid API key.")
+    if key.revoked_at is not None:
+        raise exceptions.AuthenticationFailed("This API key has been revoked.")
+    if not key.created_by.is_active:
+        raise exceptions.AuthenticationFailed("The user who created this key is inactive.")
+    api_key_mark_used(api_key=key)
+    return key
+
+
 class ApiKeyAuthentication(authentication.BaseAuthentication):
     """`Authorization: Bearer alk_…` — a workspace API key, acting only inside its workspace.
 
@@ -29,14 +43,7 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
             raw_key = header[1].decode()
         except UnicodeDecodeError as exc:
             raise exceptions.AuthenticationFailed("Malformed API key.") from exc
-        key = api_key_find(raw_key=raw_key)
-        if key is None:
-            raise exceptions.AuthenticationFailed("Invalid API key.")
-        if key.revoked_at is not None:
-            raise exceptions.AuthenticationFailed("This API key has been revoked.")
-        if not key.created_by.is_active:
-            raise exceptions.AuthenticationFailed("The user who created this key is inactive.")
-        api_key_mark_used(api_key=key)
+        key = api_key_authenticate(raw_key)
         return key.created_by, key
 
     def authenticate_header(self, request: Any) -> str:

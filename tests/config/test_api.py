@@ -248,3 +248,47 @@ def test_a_crash_in_an_api_view_is_a_json_500(
     response = client.get("/api/v1/workspaces/")
     assert assert_error(response, 500) == {"detail": "Server error.", "code": "server_error"}
     assert b"hunter2" not in response.content
+
+
+# --- Unknown query parameters, on every route ------------------------------------------------
+
+
+def _operations() -> list[Any]:
+    """Every documented (path, method), with its path parameters filled in with new ids."""
+    import re
+    import uuid
+
+    from drf_spectacular.generators import SchemaGenerator
+
+    schema = SchemaGenerator().get_schema(request=None, public=True)
+    operations = []
+    for path, item in schema["paths"].items():
+        url = re.sub(r"\{user_id\}", "7", path)
+        url = re.sub(r"\{[a-z_]+\}", lambda _: str(uuid.uuid4()), url)
+        for method in item:
+            operations.append(pytest.param(method, url, id=f"{method.upper()} {path}"))
+    return operations
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(("method", "url"), _operations())
+def test_every_route_refuses_an_unknown_query_parameter_naming_it(
+    as_owner: Any, method: str, url: str
+) -> None:
+    response = as_owner.generic(
+        method.upper(), f"{url}?bogus=1&also=2", "{}", content_type="application/json"
+    )
+    body = assert_error(response, 400)
+    assert body["errors"] == {
+        "also": ["Unknown query parameter."], "bogus": ["Unknown query parameter."],
+    }  # fmt: skip
+
+
+@pytest.mark.django_db
+def test_list_parameters_and_filters_are_known(as_owner: Any, workspace: Workspace) -> None:
+    runs = f"/api/v1/workspaces/{workspace.pk}/runs/"
+    assert as_owner.get(f"{runs}?page_size=5&status=running&thread_id=t").status_code == 200
+    assert as_owner.get(f"{runs}?format=json").status_code == 200  # DRF's own
+    refused = as_owner.get(f"{runs}?statuses=running")
+    assert assert_error(refused, 400)["errors"] == {"statuses": ["Unknown query parameter."]}
+    assert assert_error(as_owner.get(f"{runs}?status=dancing"), 400)["errors"]["status"]

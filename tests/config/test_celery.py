@@ -14,6 +14,8 @@ def test_beat_runs_the_sweep_and_reconcile_at_their_intervals(settings: Any) -> 
     reconcile = schedule["sandboxes.tasks.reconcile_sandboxes"]
     assert sweeping["schedule"] == settings.SANDBOX_SWEEP_INTERVAL_S == 30
     assert reconcile["schedule"] == settings.SANDBOX_RECONCILE_INTERVAL_S == 300
+    checking = schedule["sandboxes.tasks.check_background_commands"]
+    assert checking["schedule"] == settings.SANDBOX_COMMAND_CHECK_INTERVAL_S == 10
     assert set(schedule) <= set(app.tasks), "every scheduled task is registered"
 
 

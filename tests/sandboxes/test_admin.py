@@ -100,3 +100,26 @@ def test_a_run_is_read_only_and_keeps_its_secrets(
     run.refresh_from_db()
     assert (run.prompt, run.status) == ("Summarise Q3", "running")
     assert SandboxRun.objects.filter(pk=run.pk).exists()
+
+
+# The run page is the run review page (artifacts.admin); its timeline is tested in
+# tests/artifacts/test_admin.py. The command history is on it too:
+def test_the_run_page_shows_its_command_history(
+    client: Any, reviewer: Any, workspace: Workspace, fake_backend: FakeBackend
+) -> None:
+    from sandboxes import execution
+    from sandboxes.backends import CommandResult
+    from workspaces.access import Actor
+
+    run = start_run(workspace=workspace)
+    fake_backend.command_results["make report"] = CommandResult(2, "built <b>it</b>", "", False, 9)
+    execution.run_exec(run=run, actor=Actor(user=workspace.owner), command="make report",
+                       env={"TOKEN": "hunter2"})  # fmt: skip
+    client.force_login(reviewer)
+
+    page = client.get(f"{RUNS}{run.pk}/change/").content.decode()
+    assert "Command history" in page
+    assert "make report" in page and "user:olivia" in page
+    assert "built &lt;b&gt;it&lt;/b&gt;" in page  # the output's end, escaped
+    assert "hunter2" not in page
+    assert 'name="commands-0-command"' not in page  # read-only: no form fields

@@ -429,3 +429,27 @@ def test_an_upload_bigger_than_the_memory_spool_reads_back_the_same() -> None:
         assert spool.read() == body
     finally:
         spool.close()
+
+
+# --- streamed exec ---------------------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)  # the stream writes the history from its own thread
+def test_a_streamed_exec_yields_the_output_then_the_result_and_forwards_at_most_the_limit(
+    run: SandboxRun, fake_backend: FakeBackend, mia: Actor, settings: Any
+) -> None:
+    import asyncio
+
+    settings.EXEC_MAX_OUTPUT_BYTES = 1024
+    fake_backend.command_results["chatty"] = CommandResult(0, "é" * 1000, "oops", True, 3)
+    prepared = execution.exec_prepare(run=run, actor=mia, command="chatty")
+
+    async def collect() -> list[Any]:
+        return [item async for item in execution.exec_stream(prepared)]
+
+    *chunks, result = asyncio.run(collect())
+    stdout = "".join(c.text for c in chunks if c.stream == "stdout")
+    assert stdout == "é" * 512  # 1,024 bytes of two-byte characters, never half of one
+    assert [c.text for c in chunks if c.stream == "stderr"] == ["oops"]
+    assert isinstance(result, execution.ExecResult) and result.truncated
+    assert Command.objects.get(pk=result.command_id).status == "exited"

@@ -57,6 +57,7 @@ def test_a_new_run_is_booting_and_its_start_is_enqueued_on_commit(
             env={"TOKEN": "hunter2"},
             metadata={"ticket": 7},
             files={"/home/user/in//./a.txt": "contents"},
+            command="cat in/a.txt",
             output_dir="/home/user/out/",
         )
     assert len(enqueued) == 1  # the start task, sent only once the run is committed
@@ -75,6 +76,7 @@ def test_run_created_is_on_the_trail_without_env_values_or_file_contents(
         prompt="p" * (services.TRAIL_TEXT_CHARS + 10),
         env={"TOKEN": "hunter2", "A": "b"},
         files={"/home/user/secret.txt": "the contents"},
+        command="true",
     )
     [event] = Event.objects.filter(type="run.created", subject_id=str(run.pk))
     assert (event.actor, event.run_id, event.thread_id) == ("user:olivia", run.pk, "t-1")
@@ -97,7 +99,8 @@ def test_a_run_started_with_a_key_is_the_keys_and_its_creators(workspace: Worksp
     [
         pytest.param({"env": {"1BAD": "x"}}, id="env"),
         pytest.param({"metadata": {"a": {"b": 1}}}, id="metadata"),
-        pytest.param({"files": {"rel.txt": "x"}}, id="files"),
+        pytest.param({"files": {"rel.txt": "x"}, "command": "true"}, id="files"),
+        pytest.param({"files": {"/home/user/a.txt": "x"}}, id="files_without_command"),
         pytest.param({"output_dir": "/etc"}, id="output_dir"),
         pytest.param({"max_duration_ms": 10**12}, id="max_duration"),
         pytest.param({"idle_timeout_ms": 999}, id="idle_timeout"),

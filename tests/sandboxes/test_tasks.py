@@ -100,3 +100,22 @@ def test_the_reconcile_task_returns_the_counts(
     lost = start_run(workspace=workspace)
     fake_backend.kill(lost.sandbox_id)
     assert reconcile_sandboxes() == {"killed": 1, "lost": 1, "errors": 0}
+
+
+@pytest.mark.django_db
+def test_the_background_command_check_task_reports_what_it_did(
+    workspace: Workspace, fake_backend: FakeBackend
+) -> None:
+    from sandboxes import background
+    from sandboxes.tasks import check_background_commands
+    from workspaces.access import Actor
+
+    run = start_run(workspace=workspace)
+    command = background.command_start_background(
+        run=run, actor=Actor(user=workspace.owner), command="sleep 600"
+    )
+    fake_backend.kill_command(run.sandbox_id, command.handle)  # it ended meanwhile
+    assert check_background_commands() == {"checked": 1, "finished": 1, "errors": 0}
+    command.refresh_from_db()
+    assert command.status == "killed"
+    assert check_background_commands() == {"checked": 0, "finished": 0, "errors": 0}

@@ -1,5 +1,5 @@
-"""workspaces/auth_api.py: POST auth/token/ — username and password for a token, in JSON or a
-form, in the error shape when refused, and rate limited per address."""
+"""workspaces/auth_api.py: POST auth/token/ — username and password for a token, in JSON (one
+body type), without credentials, in the error shape when refused, and rate limited per address."""
 
 from __future__ import annotations
 
@@ -34,7 +34,9 @@ def test_the_right_password_gets_a_token_that_works(api: Any, owner: Any) -> Non
     assert listed.status_code == 200
 
 
-def test_a_token_can_be_had_with_a_form_encoded_body(api: Any, owner: Any) -> None:
+def test_a_form_encoded_body_is_refused(api: Any, owner: Any) -> None:
+    """One body type, JSON, as the schema says (a form used to be accepted too; a client
+    generated from a schema declaring both could not log in)."""
     with_password(owner)
     response = api.generic(
         "POST",
@@ -42,8 +44,23 @@ def test_a_token_can_be_had_with_a_form_encoded_body(api: Any, owner: Any) -> No
         f"username=olivia&password={PASSWORD.replace(' ', '+')}",
         content_type="application/x-www-form-urlencoded",
     )
+    assert assert_error(response, 415)["code"] == "unsupported_media_type"
+
+
+def test_credentials_sent_along_are_ignored(api: Any, owner: Any, member_key: str) -> None:
+    """No authentication at all: a stale or foreign header never gets in the way of logging in."""
+    with_password(owner)
+    api.credentials(HTTP_AUTHORIZATION="Bearer alk_00000000_revoked")
+    response = api.post(
+        "/api/v1/auth/token/", {"username": "olivia", "password": PASSWORD}, format="json"
+    )
     assert response.status_code == 200
-    assert response.json()["token"]
+
+
+def test_an_unknown_field_is_refused(api: Any, owner: Any) -> None:
+    body = {"username": "olivia", "password": PASSWORD, "remember": True}
+    response = api.post("/api/v1/auth/token/", body, format="json")
+    assert assert_error(response, 400)["errors"] == {"remember": ["Unknown field."]}
 
 
 def test_asking_twice_returns_the_same_token(api: Any, owner: Any) -> None:

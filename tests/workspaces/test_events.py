@@ -226,6 +226,7 @@ def test_run_lifecycle_writes(fake_backend: FakeBackend, workspace: Workspace) -
             prompt="do it",
             env={"TOKEN": SECRET},
             files={"/home/user/in.txt": SECRET},
+            command="cat in.txt",
         )
 
     created = _one(create)

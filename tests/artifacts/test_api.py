@@ -476,7 +476,7 @@ def _zip_members(response: Any) -> dict[str, bytes]:
 
     assert response.status_code == 200
     assert response.streaming
-    assert response["Content-Type"] == "application/zip"
+    assert response["Content-Type"] == "application/octet-stream"
     assert response["Content-Disposition"].startswith('attachment; filename="run-')
     with zipfile.ZipFile(io.BytesIO(streamed(response))) as archive:
         assert archive.testzip() is None

@@ -6,8 +6,12 @@ class ArtifactsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        from artifacts import notifications
         from artifacts.storage import workspace_files_delete
+        from workspaces import events
         from workspaces.services import on_workspace_delete
 
         # A deleted workspace's stored files go once the deletion of its rows commits.
         on_workspace_delete(workspace_files_delete)
+        # Reviewers are told when a run's artifacts wait (one email per run and burst).
+        events.on_record(notifications.on_event)

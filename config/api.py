@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 from collections.abc import AsyncIterator, Iterable
@@ -95,18 +94,6 @@ def validated(serializer_class: type[serializers.Serializer[Any]], request: Any)
     return dict(serializer.validated_data)
 
 
-def validated_query(
-    serializer_class: type[serializers.Serializer[Any]], request: Any
-) -> dict[str, Any]:
-    """The request's query parameters, checked by a (strict) serializer: an unknown parameter
-    or a bad value is a 400 naming it."""
-    params = request.query_params.dict()
-    params.pop(settings.REST_FRAMEWORK.get("URL_FORMAT_OVERRIDE", "format"), None)  # DRF's own
-    serializer = serializer_class(data=params)
-    serializer.is_valid(raise_exception=True)
-    return dict(serializer.validated_data)
-
-
 PAGE_PARAMETERS = ("cursor", "page_size")
 
 
@@ -171,22 +158,6 @@ def paginate(view: Any, request: Any, queryset: Any, serializer: Any, ordering: 
     paginator.ordering = ordering
     page = paginator.paginate_queryset(queryset, request, view=view)
     return paginator.get_paginated_response(serializer(page, many=True).data)
-
-
-@functools.cache
-def page_of(serializer_class: type[serializers.Serializer[Any]]) -> serializers.Serializer[Any]:
-    """The OpenAPI shape of one cursor page of `serializer_class` items (one component each)."""
-    from drf_spectacular.utils import inline_serializer
-
-    name = serializer_class.__name__.removesuffix("Out")
-    return inline_serializer(
-        name=f"{name}Page",
-        fields={
-            "next": serializers.URLField(allow_null=True),
-            "previous": serializers.URLField(allow_null=True),
-            "results": serializer_class(many=True),
-        },
-    )
 
 
 def served_chunks(request: Any, chunks: Iterable[bytes]) -> Iterable[bytes] | AsyncIterator[bytes]:

@@ -81,4 +81,13 @@ def build_application() -> ASGIApp:
     return application
 
 
-application = build_application()
+_built: ASGIApp | None = None
+
+
+async def application(scope: Scope, receive: Receive, send: Send) -> None:
+    """The served application, built on its first call (the lifespan's startup): importing
+    this module (tests do) changes no setting."""
+    global _built
+    if _built is None:
+        _built = build_application()
+    await _built(scope, receive, send)

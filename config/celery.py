@@ -39,6 +39,12 @@ def beat_schedule() -> dict[str, dict[str, Any]]:
             "schedule": settings.ARTIFACT_EXPIRY_INTERVAL_S,
             "options": {"expires": settings.ARTIFACT_EXPIRY_INTERVAL_S},
         },
+        # The webhook outbox: retries that are due, and deliveries whose sender died.
+        "deliver-due-webhooks": {
+            "task": "workspaces.tasks.deliver_due_webhooks",
+            "schedule": settings.WEBHOOK_SWEEP_INTERVAL_S,
+            "options": {"expires": settings.WEBHOOK_SWEEP_INTERVAL_S},
+        },
     }
 
 

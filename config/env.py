@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 from typing import Any, TypeVar, cast
+from urllib.parse import urlsplit
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
@@ -100,3 +101,31 @@ def env_db(name: str, default: str) -> dict[str, Any]:
 
     config = _parse(name, None, parse, secret=True)
     return config if config is not None else dict(environ.Env.db_url_config(default))
+
+
+_EMAIL_SCHEMES = (
+    "smtp",
+    "smtps",
+    "smtp+tls",
+    "smtp+ssl",
+    "consolemail",
+    "filemail",
+    "memorymail",
+    "dummymail",
+)
+
+
+def env_email(name: str, default: str) -> dict[str, Any]:
+    """django-environ's email URL (`smtp+tls://user:pass@host:587`, `consolemail://`, …) as
+    Django's EMAIL_* settings."""
+
+    def parse(raw: str) -> dict[str, Any]:
+        if raw.split("://", 1)[0] not in _EMAIL_SCHEMES or "://" not in raw:
+            raise ValueError(f"expected a URL with one of the schemes {', '.join(_EMAIL_SCHEMES)}")
+        config = dict(environ.Env.email_url_config(raw))
+        if raw.startswith("filemail://"):  # django-environ drops the path's leading slash
+            config["EMAIL_FILE_PATH"] = urlsplit(raw).path
+        return config
+
+    config = _parse(name, None, parse, secret=True)
+    return config if config is not None else dict(environ.Env.email_url_config(default))

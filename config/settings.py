@@ -19,6 +19,7 @@ from config.env import (
     env_choice,
     env_db,
     env_decimal,
+    env_email,
     env_int,
     env_list,
     env_str,
@@ -199,6 +200,8 @@ SPECTACULAR_SETTINGS = {
         "ArtifactTypeEnum": "artifacts.models.ArtifactType",
         "RunStatusEnum": "sandboxes.models.RunStatus",
         "CommandStatusEnum": "sandboxes.models.CommandStatus",
+        "EventTypeEnum": "workspaces.models.EventType",
+        "DeliveryStatusEnum": "workspaces.models.DeliveryStatus",
     },
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
@@ -293,6 +296,22 @@ STORAGES = {
     "default": _default_storage,
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
+
+# --- Webhooks, notifications (SPEC §11) ----------------------------------------------------
+# Private, loopback, link-local and metadata targets are refused at create and at send unless
+# this is set (tests, self-hosted receivers on the same network).
+WEBHOOK_ALLOW_PRIVATE = env_bool("WEBHOOK_ALLOW_PRIVATE", False)
+WEBHOOK_ALLOW_HTTP = env_bool("WEBHOOK_ALLOW_HTTP", False)
+WEBHOOK_TIMEOUT_S = env_int("WEBHOOK_TIMEOUT_S", 10, min_value=1)
+WEBHOOK_DISABLE_AFTER_H = env_int("WEBHOOK_DISABLE_AFTER_H", 120, min_value=1)
+WEBHOOK_SWEEP_INTERVAL_S = env_int("WEBHOOK_SWEEP_INTERVAL_S", 10, min_value=1)
+
+# The console backend unless EMAIL_URL names a server (smtp+tls://user:pass@host:587).
+globals().update(env_email("EMAIL_URL", "consolemail://"))  # EMAIL_BACKEND, EMAIL_HOST, …
+DEFAULT_FROM_EMAIL = env_str("EMAIL_FROM", "Airlock <airlock@localhost>")
+SERVER_EMAIL = DEFAULT_FROM_EMAIL
+# Where people reach this deployment: the links in review emails.
+SITE_URL = env_str("SITE_URL", "http://127.0.0.1:8000").rstrip("/")
 
 # --- Logging ------------------------------------------------------------------------------
 LOGGING = {

@@ -289,12 +289,85 @@ class RunWaitQuery(StrictSerializer):
     )
 
 
+class JobOut(serializers.Serializer[Command]):
+    """The run's own command as the job ran it (its row in the command history); documented
+    by JOB_SCHEMA."""
+
+    status = serializers.ChoiceField(choices=CommandStatus.choices)
+    exit_code = serializers.IntegerField(allow_null=True)
+    started_at = serializers.DateTimeField()
+    ended_at = serializers.DateTimeField(allow_null=True)
+    duration_ms = serializers.IntegerField(allow_null=True)
+    truncated = serializers.BooleanField(
+        help_text="Output was cut to its last 64 KiB, or by EXEC_MAX_OUTPUT_BYTES."
+    )
+    stdout = serializers.SerializerMethodField(
+        help_text="The last 64 KiB of what it printed: only for the run's creator (its user or "
+        "API key) and admins/owners; null for other members."
+    )
+    stderr = serializers.SerializerMethodField(help_text="Like stdout.")
+
+    def get_stdout(self, command: Command) -> str | None:
+        return command.stdout_tail if self.context.get("output_visible") else None
+
+    def get_stderr(self, command: Command) -> str | None:
+        return command.stderr_tail if self.context.get("output_visible") else None
+
+
+def _nullable(kind: str, **extra: Any) -> dict[str, Any]:
+    return {"type": kind, "nullable": True, **extra}
+
+
+# Inline, not a $ref: a nullable reference (allOf + nullable) is not what OpenAPI 3.0
+# validators accept for null. The `api` test fixture checks answers against this shape.
+JOB_SCHEMA = _nullable(
+    "object",
+    description="The job's command (runs started with `command`), once it has started; null "
+    "otherwise. `stdout`/`stderr` are the last 64 KiB it printed, only for the run's creator "
+    "(its user or API key) and admins/owners (null for other members): the airlock gates files "
+    "(artifacts), not what the agent's own commands print back to it.",
+    properties={
+        "status": {"type": "string", "enum": CommandStatus.values},
+        "exit_code": _nullable("integer"),
+        "started_at": {"type": "string", "format": "date-time"},
+        "ended_at": _nullable("string", format="date-time"),
+        "duration_ms": _nullable("integer"),
+        "truncated": {"type": "boolean"},
+        "stdout": _nullable("string"),
+        "stderr": _nullable("string"),
+    },
+    required=sorted(JobOut._declared_fields),
+)
+
+
+class RunDetailOut(RunOut):
+    job = serializers.SerializerMethodField()
+
+    class Meta(RunOut.Meta):
+        fields = [*RunOut.Meta.fields, "job"]
+        read_only_fields = fields
+
+    @extend_schema_field(JOB_SCHEMA)
+    def get_job(self, run: SandboxRun) -> dict[str, Any] | None:
+        command = self.context.get("job")
+        return dict(JobOut(command, context=self.context).data) if command is not None else None
+
+
+def _run_detail(run: SandboxRun, actor: Actor, role: Role) -> dict[str, Any]:
+    """The run with its job's row (output for those who may read it)."""
+    job = (
+        selectors.command_list(run=run).filter(kind=CommandKind.JOB).last() if run.command else None
+    )
+    visible = selectors.run_is_controlled_by(run=run, actor=actor, role=role)
+    return dict(RunDetailOut(run, context={"job": job, "output_visible": visible}).data)
+
+
 class RunDetailView(RunScopedView):
     query = {"GET": RunWaitQuery}
 
     @extend_schema(
         parameters=[RunWaitQuery],
-        responses=RunOut,
+        responses=RunDetailOut,
         description="One run. With `wait_s`, the answer comes as soon as the run's status is "
         "none of `while_status` (default `booting,running`), or after `wait_s` seconds (at most "
         f"{selectors.WAIT_MAX_S}) with the run as it is then. Waiting is not activity: it does "
@@ -306,7 +379,7 @@ class RunDetailView(RunScopedView):
         if query.get("wait_s"):
             while_status = set(query.get("while_status") or ACTIVE_STATUSES)
             run = selectors.run_wait(run=run, while_status=while_status, wait_s=query["wait_s"])
-        return Response(RunOut(run).data)
+        return Response(_run_detail(run, self.actor, self.role))
 
 
 class ExecIn(StrictSerializer):

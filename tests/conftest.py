@@ -12,6 +12,7 @@ from rest_framework.test import APIClient
 
 from tests.factories import UserFactory, make_api_key, make_workspace
 from tests.fakes.fixtures import *  # noqa: F403
+from tests.fakes.receiver import receivers  # noqa: F401
 from tests.sandboxes.backends.fixtures_local import *  # noqa: F403
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -36,6 +37,16 @@ def _remove_sqlite_sidecars() -> Any:
         for suffix in ("-wal", "-shm"):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(str(connection.settings_dict["TEST"]["NAME"]) + suffix)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_the_trail_watch(django_db_setup: Any, django_db_blocker: Any) -> Any:
+    """The trail watch's poller holds a database connection while it runs: it stops before
+    the test database is dropped."""
+    yield
+    from workspaces.watch import trail_watch
+
+    trail_watch().shutdown()
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -14,15 +14,23 @@ from decimal import Decimal
 from typing import Any
 
 from django.contrib import admin, messages
-from django.core.exceptions import ValidationError as DjangoValidationError
+from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
-from workspaces import access, selectors, services
+from config.exceptions import AirlockError
+from workspaces import access, selectors, services, webhooks
 from workspaces.access import Actor
-from workspaces.models import ApiKey, Event, Membership, Workspace
+from workspaces.models import (
+    ApiKey,
+    Event,
+    Membership,
+    WebhookDelivery,
+    WebhookEndpoint,
+    Workspace,
+)
 
 
 def admin_actor(request: HttpRequest) -> Actor:
@@ -127,7 +135,7 @@ class AdministeredWorkspaceFilter(admin.SimpleListFilter):
             return queryset
         try:
             return queryset.filter(**{f"{self.field_path}__id": value})
-        except (ValueError, DjangoValidationError):
+        except (ValueError, ValidationError):
             return queryset.none()
 
 
@@ -179,8 +187,8 @@ class ReadOnlyInline(admin.TabularInline[Any, Any]):
 class MembershipInline(ReadOnlyInline):
     # Membership changes go through the services (owner protections), i.e. the API.
     model = Membership
-    fields = ["user", "role", "joined_at"]
-    readonly_fields = ["user", "role", "joined_at"]
+    fields = ["user", "role", "joined_at", "notify_reviews"]
+    readonly_fields = ["user", "role", "joined_at", "notify_reviews"]
 
 
 @admin.register(Workspace)
@@ -241,8 +249,10 @@ class WorkspaceAdmin(WorkspaceScopedAdmin):
     def get_deleted_objects(self, objs: Any, request: HttpRequest) -> Any:
         # A workspace takes its memberships and keys with it, as in the API. That the key
         # admin never deletes a key on its own (keys are revoked) must not block this.
+        # Nor that memberships and delivery logs are never deleted on their own.
         deleted, counts, perms_needed, protected = super().get_deleted_objects(objs, request)
-        return deleted, counts, perms_needed - {str(ApiKey._meta.verbose_name)}, protected
+        cascaded = {str(m._meta.verbose_name) for m in (ApiKey, Membership, WebhookDelivery)}
+        return deleted, counts, perms_needed - cascaded, protected
 
     def delete_model(self, request: HttpRequest, obj: Workspace) -> None:
         services.workspace_delete(workspace=obj, actor=admin_actor(request))
@@ -312,4 +322,193 @@ class ApiKeyAdmin(WorkspaceScopedAdmin):
                 revoked += 1
         self.message_user(
             request, f"{revoked} revoked, {queryset.count() - revoked} already revoked."
+        )
+
+
+# --- webhooks and review emails ---------------------------------------------------------
+
+
+class _Editable(WorkspaceScopedAdmin):
+    """Staff act within the workspaces they administer (get_queryset and the workspace
+    choices are scoped); every change goes through the services."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return self.has_module_permission(request)
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return self.has_module_permission(request)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return self.has_module_permission(request)
+
+
+class DeliveryInline(ReadOnlyInline):
+    model = WebhookDelivery
+    fields = ("event_type", "status", "attempts", "response_code", "next_attempt_at",
+              "last_error", "created_at")  # fmt: skip
+    readonly_fields = fields
+    ordering = ("-created_at",)
+    max_num = 0
+    verbose_name_plural = "recent deliveries (all in Webhook deliveries)"
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
+        queryset = super().get_queryset(request)
+        recent = queryset.order_by("-created_at").values("pk")[:20]
+        return queryset.filter(pk__in=recent)
+
+
+@admin.register(WebhookEndpoint)
+class WebhookEndpointAdmin(_Editable):
+    list_display = ["url", "workspace", "active", "subscribed", "failing_since", "disabled_at"]
+    list_filter = ["active"]
+    search_fields = ["url", "description", "workspace__name"]
+    list_select_related = ["workspace"]
+    inlines = [DeliveryInline]
+    actions = ["send_test_event"]
+
+    @admin.display(description="Events")
+    def subscribed(self, obj: WebhookEndpoint) -> str:
+        return ", ".join(obj.event_types) or "all"
+
+    def get_fields(self, request: HttpRequest, obj: Any = None) -> tuple[str, ...]:
+        editable = ("url", "event_types", "description", "active")
+        if obj is None:
+            return ("workspace", *editable)
+        return ("workspace", *editable, "created_at", "failing_since", "disabled_at", "history")
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> tuple[str, ...]:
+        if obj is None:
+            return ()
+        return ("workspace", "created_at", "failing_since", "disabled_at", "history")
+
+    @admin.display(description="History")
+    def history(self, obj: WebhookEndpoint) -> SafeString | str:
+        return trail_panel("webhook", obj.pk)
+
+    def save_model(
+        self, request: HttpRequest, obj: WebhookEndpoint, form: Any, change: bool
+    ) -> None:
+        actor = admin_actor(request)
+        fields: dict[str, Any] = {
+            "url": obj.url,
+            "event_types": obj.event_types or [],
+            "description": obj.description,
+            "active": obj.active,
+        }
+        # The form has checked the URL and the event types by the services' own rules.
+        if change:
+            webhooks.webhook_update(endpoint=obj, actor=actor, **fields)
+            return
+        endpoint, secret = webhooks.webhook_create(workspace=obj.workspace, actor=actor, **fields)
+        obj.pk, obj.secret, obj.created_at = endpoint.pk, endpoint.secret, endpoint.created_at
+        obj._state.adding = False
+        messages.warning(
+            request,
+            f"The signing secret of {endpoint.url} is {secret} — copy it now, it is not shown "
+            "again.",
+        )
+
+    def get_form(
+        self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any
+    ) -> Any:
+        form = super().get_form(request, obj, change=change, **kwargs)
+        return _checked_by_the_service(form)
+
+    def delete_model(self, request: HttpRequest, obj: WebhookEndpoint) -> None:
+        webhooks.webhook_delete(endpoint=obj, actor=admin_actor(request))
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[WebhookEndpoint]) -> None:
+        for endpoint in queryset:
+            self.delete_model(request, endpoint)
+
+    @admin.action(description="Send a test event to the selected endpoints")
+    def send_test_event(self, request: HttpRequest, queryset: QuerySet[WebhookEndpoint]) -> None:
+        actor, sent, refused = admin_actor(request), 0, 0
+        for endpoint in queryset:
+            try:
+                webhooks.webhook_test(endpoint=endpoint, actor=actor)
+                sent += 1
+            except AirlockError:
+                refused += 1
+        self.message_user(request, f"{sent} test events sent, {refused} refused (disabled).")
+
+
+def _checked_by_the_service(form: Any) -> Any:
+    """The endpoint form, its URL checked by the service's own rules (shape, SSRF guard)."""
+
+    class Form(form):  # type: ignore[misc]
+        def clean_url(self) -> str:
+            try:
+                return webhooks.check_url(self.cleaned_data["url"]).url
+            except AirlockError as exc:
+                raise ValidationError(exc.detail) from exc
+
+        def clean_event_types(self) -> list[str]:
+            chosen = self.cleaned_data.get("event_types") or []
+            if not isinstance(chosen, list) or not all(isinstance(t, str) for t in chosen):
+                raise ValidationError('A list of event types, e.g. ["artifact.approved"].')
+            try:
+                return webhooks.clean_event_types(chosen)
+            except AirlockError as exc:
+                raise ValidationError(exc.detail) from exc
+
+    return Form
+
+
+@admin.register(WebhookDelivery)
+class WebhookDeliveryAdmin(WorkspaceScopedAdmin):
+    """The delivery log: read-only, with a retry through the service."""
+
+    list_display = ["event_type", "endpoint", "status", "attempts", "response_code",
+                    "next_attempt_at", "last_error", "created_at"]  # fmt: skip
+    list_filter = ["status", "event_type"]
+    search_fields = ["endpoint__url", "event_type", "last_error"]
+    list_select_related = ["endpoint"]
+    actions = ["retry_deliveries"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.action(description="Retry the selected deliveries now")
+    def retry_deliveries(self, request: HttpRequest, queryset: QuerySet[WebhookDelivery]) -> None:
+        actor, retried, refused = admin_actor(request), 0, 0
+        for delivery in queryset.select_related("endpoint"):
+            try:
+                webhooks.delivery_retry(delivery=delivery, actor=actor)
+                retried += 1
+            except AirlockError:
+                refused += 1
+        self.message_user(request, f"{retried} retried, {refused} refused (endpoint disabled).")
+
+
+@admin.register(Membership)
+class MembershipAdmin(WorkspaceScopedAdmin):
+    """Who is emailed about pending reviews; roles and members change through the API."""
+
+    list_display = ["user", "workspace", "role", "notify_reviews"]
+    list_editable = ["notify_reviews"]
+    list_filter = ["role", "notify_reviews"]
+    search_fields = ["user__username", "workspace__name"]
+    list_select_related = ["user", "workspace"]
+    fields = ["user", "workspace", "role", "joined_at", "notify_reviews"]
+    readonly_fields = ["user", "workspace", "role", "joined_at"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return self.has_module_permission(request)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def save_model(self, request: HttpRequest, obj: Membership, form: Any, change: bool) -> None:
+        services.membership_set_notify_reviews(
+            membership=obj, notify_reviews=obj.notify_reviews, actor=admin_actor(request)
         )

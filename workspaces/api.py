@@ -20,9 +20,18 @@ from config.api import (
     validated,
 )
 from config.exceptions import PermissionDenied
-from workspaces import access, selectors, services
+from workspaces import access, events, selectors, services, webhooks
 from workspaces.access import Actor
-from workspaces.models import ApiKeyRole, Event, EventType, Role, Workspace
+from workspaces.models import (
+    ApiKeyRole,
+    DeliveryStatus,
+    Event,
+    EventType,
+    Role,
+    WebhookDelivery,
+    WebhookEndpoint,
+    Workspace,
+)
 
 User = get_user_model()
 
@@ -118,6 +127,9 @@ class MemberOut(serializers.Serializer[Any]):
     username = serializers.CharField(source="user.username")
     role = serializers.ChoiceField(choices=Role.choices)
     joined_at = serializers.DateTimeField()
+    notify_reviews = serializers.BooleanField(
+        help_text="Admins and owners: emailed when a run's artifacts wait for review."
+    )
 
 
 class MemberAddIn(StrictSerializer):
@@ -137,8 +149,14 @@ class MemberAddIn(StrictSerializer):
         return attrs
 
 
-class MemberRoleIn(StrictSerializer):
-    role = serializers.ChoiceField(choices=ApiKeyRole.choices)
+class MemberChangeIn(StrictSerializer):
+    role = serializers.ChoiceField(choices=ApiKeyRole.choices, required=False)
+    notify_reviews = serializers.BooleanField(required=False)
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if not attrs:
+            raise serializers.ValidationError("Give role, notify_reviews or both.")
+        return attrs
 
 
 class MemberListView(WorkspaceScopedView):
@@ -160,22 +178,35 @@ class MemberListView(WorkspaceScopedView):
 
 
 class MemberDetailView(WorkspaceScopedView):
-    minimum_role: ClassVar[dict[str, Role]] = {"PATCH": Role.ADMIN}
-
-    @extend_schema(request=MemberRoleIn, responses=MemberOut)
+    @extend_schema(
+        request=MemberChangeIn,
+        responses=MemberOut,
+        description="Change a member's role (admins and owners), or whether they are emailed "
+        "about pending reviews (their own choice; admins and owners may change anyone's).",
+    )
     def patch(self, request: Request, workspace_id: str, user_id: int) -> Response:
-        data = validated(MemberRoleIn, request)
+        data = validated(MemberChangeIn, request)
+        if "role" in data or not self._is_self(user_id):
+            access.require(self.role, Role.ADMIN)
         membership = selectors.membership_get(workspace=self.workspace, user_id=user_id)
-        services.membership_change_role(membership=membership, role=data["role"], actor=self.actor)
+        if "role" in data:
+            services.membership_change_role(
+                membership=membership, role=data["role"], actor=self.actor
+            )
+        if "notify_reviews" in data:
+            services.membership_set_notify_reviews(
+                membership=membership, notify_reviews=data["notify_reviews"], actor=self.actor
+            )
         return Response(MemberOut(membership).data)
+
+    def _is_self(self, user_id: int) -> bool:
+        return (
+            self.actor.is_person and self.actor.user is not None and (user_id == self.actor.user.pk)
+        )
 
     @extend_schema(responses={204: None})
     def delete(self, request: Request, workspace_id: str, user_id: int) -> Response:
-        leaving = (
-            self.actor.api_key is None
-            and self.actor.user is not None
-            and user_id == self.actor.user.pk
-        )
+        leaving = self._is_self(user_id)
         if not leaving:
             access.require(self.role, Role.ADMIN)
         membership = selectors.membership_get(workspace=self.workspace, user_id=user_id)
@@ -264,6 +295,11 @@ class EventOut(serializers.Serializer[Any]):
         )
         return fields
 
+    def to_representation(self, instance: Event) -> dict[str, Any]:
+        # The fields above document the shape; events.as_json is the one that makes it, for
+        # this route, the stream and webhooks alike.
+        return events.as_json(instance)
+
 
 class EventPageOut(serializers.Serializer[Any]):
     next = serializers.URLField(
@@ -320,3 +356,161 @@ def _next_page(request: Request, page: list[Event]) -> str:
     params = request.query_params.copy()
     params["after"] = str(page[-1].pk)
     return request.build_absolute_uri(f"{request.path}?{params.urlencode()}")
+
+
+# --- Webhooks ----------------------------------------------------------------------------
+
+
+class WebhookOut(serializers.Serializer[Any]):
+    id = serializers.UUIDField()
+    url = serializers.CharField()
+    event_types = serializers.ListField(
+        child=serializers.ChoiceField(choices=EventType.choices),
+        help_text="The event types sent; empty means every event.",
+    )
+    description = serializers.CharField()
+    active = serializers.BooleanField()
+    created_at = serializers.DateTimeField()
+    updated_at = serializers.DateTimeField()
+    failing_since = serializers.DateTimeField(
+        allow_null=True, help_text="Every attempt has failed since then (null: healthy)."
+    )
+    disabled_at = serializers.DateTimeField(
+        allow_null=True, help_text="When it was disabled for failing too long, if it was."
+    )
+
+
+class WebhookCreatedOut(WebhookOut):
+    secret = serializers.CharField(
+        help_text="The signing secret (`whsec_…`), for Standard Webhooks verification. Shown "
+        "this once; store it now."
+    )
+
+
+class WebhookIn(StrictSerializer):
+    url = serializers.CharField(max_length=webhooks.URL_MAX_LENGTH)
+    event_types = serializers.ListField(
+        child=serializers.ChoiceField(choices=EventType.choices), required=False, max_length=64
+    )
+    description = serializers.CharField(
+        max_length=webhooks.DESCRIPTION_MAX_LENGTH, required=False, allow_blank=True
+    )
+    active = serializers.BooleanField(required=False)
+
+
+class WebhookPatchIn(WebhookIn):
+    url = serializers.CharField(max_length=webhooks.URL_MAX_LENGTH, required=False)
+
+
+class DeliveryOut(serializers.Serializer[Any]):
+    id = serializers.UUIDField()
+    webhook_id = serializers.UUIDField(source="endpoint_id")
+    event_id = serializers.IntegerField()
+    event_type = serializers.ChoiceField(choices=EventType.choices)
+    status = serializers.ChoiceField(choices=DeliveryStatus.choices)
+    attempts = serializers.IntegerField()
+    response_code = serializers.IntegerField(
+        allow_null=True, help_text="The last attempt's HTTP status."
+    )
+    next_attempt_at = serializers.DateTimeField(allow_null=True)
+    last_attempt_at = serializers.DateTimeField(allow_null=True)
+    last_error = serializers.CharField()
+    created_at = serializers.DateTimeField()
+    delivered_at = serializers.DateTimeField(allow_null=True)
+
+
+ADMINS: dict[str, Role] = {m: Role.ADMIN for m in ("GET", "POST", "PATCH", "DELETE")}
+
+
+class WebhookListView(WorkspaceScopedView):
+    minimum_role: ClassVar[dict[str, Role]] = ADMINS
+    pagination_class = CursorPagination
+
+    @extend_schema(responses=WebhookOut(many=True), operation_id="workspaces_webhooks_list")
+    def get(self, request: Request, workspace_id: str) -> Response:
+        queryset = selectors.webhook_list(workspace=self.workspace)
+        return paginate(self, request, queryset, WebhookOut, "created_at")
+
+    @extend_schema(
+        request=WebhookIn,
+        responses={201: WebhookCreatedOut},
+        description="A new endpoint. The URL must be https:// and resolve to public "
+        "addresses only (see WEBHOOK_ALLOW_HTTP, WEBHOOK_ALLOW_PRIVATE). The signing secret is "
+        "in this answer only.",
+    )
+    def post(self, request: Request, workspace_id: str) -> Response:
+        data = validated(WebhookIn, request)
+        endpoint, secret = webhooks.webhook_create(
+            workspace=self.workspace, actor=self.actor, **data
+        )
+        body = {**WebhookOut(endpoint).data, "secret": secret}
+        return Response(body, status=status.HTTP_201_CREATED)
+
+
+class WebhookScopedView(WorkspaceScopedView):
+    minimum_role: ClassVar[dict[str, Role]] = ADMINS
+    endpoint: WebhookEndpoint
+
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        super().initial(request, *args, **kwargs)
+        self.endpoint = selectors.webhook_get(
+            workspace=self.workspace, webhook_id=kwargs["webhook_id"]
+        )
+
+
+class WebhookDetailView(WebhookScopedView):
+    @extend_schema(responses=WebhookOut)
+    def get(self, request: Request, workspace_id: str, webhook_id: str) -> Response:
+        return Response(WebhookOut(self.endpoint).data)
+
+    @extend_schema(request=WebhookPatchIn, responses=WebhookOut)
+    def patch(self, request: Request, workspace_id: str, webhook_id: str) -> Response:
+        data = validated(WebhookPatchIn, request)
+        endpoint = webhooks.webhook_update(endpoint=self.endpoint, actor=self.actor, **data)
+        return Response(WebhookOut(endpoint).data)
+
+    @extend_schema(responses={204: None})
+    def delete(self, request: Request, workspace_id: str, webhook_id: str) -> Response:
+        webhooks.webhook_delete(endpoint=self.endpoint, actor=self.actor)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class WebhookTestView(WebhookScopedView):
+    @extend_schema(
+        request=None,
+        responses={202: DeliveryOut},
+        description="Record a `webhook.test` event and send it to this endpoint only.",
+    )
+    def post(self, request: Request, workspace_id: str, webhook_id: str) -> Response:
+        delivery = webhooks.webhook_test(endpoint=self.endpoint, actor=self.actor)
+        return Response(DeliveryOut(delivery).data, status=status.HTTP_202_ACCEPTED)
+
+
+class DeliveryListView(WebhookScopedView):
+    pagination_class = CursorPagination
+
+    @extend_schema(
+        responses=DeliveryOut(many=True),
+        operation_id="workspaces_webhooks_deliveries_list",
+        description="The endpoint's delivery log, newest first.",
+    )
+    def get(self, request: Request, workspace_id: str, webhook_id: str) -> Response:
+        queryset = selectors.delivery_list(endpoint=self.endpoint)
+        return paginate(self, request, queryset, DeliveryOut, "-created_at")
+
+
+class DeliveryRetryView(WorkspaceScopedView):
+    minimum_role: ClassVar[dict[str, Role]] = ADMINS
+
+    @extend_schema(
+        request=None,
+        responses={202: DeliveryOut},
+        description="Send this delivery again now, whatever its status.",
+    )
+    def post(self, request: Request, workspace_id: str, delivery_id: str) -> Response:
+        delivery: WebhookDelivery = selectors.delivery_get(
+            workspace=self.workspace,
+            delivery_id=delivery_id,  # type: ignore[arg-type]
+        )
+        delivery = webhooks.delivery_retry(delivery=delivery, actor=self.actor)
+        return Response(DeliveryOut(delivery).data, status=status.HTTP_202_ACCEPTED)

@@ -4,3 +4,9 @@ from django.apps import AppConfig
 class WorkspacesConfig(AppConfig):
     name = "workspaces"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from workspaces import events, webhooks
+
+        # The webhook outbox: an event's deliveries are written in the event's transaction.
+        events.on_record(webhooks.write_deliveries)

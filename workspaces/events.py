@@ -5,13 +5,22 @@ State-machine transitions reach the trail the same way: django-fsm-log's storage
 (`TrailBackend`, configured as DJANGO_FSM_LOG_STORAGE_METHOD) calls `record` when a transition
 runs, with the actor passed to the transition as `by=`. The transition record and the event are
 one row.
+
+What an event sets off is registered here (`on_record`) and runs inside the same transaction,
+so it commits or rolls back with the event: the webhook outbox (workspaces.webhooks writes the
+event's deliveries) and the reviewers' notifications (registered by the artifacts app, which
+workspaces never imports). A hook only writes rows or registers `transaction.on_commit` work;
+it never calls the network.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any, Protocol, runtime_checkable
 
 from django.db import transaction
+from django.utils import timezone
 from django_fsm_log.backends import BaseBackend
 from django_fsm_log.helpers import FSMLogDescriptor
 
@@ -33,6 +42,17 @@ class TransitionsOnTrail(OnTrail, Protocol):
     def trail_data(self, transition: str) -> dict[str, Any]: ...
 
 
+RecordHook = Callable[[Event], None]
+_record_hooks: list[RecordHook] = []
+
+
+def on_record(hook: RecordHook) -> RecordHook:
+    """Run `hook(event)` for every event recorded from now on, in the event's transaction."""
+    if hook not in _record_hooks:
+        _record_hooks.append(hook)
+    return hook
+
+
 def record(
     *,
     actor: Actor,
@@ -45,7 +65,7 @@ def record(
         # Outside a transaction the event could commit without its write, or the reverse.
         raise RuntimeError(f"record({type}) must run inside the write's transaction.atomic()")
     about = subject if isinstance(subject, Subject) else subject.trail_subject()
-    return Event.objects.create(
+    event = Event.objects.create(
         workspace_id=about.workspace_id,
         type=str(type),
         actor=str(actor),
@@ -57,6 +77,30 @@ def record(
         thread_id=about.thread_id,
         data=data or {},
     )
+    for hook in _record_hooks:
+        hook(event)
+    return event
+
+
+def as_json(event: Event) -> dict[str, Any]:
+    """An event as the API, the stream and webhooks show it (one shape everywhere; the
+    events route's EventOut documents it)."""
+    return {
+        "id": event.pk,
+        "workspace_id": str(event.workspace_id),
+        "type": event.type,
+        "actor": event.actor,
+        "subject": {"type": event.subject_type, "id": event.subject_id},
+        "run_id": str(event.run_id) if event.run_id else None,
+        "thread_id": event.thread_id,
+        "created_at": as_iso(event.created_at),
+        "data": event.data,
+    }
+
+
+def as_iso(value: datetime) -> str:
+    text = timezone.localtime(value, UTC).isoformat()
+    return text.removesuffix("+00:00") + "Z"  # as DRF writes datetimes
 
 
 class TrailBackend(BaseBackend):

@@ -57,6 +57,10 @@ class Membership(models.Model):
     )
     role = models.CharField(max_length=10, choices=Role.choices)
     joined_at = models.DateTimeField(default=timezone.now, editable=False)
+    # Admins and owners who keep this on get an email when a run's artifacts wait for review.
+    notify_reviews = models.BooleanField(
+        default=True, help_text="Email me when a run's artifacts wait for review (admins, owners)."
+    )
 
     class Meta:
         ordering = ["joined_at", "id"]
@@ -113,6 +117,7 @@ class EventType(models.TextChoices):
     MEMBER_ADDED = "member.added"
     MEMBER_REMOVED = "member.removed"
     MEMBER_ROLE_CHANGED = "member.role_changed"
+    MEMBER_NOTIFY_CHANGED = "member.notify_changed"
     API_KEY_CREATED = "api_key.created"
     API_KEY_REVOKED = "api_key.revoked"
     RUN_CREATED = "run.created"
@@ -187,3 +192,94 @@ class Event(models.Model):
 
     def __str__(self) -> str:
         return f"#{self.pk} {self.type} by {self.actor}"
+
+
+# --- webhooks (SPEC §11) -------------------------------------------------------------------
+
+
+class WebhookEndpoint(models.Model):
+    """Where a workspace's events are pushed, signed (Standard Webhooks) with `secret`.
+
+    The secret is kept because signing needs it; the API shows it once, on create. An endpoint
+    failing every attempt since `failing_since` for WEBHOOK_DISABLE_AFTER_H is disabled
+    (`active` false, `disabled_at` set) with a `webhook.disabled` event."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE, related_name="webhooks")
+    url = models.CharField(max_length=2000)
+    event_types = models.JSONField(default=list, blank=True, help_text="Empty: every event.")
+    description = models.CharField(max_length=500, blank=True)
+    active = models.BooleanField(default=True)
+    secret = models.CharField(max_length=100, editable=False)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    updated_at = models.DateTimeField(default=timezone.now)
+    failing_since = models.DateTimeField(null=True, blank=True, editable=False)
+    disabled_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        verbose_name = "webhook endpoint"
+        indexes = [models.Index(fields=["workspace", "active"], name="webhook_ws_active")]
+
+    def __str__(self) -> str:
+        return self.url
+
+    def wants(self, event_type: str) -> bool:
+        return not self.event_types or event_type in self.event_types
+
+    def trail_subject(self) -> Subject:
+        return Subject("webhook", self.pk, self.workspace_id)
+
+
+class DeliveryStatus(models.TextChoices):
+    PENDING = "pending", "Pending"  # waiting for its next attempt (or in one)
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"  # gave up: retries exhausted, or the endpoint is disabled
+
+
+class WebhookDelivery(models.Model):
+    """One event for one endpoint: the outbox row. Written with the event, in its
+    transaction; sent by a task after the commit, retried until it succeeds or gives up.
+
+    `next_attempt_at` is when it is due. A sender claims a delivery by moving it past the
+    attempt's lease, so a sender killed mid-attempt leaves a delivery that is due again once
+    the lease ends, and the beat task sends it."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    endpoint = models.ForeignKey(
+        WebhookEndpoint, on_delete=models.CASCADE, related_name="deliveries"
+    )
+    workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE, related_name="+")
+    event = models.ForeignKey(
+        Event, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+"
+    )
+    event_type = models.CharField(max_length=64)
+    status = models.CharField(
+        max_length=16, choices=DeliveryStatus.choices, default=DeliveryStatus.PENDING
+    )
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True, default=timezone.now)
+    last_attempt_at = models.DateTimeField(null=True, blank=True)
+    response_code = models.PositiveIntegerField(null=True, blank=True)
+    last_error = models.CharField(max_length=500, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name_plural = "webhook deliveries"
+        indexes = [
+            # The outbox: what is due, oldest first; cost grows with what is due.
+            models.Index(
+                fields=["next_attempt_at"],
+                name="delivery_due",
+                condition=Q(status="pending"),
+            ),
+            models.Index(fields=["endpoint", "-created_at"], name="delivery_endpoint_newest"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event_type} (event #{self.event_id})"

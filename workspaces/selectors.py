@@ -13,7 +13,15 @@ from django.db.models import QuerySet
 from config.exceptions import NotFound
 from workspaces import access
 from workspaces.access import Actor
-from workspaces.models import ApiKey, Event, Membership, Role, Workspace
+from workspaces.models import (
+    ApiKey,
+    Event,
+    Membership,
+    Role,
+    WebhookDelivery,
+    WebhookEndpoint,
+    Workspace,
+)
 
 
 def workspace_list(*, actor: Actor) -> QuerySet[Workspace]:
@@ -117,3 +125,44 @@ def workspace_history(*, workspace: Workspace) -> QuerySet[Event]:
     return Event.objects.filter(
         workspace_id=workspace.pk, subject_type__in=WORKSPACE_SUBJECTS
     ).order_by("id")
+
+
+def webhook_list(*, workspace: Workspace) -> QuerySet[WebhookEndpoint]:
+    return WebhookEndpoint.objects.filter(workspace=workspace)
+
+
+def webhook_get(*, workspace: Workspace, webhook_id: uuid.UUID) -> WebhookEndpoint:
+    endpoint = webhook_list(workspace=workspace).filter(pk=webhook_id).first()
+    if endpoint is None:
+        raise NotFound("No such webhook endpoint.")
+    return endpoint
+
+
+def delivery_list(*, endpoint: WebhookEndpoint) -> QuerySet[WebhookDelivery]:
+    return WebhookDelivery.objects.filter(endpoint=endpoint).select_related("endpoint")
+
+
+def delivery_get(*, workspace: Workspace, delivery_id: uuid.UUID) -> WebhookDelivery:
+    delivery = (
+        WebhookDelivery.objects.select_related("endpoint")
+        .filter(pk=delivery_id, workspace=workspace)
+        .first()
+    )
+    if delivery is None:
+        raise NotFound("No such delivery.")
+    return delivery
+
+
+def review_recipients(*, workspace_id: uuid.UUID | str) -> QuerySet[Membership]:
+    """Who is told that a run's artifacts wait: the workspace's admins and owners who kept
+    `notify_reviews` on, active, with an email address."""
+    return (
+        Membership.objects.filter(
+            workspace_id=workspace_id,
+            role__in=access.REVIEWER_ROLES,
+            notify_reviews=True,
+            user__is_active=True,
+        )
+        .exclude(user__email="")
+        .select_related("user")
+    )

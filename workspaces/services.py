@@ -142,6 +142,28 @@ def membership_change_role(*, membership: Membership, role: str, actor: Actor) -
     return membership
 
 
+def membership_set_notify_reviews(
+    *, membership: Membership, notify_reviews: bool, actor: Actor
+) -> Membership:
+    """Whether the member is emailed when a run's artifacts wait for review (admins and
+    owners are; members never review)."""
+    with transaction.atomic():
+        changed = (
+            Membership.objects.filter(pk=membership.pk)
+            .exclude(notify_reviews=notify_reviews)
+            .update(notify_reviews=notify_reviews)
+        )
+        if changed:
+            events.record(
+                actor=actor,
+                type=EventType.MEMBER_NOTIFY_CHANGED,
+                subject=membership,
+                data={**_member_data(membership), "notify_reviews": notify_reviews},
+            )
+    membership.notify_reviews = notify_reviews
+    return membership
+
+
 def membership_remove(*, membership: Membership, actor: Actor) -> None:
     """Remove a member, or leave when the member is the actor. The owner can do neither."""
     if membership.role == Role.OWNER:

@@ -102,7 +102,8 @@ def test_every_list_declares_its_cursor_page_size_and_filters(schema: dict[str, 
         for path, method, operation in _operations(schema)
         if method == "get" and "Paginated" in str(operation["responses"]["200"])
     }
-    assert len(lists) == 8  # workspaces, members, keys, runs (2), artifacts (2), commands
+    # workspaces, members, keys, runs (2), artifacts (2), commands, webhooks, deliveries
+    assert len(lists) == 10
     for path, names in lists.items():
         assert {"cursor", "page_size"} <= names, path
     assert lists["/api/v1/runs/"] >= {"status", "thread_id", "workspace"}

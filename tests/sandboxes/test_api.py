@@ -732,3 +732,65 @@ def test_a_multipart_upload_is_refused_and_writes_nothing(
     raw = client.put(url, b"hello", content_type="text/plain")
     assert raw.json() == {"path": "/home/user/a.txt", "size": 5}
     assert fake_backend.files[(fake_run.sandbox_id, "/home/user/a.txt")] == b"hello"
+
+
+# --- an agent's own output: the job's row on GET runs/{id}/ -----------------------------
+
+
+def _job_run(workspace: Any, *, api_key: Any = None) -> SandboxRun:
+    from django.utils import timezone
+
+    from sandboxes.models import Command
+
+    run = make_run(workspace=workspace, status="failed", command="python3 job.py", api_key=api_key)
+    Command.objects.create(
+        run=run, workspace=workspace, kind="job", command=run.command, cwd="/home/user",
+        actor="system:execute_run_command", status="exited", exit_code=3,
+        ended_at=timezone.now(), duration_ms=120, stdout_tail="42\n", stderr_tail="oops\n",
+    )  # fmt: skip
+    return run
+
+
+@pytest.mark.django_db
+def test_the_key_that_started_a_job_reads_what_it_printed(api: Any, workspace: Any) -> None:
+    from tests.factories import make_api_key
+
+    key, raw = make_api_key(workspace=workspace)
+    run = _job_run(workspace, api_key=key)
+    job = client_as(api, raw).get(f"/api/v1/runs/{run.pk}/").json()["job"]
+    assert job["status"] == "exited" and job["exit_code"] == 3
+    assert (job["stdout"], job["stderr"], job["truncated"]) == ("42\n", "oops\n", False)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("caller", "sees_output"),
+    [("owner", True), ("admin", True), ("admin_key", True), ("member", False),
+     ("member_key", False)],
+)  # fmt: skip
+def test_only_the_runs_creator_and_admins_read_the_jobs_output(
+    as_caller: Any, caller: str, sees_output: bool, workspace: Any, keys: Any
+) -> None:
+    from tests.factories import make_api_key
+
+    agent, _ = make_api_key(workspace=workspace, name="the agent")
+    run = _job_run(workspace, api_key=agent)  # started by another key (of the owner's)
+    job = as_caller(caller).get(f"/api/v1/runs/{run.pk}/").json()["job"]
+    assert job["exit_code"] == 3  # metadata, for every member
+    assert (job["stdout"] is not None) is sees_output
+    assert (job["stderr"] is not None) is sees_output
+
+
+@pytest.mark.django_db
+def test_a_run_without_a_job_has_none(api: Any, workspace: Any, member: Any) -> None:
+    run = make_run(workspace=workspace, status="running")
+    assert client_as(api, member).get(f"/api/v1/runs/{run.pk}/").json()["job"] is None
+
+
+@pytest.mark.django_db
+def test_lists_of_runs_do_not_carry_job_output(api: Any, workspace: Any, owner: Any) -> None:
+    _job_run(workspace)
+    [listed] = (
+        client_as(api, owner).get(f"/api/v1/workspaces/{workspace.pk}/runs/").json()["results"]
+    )
+    assert "job" not in listed

@@ -363,3 +363,112 @@ def test_keys_cannot_be_deleted_in_the_admin(
     response = client.post(f"{KEYS}{keys['alpha'].pk}/delete/", {"post": "yes"})
     assert response.status_code == 403
     assert ApiKey.objects.filter(pk=keys["alpha"].pk).exists()
+
+
+# --- webhooks, their delivery log, review emails ---------------------------------------
+
+HOOKS = "/admin/workspaces/webhookendpoint/"
+DELIVERIES = "/admin/workspaces/webhookdelivery/"
+MEMBERSHIPS = "/admin/workspaces/membership/"
+
+
+@pytest.fixture
+def hooks(settings: Any, spaces: dict[str, Workspace], owner: Any) -> dict[str, Any]:
+    """An endpoint in Alpha (which Sam administers) and one in Beta (where he is a member),
+    each with one delivery."""
+    from workspaces import webhooks
+
+    settings.WEBHOOK_ALLOW_PRIVATE = settings.WEBHOOK_ALLOW_HTTP = True
+    made = {}
+    for name in ("alpha", "beta"):
+        made[name], _ = webhooks.webhook_create(
+            workspace=spaces[name], actor=Actor(user=owner), url=f"http://127.0.0.1:9/{name}"
+        )
+        services.workspace_rename(workspace=spaces[name], name=name, actor=Actor(user=owner))
+    return made
+
+
+@pytest.mark.django_db
+def test_staff_see_the_webhooks_and_deliveries_of_workspaces_they_administer(
+    client: Any, staff: Any, hooks: dict[str, Any]
+) -> None:
+    client.force_login(staff)
+    listed = client.get(HOOKS).content.decode()
+    assert "127.0.0.1:9/alpha" in listed and "127.0.0.1:9/beta" not in listed
+    log = client.get(DELIVERIES).content.decode()
+    assert "/alpha" in log and "/beta" not in log
+    assert client.get(f"{HOOKS}{hooks['beta'].pk}/change/").status_code == 302  # not theirs
+
+
+@pytest.mark.django_db
+def test_creating_an_endpoint_in_the_admin_shows_its_secret_once(
+    client: Any, staff: Any, spaces: dict[str, Workspace], settings: Any
+) -> None:
+    from workspaces.models import WebhookEndpoint
+
+    settings.WEBHOOK_ALLOW_PRIVATE = settings.WEBHOOK_ALLOW_HTTP = True
+    client.force_login(staff)
+    body = {
+        "workspace": spaces["alpha"].pk,
+        "url": "http://127.0.0.1:9/new",
+        "event_types": '["artifact.approved"]',
+        "description": "CI",
+        "active": "on",
+        **{f"deliveries-{k}": v for k, v in
+           {"TOTAL_FORMS": "0", "INITIAL_FORMS": "0", "MIN_NUM_FORMS": "0",
+            "MAX_NUM_FORMS": "0"}.items()},
+    }  # fmt: skip
+    response = client.post(f"{HOOKS}add/", body, follow=True)
+    endpoint = WebhookEndpoint.objects.get(url="http://127.0.0.1:9/new")
+    assert any(endpoint.secret in m for m in messages_of(response))
+    assert endpoint.event_types == ["artifact.approved"]
+    assert endpoint.secret not in client.get(f"{HOOKS}{endpoint.pk}/change/").content.decode()
+
+
+@pytest.mark.django_db
+def test_the_admin_refuses_a_private_target(
+    client: Any, staff: Any, spaces: dict[str, Workspace], settings: Any
+) -> None:
+    settings.WEBHOOK_ALLOW_PRIVATE = False
+    client.force_login(staff)
+    response = client.post(
+        f"{HOOKS}add/",
+        {"workspace": spaces["alpha"].pk, "url": "https://169.254.169.254/", "event_types": "[]"},
+    )
+    assert response.status_code == 200  # the form again, with the error
+    assert "link-local" in response.content.decode()
+
+
+@pytest.mark.django_db
+def test_the_retry_action_goes_through_the_service(
+    client: Any, staff: Any, hooks: dict[str, Any]
+) -> None:
+    from workspaces.models import WebhookDelivery
+
+    delivery = WebhookDelivery.objects.get(endpoint=hooks["alpha"])
+    WebhookDelivery.objects.filter(pk=delivery.pk).update(status="failed", next_attempt_at=None)
+    client.force_login(staff)
+    response = client.post(
+        DELIVERIES,
+        {"action": "retry_deliveries", "_selected_action": [delivery.pk]},
+        follow=True,
+    )
+    assert "1 retried, 0 refused" in " ".join(messages_of(response))
+    delivery.refresh_from_db()
+    assert delivery.status == "pending"
+
+
+@pytest.mark.django_db
+def test_review_emails_are_turned_off_in_the_admin_through_the_service(
+    client: Any, staff: Any, spaces: dict[str, Workspace]
+) -> None:
+    from workspaces.models import Event
+
+    mine = Membership.objects.get(workspace=spaces["alpha"], user=staff)
+    client.force_login(staff)
+    assert "Beta" not in client.get(MEMBERSHIPS).content.decode()  # only administered
+    response = client.post(f"{MEMBERSHIPS}{mine.pk}/change/", {"notify_reviews": ""}, follow=True)
+    assert response.status_code == 200
+    mine.refresh_from_db()
+    assert mine.notify_reviews is False
+    assert Event.objects.filter(type="member.notify_changed").count() == 1

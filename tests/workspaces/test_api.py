@@ -701,3 +701,203 @@ def test_an_event_about_a_run_names_its_run_and_thread(
     )
     assert (event["run_id"], event["thread_id"]) == (str(run.pk), "thread-x")
     assert event["data"] == {"path": "/home/user/a.txt", "size": 1}
+
+
+# --- members: review emails ------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_members_show_whether_they_get_review_emails(
+    api: Any, workspace: Workspace, member: Any
+) -> None:
+    results = client_as(api, member).get(_members_url(workspace)).json()["results"]
+    assert {m["notify_reviews"] for m in results} == {True}  # on by default
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("who", ["owner", "admin_user", "member"])
+def test_anyone_may_turn_their_own_review_emails_off(
+    api: Any, workspace: Workspace, request: Any, who: str
+) -> None:
+    user = request.getfixturevalue(who)
+    response = client_as(api, user).patch(
+        _members_url(workspace, user), {"notify_reviews": False}, format="json"
+    )
+    assert (response.status_code, response.json()["notify_reviews"]) == (200, False)
+    assert not Membership.objects.get(workspace=workspace, user=user).notify_reviews
+    event = Event.objects.filter(type=EventType.MEMBER_NOTIFY_CHANGED).latest("id")
+    assert event.data["notify_reviews"] is False
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(("caller", "status"), table(**_table(200, ADMIN_UP)))
+def test_turning_someone_elses_review_emails_off_needs_an_admin(
+    as_caller: Any, caller: str, status: int, workspace: Workspace, admin_user: Any
+) -> None:
+    url = _members_url(workspace, admin_user)
+    response = as_caller(caller).patch(url, {"notify_reviews": False}, format="json")
+    assert response.status_code == status
+    stored = Membership.objects.get(workspace=workspace, user=admin_user).notify_reviews
+    assert stored is (status != 200)
+
+
+@pytest.mark.django_db
+def test_a_member_change_needs_something_to_change(
+    api: Any, workspace: Workspace, member: Any
+) -> None:
+    response = client_as(api, member).patch(_members_url(workspace, member), {}, format="json")
+    assert_error(response, 400)
+
+
+@pytest.mark.django_db
+def test_a_member_cannot_change_their_own_role(api: Any, workspace: Workspace, member: Any) -> None:
+    url = _members_url(workspace, member)
+    response = client_as(api, member).patch(url, {"role": "admin"}, format="json")
+    assert_error(response, 403)
+
+
+# --- webhooks --------------------------------------------------------------------------
+
+
+def _webhooks_url(workspace: Workspace, *rest: Any) -> str:
+    tail = "".join(f"{part}/" for part in rest)
+    return f"/api/v1/workspaces/{workspace.pk}/webhooks/{tail}"
+
+
+@pytest.fixture
+def loopback_hooks(settings: Any) -> Any:
+    settings.WEBHOOK_ALLOW_PRIVATE = True
+    settings.WEBHOOK_ALLOW_HTTP = True
+    settings.WEBHOOK_TIMEOUT_S = 2
+    return settings
+
+
+@pytest.fixture
+def hook(loopback_hooks: Any, workspace: Workspace, receivers: Any) -> Any:
+    from workspaces import webhooks
+
+    endpoint, _ = webhooks.webhook_create(
+        workspace=workspace, actor=Actor(user=workspace.owner), url=receivers().url
+    )
+    return endpoint
+
+
+ADMINS_ONLY = _table(200, ADMIN_UP)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(("caller", "status"), table(**ADMINS_ONLY))
+def test_list_webhooks(
+    as_caller: Any, caller: str, status: int, workspace: Workspace, hook: Any
+) -> None:
+    response = as_caller(caller).get(_webhooks_url(workspace))
+    assert response.status_code == status
+    if status == 200:
+        [listed] = response.json()["results"]
+        assert listed["id"] == str(hook.pk) and "secret" not in listed
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(("caller", "status"), table(**_table(201, ADMIN_UP)))
+def test_create_webhook(
+    as_caller: Any, caller: str, status: int, workspace: Workspace, loopback_hooks: Any
+) -> None:
+    body = {
+        "url": "http://127.0.0.1:9/hook",
+        "event_types": ["artifact.created", "artifact.approved"],
+        "description": "CI",
+    }
+    response = as_caller(caller).post(_webhooks_url(workspace), body, format="json")
+    assert response.status_code == status
+    if status == 201:
+        created = response.json()
+        assert created["secret"].startswith("whsec_")
+        assert created["event_types"] == body["event_types"]
+        again = as_caller(caller).get(_webhooks_url(workspace, created["id"])).json()
+        assert "secret" not in again  # shown once
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(("caller", "status"), table(**ADMINS_ONLY))
+def test_change_webhook(
+    as_caller: Any, caller: str, status: int, workspace: Workspace, hook: Any
+) -> None:
+    url = _webhooks_url(workspace, hook.pk)
+    response = as_caller(caller).patch(url, {"active": False}, format="json")
+    assert response.status_code == status
+    hook.refresh_from_db()
+    assert hook.active is (status != 200)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(("caller", "status"), table(**_table(204, ADMIN_UP)))
+def test_delete_webhook(
+    as_caller: Any, caller: str, status: int, workspace: Workspace, hook: Any
+) -> None:
+    from workspaces.models import WebhookEndpoint
+
+    response = as_caller(caller).delete(_webhooks_url(workspace, hook.pk))
+    assert response.status_code == status
+    assert WebhookEndpoint.objects.filter(pk=hook.pk).exists() is (status != 204)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(("caller", "status"), table(**_table(202, ADMIN_UP)))
+def test_send_a_test_event(
+    as_caller: Any, caller: str, status: int, workspace: Workspace, hook: Any
+) -> None:
+    response = as_caller(caller).post(_webhooks_url(workspace, hook.pk, "test"))
+    assert response.status_code == status
+    if status == 202:
+        delivery = response.json()
+        assert (delivery["event_type"], delivery["status"]) == ("webhook.test", "pending")
+        listed = as_caller(caller).get(_webhooks_url(workspace, hook.pk, "deliveries"))
+        assert [d["id"] for d in listed.json()["results"]] == [delivery["id"]]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(("caller", "status"), table(**_table(202, ADMIN_UP)))
+def test_retry_a_delivery(
+    as_caller: Any, caller: str, status: int, workspace: Workspace, hook: Any
+) -> None:
+    from workspaces.models import WebhookDelivery
+
+    services.workspace_rename(workspace=workspace, name="Again", actor=Actor(user=workspace.owner))
+    delivery = WebhookDelivery.objects.get(endpoint=hook)
+    WebhookDelivery.objects.filter(pk=delivery.pk).update(status="failed", next_attempt_at=None)
+    url = _webhooks_url(workspace, "deliveries", delivery.pk, "retry")
+    response = as_caller(caller).post(url)
+    assert response.status_code == status
+    delivery.refresh_from_db()
+    assert delivery.status == ("pending" if status == 202 else "failed")
+
+
+@pytest.mark.django_db
+def test_a_webhook_of_another_workspace_is_not_found(
+    api: Any, workspace: Workspace, hook: Any, outsider: Any
+) -> None:
+    elsewhere = make_workspace(owner=outsider, name="Elsewhere")
+    response = client_as(api, outsider).get(_webhooks_url(elsewhere, hook.pk))
+    assert_error(response, 404)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"url": "https://127.0.0.1/hook"}, "webhook_target"),
+        ({"url": "https://10.0.0.1/hook"}, "webhook_target"),
+        ({"url": "https://169.254.169.254/latest/meta-data/"}, "webhook_target"),
+        ({"url": "https://localhost/hook"}, "webhook_target"),
+        ({"url": "http://example.com/hook"}, "invalid_url"),
+        ({"url": "https://example.com/", "event_types": ["nope"]}, "invalid"),
+        ({"url": "https://example.com/", "secret": "mine"}, "invalid"),
+    ],
+)
+def test_creating_a_webhook_refuses_bad_input(
+    api: Any, workspace: Workspace, owner: Any, settings: Any, body: dict[str, Any], field: str
+) -> None:
+    settings.WEBHOOK_ALLOW_PRIVATE = False
+    settings.WEBHOOK_ALLOW_HTTP = False
+    response = client_as(api, owner).post(_webhooks_url(workspace), body, format="json")
+    assert assert_error(response, 400)["code"] == field

@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -145,3 +146,92 @@ def test_bad_wait_parameters_are_a_400_naming_them(
     response = client_as(api, member).get(f"/api/v1/runs/{run.pk}/?{query}")
     assert response.status_code == 400
     assert response.json()["code"] == "invalid"
+
+
+# --- the horizon: below it, every event is committed -------------------------------------
+
+
+@pytest.fixture
+def poller(workspace: Any) -> watch.TrailWatch:
+    """A trail watch of its own, polled by hand on the test's connection, started once what
+    the trail holds has settled."""
+    import time_machine
+    from django.utils import timezone
+
+    trail = watch.TrailWatch()
+    with time_machine.travel(timezone.now() + 2 * watch.GRACE, tick=False):
+        trail._poll_once()
+    assert trail.horizon() == watch.latest_event_id()
+    return trail
+
+
+def _events(workspace: Any, count: int) -> list[int]:
+    from tests.factories import record_event
+    from workspaces.models import EventType
+
+    return [record_event(workspace, EventType.WORKSPACE_RENAMED).pk for _ in range(count)]
+
+
+@pytest.mark.django_db(transaction=False)
+def test_the_horizon_stops_at_a_missing_id_until_it_commits(
+    poller: watch.TrailWatch, workspace: Any
+) -> None:
+    from workspaces.models import Event
+
+    first, missing, third = _events(workspace, 3)
+    row = Event.objects.get(pk=missing)
+    Event.objects.filter(pk=missing).delete()  # as if its transaction had not committed yet
+    poller._poll_once()
+    assert poller.horizon() == first
+    row.save(force_insert=True)  # … and now it has
+    poller._poll_once()
+    assert poller.horizon() == third
+
+
+@pytest.mark.django_db(transaction=False)
+def test_the_horizon_passes_a_missing_id_once_the_event_after_it_is_old(
+    poller: watch.TrailWatch, workspace: Any
+) -> None:
+    import time_machine
+    from django.utils import timezone
+
+    from workspaces.models import Event
+
+    first, missing, third = _events(workspace, 3)
+    Event.objects.filter(pk=missing).delete()  # rolled back: the id never comes
+    poller._poll_once()
+    assert poller.horizon() == first
+    later = timezone.now() + watch.GRACE + timedelta(seconds=1)
+    with time_machine.travel(later, tick=False):
+        poller._poll_once()
+    assert poller.horizon() == third
+
+
+def test_a_watch_nobody_listens_to_stops_polling(workspace: Any) -> None:
+    trail = watch.trail_watch()
+    trail.wait_past(watch.latest_event_id(), 0.2)
+    deadline = time.monotonic() + watch.IDLE_STOP_S + 5
+    while trail._thread is not None:
+        assert time.monotonic() < deadline, "the poller did not stop"
+        time.sleep(0.05)
+
+
+@pytest.mark.django_db(transaction=False)
+def test_the_watch_remembers_new_events_for_the_streams(
+    poller: watch.TrailWatch, workspace: Any, outsider: Any
+) -> None:
+    from tests.factories import make_workspace
+
+    floor = poller.horizon()
+    assert floor is not None
+    elsewhere = make_workspace(owner=outsider, name="Elsewhere")
+    mine = _events(workspace, 2)
+    poller._poll_once()
+    horizon = poller.horizon()
+    assert horizon is not None
+    remembered = poller.recent(str(workspace.pk), floor, horizon)
+    assert remembered is not None
+    assert [e.pk for e in remembered] == mine  # not the other workspace's creation
+    assert poller.recent(str(elsewhere.pk), floor, horizon)  # its own, there
+    assert poller.recent(str(workspace.pk), floor - 1, horizon) is None  # older: read the trail
+    assert poller.recent(str(workspace.pk), floor, horizon + 1) is None  # past the horizon

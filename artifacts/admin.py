@@ -1,5 +1,7 @@
-"""The review console (SPEC §7): the pending queue, bulk approve and reject, and a change page
-with transition buttons, safe previews and the run's context.
+"""The review console (SPEC §7, §13): the review queue (runs with pending artifacts), the run
+review page (the run's admin page: its timeline and every artifact with preview, signals and
+decisions, keyboard first), the per-artifact list with bulk approve and reject, an artifact's
+own page with transition buttons, and the review policy.
 
 Every decision goes through artifacts.review.artifact_review (role, self-review, final
 states, the transition log with the actor). Non-superuser staff see and act only on the
@@ -17,6 +19,7 @@ from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.contrib.admin.utils import unquote
 from django.db.models import Case, IntegerField, Q, QuerySet, Value, When
+from django.db.models.functions import Left
 from django.http import (
     Http404,
     HttpRequest,
@@ -28,7 +31,7 @@ from django.template.defaultfilters import filesizeformat
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils import timezone
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString, mark_safe
 from django.utils.timesince import timesince
 from django_fsm.admin import FSMAdminMixin
@@ -37,13 +40,30 @@ from pygments.formatters import HtmlFormatter
 from pygments.lexers import TextLexer, get_lexer_for_filename
 from pygments.util import ClassNotFound
 
-from artifacts import downloads, review, selectors
-from artifacts.forms import RejectForm
-from artifacts.models import Artifact, ArtifactType, ReviewState
-from config.exceptions import AirlockError
-from sandboxes.admin import SandboxRunAdmin
+from artifacts import console, content, downloads, policy, review, selectors
+from artifacts.forms import RejectForm, ReviewPolicyForm
+from artifacts.models import (
+    DECIDED_STATES,
+    Artifact,
+    ArtifactType,
+    ReviewPolicy,
+    ReviewQueueRun,
+    ReviewState,
+)
+from config.exceptions import AirlockError, InvalidInput
+from sandboxes.admin import SandboxRunAdmin, run_started_by
 from sandboxes.models import SandboxRun
-from workspaces.admin import ReadOnlyInline, WorkspaceScopedAdmin, admin_actor, trail_panel
+from workspaces import access
+from workspaces.admin import (
+    NO_SAVE_BUTTONS,
+    AdministeredWorkspaceFilter,
+    ReadOnlyInline,
+    WorkspaceScopedAdmin,
+    admin_actor,
+    first_line,
+    short_id,
+    trail_panel,
+)
 
 REVIEW_TRANSITIONS = ("approve", "reject")  # the decision names artifact_review takes
 QUEUE = ReviewState.PENDING.value
@@ -53,11 +73,7 @@ _PENDING_FIRST = Case(
     default=Value(1),
     output_field=IntegerField(),
 )
-_REFUSAL_NOTES = {
-    "self_review": "You started this run: someone else must review its artifacts.",
-    "role": "Reviewing needs the admin role in this workspace.",
-    "not_found": "You are not a member of this workspace.",
-}
+_REFUSAL_NOTES = console.REFUSAL_NOTES
 
 
 class ReviewStateFilter(admin.SimpleListFilter):
@@ -71,6 +87,7 @@ class ReviewStateFilter(admin.SimpleListFilter):
             (QUEUE, "Pending (queue)"),
             (ReviewState.APPROVED, "Approved"),
             (ReviewState.REJECTED, "Rejected"),
+            (ReviewState.EXPIRED, "Expired"),
             (ALL_STATES, "All"),
         ]
 
@@ -91,8 +108,13 @@ class ReviewStateFilter(admin.SimpleListFilter):
             }
 
 
+class ConsoleMedia:
+    css = {"all": ["artifacts/review.css"]}
+
+
 @admin.register(Artifact)
 class ArtifactAdmin(FSMAdminMixin, WorkspaceScopedAdmin):
+    Media = ConsoleMedia
     fsm_fields = ["review_state"]
     fsm_forms = {"reject": RejectForm}
     # Ours, not django-fsm-2's (django_fsm is not an installed app): same context, and the
@@ -101,28 +123,28 @@ class ArtifactAdmin(FSMAdminMixin, WorkspaceScopedAdmin):
     fsm_transition_form_template = "admin/artifacts/artifact/transition_form.html"
     save_on_top = True  # the top "submit row" shows the transition buttons, not save buttons
     list_display = [
-        "title", "type", "review_state", "workspace", "thread_id", "size_display",
-        "age", "reviewed_by",
+        "title", "type", "review_state", "signals_column", "run_column", "workspace",
+        "size_display", "age", "reviewed_by",
     ]  # fmt: skip
-    list_filter = [ReviewStateFilter, "type", ("workspace", admin.RelatedOnlyFieldListFilter)]
+    list_filter = [ReviewStateFilter, "type", AdministeredWorkspaceFilter]
     search_fields = ["title", "thread_id"]
     search_help_text = "Title or thread id; a run id or artifact id finds it exactly."
     list_per_page = 50
     actions = ["approve_selected", "reject_selected"]
     fieldsets = [
-        ("Review", {"fields": ["review_state", "review_note", "reviewed_by", "reviewed_at",
-                               "review_comment"]}),
+        ("Review", {"fields": ["review_state", "review_note", "signals_display",
+                               "reviewed_by", "reviewed_at", "review_comment"]}),
         ("Content", {"fields": ["title", "type", "content_type", "size_display", "sha256",
                                 "sandbox_path", "download", "preview"]}),
-        ("Run", {"fields": ["run_link", "thread_id", "workspace", "run_prompt", "run_command",
-                            "created_at"]}),
+        ("Run", {"fields": ["run_link", "thread_id", "workspace", "run_started_by",
+                            "run_prompt", "run_command", "created_at"]}),
         ("History", {"fields": ["history"]}),
     ]  # fmt: skip
     readonly_fields = [
-        "review_state", "review_note", "reviewed_by", "reviewed_at", "review_comment",
-        "title", "type", "content_type", "size_display", "sha256", "sandbox_path",
-        "download", "preview", "run_link", "thread_id", "workspace", "run_prompt",
-        "run_command", "created_at", "history",
+        "review_state", "review_note", "signals_display", "reviewed_by", "reviewed_at",
+        "review_comment", "title", "type", "content_type", "size_display", "sha256",
+        "sandbox_path", "download", "preview", "run_link", "thread_id", "workspace",
+        "run_started_by", "run_prompt", "run_command", "created_at", "history",
     ]  # fmt: skip
 
     # --- what staff may do: look, and decide through the transitions ----------------------
@@ -150,9 +172,18 @@ class ArtifactAdmin(FSMAdminMixin, WorkspaceScopedAdmin):
         self, request: HttpRequest, extra_context: dict[str, Any] | None = None
     ) -> HttpResponse:
         state = request.GET.get(ReviewStateFilter.parameter_name)
-        decided_or_all = {ReviewState.APPROVED, ReviewState.REJECTED, ALL_STATES}
-        title = "Artifacts" if state in decided_or_all else "Review queue"
-        return super().changelist_view(request, {"title": title, **(extra_context or {})})
+        decided_or_all = {*DECIDED_STATES, ALL_STATES}
+        title = "Artifacts" if state in decided_or_all else "Pending artifacts"
+        context = {"title": title, "queue_url": reverse(QUEUE_URL), **(extra_context or {})}
+        return super().changelist_view(request, context)
+
+    def get_list_display(self, request: HttpRequest) -> Any:
+        # In the pending list the state is the same on every row and nobody reviewed them
+        # yet: those columns would only push the table wider than the page.
+        state = request.GET.get(ReviewStateFilter.parameter_name)
+        if state in {*DECIDED_STATES, ALL_STATES}:
+            return self.list_display
+        return [n for n in self.list_display if n not in ("review_state", "reviewed_by")]
 
     def get_ordering(self, request: HttpRequest) -> list[Any]:
         if request.GET.get(ReviewStateFilter.parameter_name) == ALL_STATES:
@@ -175,6 +206,20 @@ class ArtifactAdmin(FSMAdminMixin, WorkspaceScopedAdmin):
     @admin.display(description="Age", ordering="created_at")
     def age(self, obj: Artifact) -> str:
         return timesince(obj.created_at, timezone.now(), depth=1)
+
+    @admin.display(description="Signals", ordering="risk")
+    def signals_column(self, obj: Artifact) -> SafeString:
+        return console.signal_badges((code, 1) for code in obj.signal_summary())
+
+    @admin.display(description="Run")
+    def run_column(self, obj: Artifact) -> SafeString:
+        url = reverse("admin:sandboxes_sandboxrun_change", args=[obj.run_id])
+        return format_html(
+            '<a href="{}"><code>{}</code></a> {}',
+            url,
+            short_id(obj.run_id),
+            first_line(obj.run.prompt, 50),
+        )
 
     # --- bulk decisions ----------------------------------------------------------------
 
@@ -229,7 +274,13 @@ class ArtifactAdmin(FSMAdminMixin, WorkspaceScopedAdmin):
     def _review_refusal(self, request: HttpRequest, obj: Artifact) -> str | None:
         actor = admin_actor(request)
         role = selectors.artifact_role(actor=actor, artifact=obj)
-        return selectors.artifact_review_refusal(artifact=obj, actor=actor, role=role)
+        return selectors.artifact_review_refusal(
+            artifact=obj,
+            actor=actor,
+            role=role,
+            needed=selectors.approvals_needed(obj),
+            approver_ids=set(obj.approvals.values_list("reviewer_id", flat=True)),
+        )
 
     # django-fsm-2 looks any posted name up as a method of the model: a name that is not one
     # of the review transitions would be a server error there, so it stops here.
@@ -286,14 +337,8 @@ class ArtifactAdmin(FSMAdminMixin, WorkspaceScopedAdmin):
         extra_context: dict[str, Any] | None = None,
     ) -> HttpResponse:
         # Nothing is editable, so no save buttons: only the transitions change anything.
-        no_save = {
-            "show_save": False,
-            "show_save_and_continue": False,
-            "show_save_and_add_another": False,
-        }
-        return super().change_view(
-            request, object_id, form_url, {**(extra_context or {}), **no_save}
-        )
+        context = {"title": "Review artifact", **NO_SAVE_BUTTONS, **(extra_context or {})}
+        return super().change_view(request, object_id, form_url, context)
 
     def get_object(
         self, request: HttpRequest, object_id: str, from_field: str | None = None
@@ -310,7 +355,24 @@ class ArtifactAdmin(FSMAdminMixin, WorkspaceScopedAdmin):
         if obj.review_state != ReviewState.PENDING:
             return "Decided: this is final."
         refusal = getattr(obj, "review_refusal", None)
-        return _REFUSAL_NOTES.get(refusal or "", "Yes: use Approve or Reject below.")
+        if refusal is None and selectors.approvals_needed(obj) > 1:
+            have = obj.approvals.count()
+            return f"Yes: it needs two approvals from two reviewers ({have} so far)."
+        return _REFUSAL_NOTES.get(refusal or "", "Yes: use the Approve and Reject buttons.")
+
+    @admin.display(description="Signals")
+    def signals_display(self, obj: Artifact) -> SafeString | str:
+        if not obj.signals:
+            return "None found."
+        return format_html_join(
+            "",
+            '<div class="airlock-signal-line airlock-severity-{}"><strong>{}</strong> {}</div>',
+            ((s["severity"], s["code"].replace("_", " "), s["message"]) for s in obj.signals),
+        )
+
+    @admin.display(description="Started by")
+    def run_started_by(self, obj: Artifact) -> str:
+        return run_started_by(obj.run)
 
     @admin.display(description="Download")
     def download(self, obj: Artifact) -> SafeString:
@@ -340,6 +402,14 @@ class ArtifactAdmin(FSMAdminMixin, WorkspaceScopedAdmin):
             if obj.size > len(obj.preview_text.encode())
             else ""
         )
+        if content.base_content_type(obj.content_type) in console.MARKDOWN_TYPES:
+            return format_html(
+                '<div class="airlock-markdown-pair"><div class="airlock-markdown">{}</div>'
+                "<div>{}</div></div>{}",
+                console.render_markdown(obj.preview_text),
+                _highlighted(obj),
+                more,
+            )
         return format_html("{}{}", _highlighted(obj), more)
 
     @admin.display(description="Run")
@@ -398,8 +468,11 @@ def _highlighted(obj: Artifact) -> SafeString:
     return mark_safe(highlight(obj.preview_text, lexer, formatter))  # noqa: S308
 
 
+QUEUE_URL = "admin:artifacts_reviewqueuerun_changelist"
+
+
 class ArtifactInline(ReadOnlyInline):
-    # Reviews go through the transitions on the artifact's own page.
+    # The base run admin's list of artifacts (the review page shows them as cards instead).
     model = Artifact
     fields = ("artifact", "type", "review_state", "size_display", "created_at")
     readonly_fields = ("artifact", "type", "review_state", "size_display", "created_at")
@@ -415,11 +488,302 @@ class ArtifactInline(ReadOnlyInline):
         return filesizeformat(obj.size)
 
 
-class SandboxRunWithArtifactsAdmin(SandboxRunAdmin):
-    """The run admin (sandboxes.admin) with the run's artifacts inline."""
+# --- the run review page ------------------------------------------------------------------
 
-    inlines = [*SandboxRunAdmin.inlines, ArtifactInline]
+
+class SandboxRunReviewAdmin(SandboxRunAdmin):
+    """The run admin (sandboxes.admin) whose page is the run review page: what the run was
+    asked and did, and every artifact it made with its preview and signals beside the
+    decision controls. Decisions post to `<run>/review/` and go through
+    artifacts.review.artifacts_review, one result per artifact."""
+
+    review_template = "admin/sandboxes/sandboxrun/review.html"
+
+    def get_urls(self) -> list[URLPattern]:
+        decide = self.admin_site.admin_view(self.decide_view)
+        return [
+            path("<path:object_id>/review/", decide, name="sandboxes_sandboxrun_review"),
+            *super().get_urls(),
+        ]
+
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        run = self.get_object(request, unquote(object_id))
+        if run is None or not self.has_view_permission(request, run):
+            # As Django's own change view answers: back to the index, saying so.
+            self.message_user(request, "No such run (or not one you review).", messages.WARNING)
+            return HttpResponseRedirect(reverse("admin:index"))
+        return TemplateResponse(request, self.review_template, self._review_context(request, run))
+
+    def _review_context(self, request: HttpRequest, run: SandboxRun) -> dict[str, Any]:
+        """Five queries for the run's rows (selectors.run_review) and one for the role."""
+        actor = admin_actor(request)
+        role = access.role_in(actor, run.workspace_id)
+        data = selectors.run_review(run=run)
+        for artifact in data.artifacts:
+            artifact.run = run  # one run for all: no query per card
+            artifact.workspace = run.workspace
+        cards = [
+            console.artifact_card(
+                artifact=artifact,
+                policy=data.policy,
+                approvals=data.approvals.get(artifact.pk, []),
+                refusal=selectors.artifact_review_refusal(
+                    artifact=artifact,
+                    actor=actor,
+                    role=role,
+                    needed=data.policy.approvals_needed(artifact),
+                    approver_ids={a.reviewer_id for a in data.approvals.get(artifact.pk, [])},
+                ),
+            )
+            for artifact in data.artifacts
+        ]
+        timeline = console.run_timeline(
+            run=run,
+            events=data.events,
+            commands=data.commands,
+            titles={str(a.pk): a.title for a in data.artifacts},
+        )
+        return {
+            **self.admin_site.each_context(request),
+            "title": f"Review run {short_id(run.pk)}",
+            "subtitle": first_line(run.prompt),
+            "opts": self.opts,
+            "run": run,
+            "started_by": run_started_by(run),
+            "duration": self.duration(run),
+            "cost": self.cost(run),
+            "limits": self.limits(run),
+            "timeline": timeline,
+            "timeline_html": console.timeline_html(timeline),
+            "command_count": len(data.commands),
+            "cards": cards,
+            "pending": [card for card in cards if card.pending],
+            "decidable": [card for card in cards if card.decidable],
+            # "Approve all" never sweeps a secret out with the rest: those are decided alone.
+            "bulk_approvable": [c for c in cards if c.decidable and c.artifact.risk != "high"],
+            "is_nav_sidebar_enabled": False,  # the page needs the width for previews
+            "policy": data.policy,
+            "decide_url": reverse("admin:sandboxes_sandboxrun_review", args=[run.pk]),
+            "queue_url": reverse(QUEUE_URL),
+            "reject_form": RejectForm(),
+            "media": self.media,
+        }
+
+    def decide_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """POST decision=approve|reject, artifact=<id> (repeatable) or all=pending, comment.
+        Every result is a message; back to the page, on the next artifact to decide."""
+        run = self.get_object(request, unquote(object_id))
+        if run is None or request.method != "POST":
+            raise Http404("No such run.")
+        back = reverse("admin:sandboxes_sandboxrun_change", args=[run.pk])
+        chosen = Artifact.objects.filter(run=run, review_state=ReviewState.PENDING)
+        if request.POST.get("all") != "pending":
+            chosen = chosen.filter(pk__in=_uuids(request.POST.getlist("artifact")))
+        artifacts = list(chosen.select_related(*selectors.ARTIFACT_RELATED).order_by("created_at"))
+        if not artifacts:
+            self.message_user(request, "Nothing pending was selected.", messages.WARNING)
+            return HttpResponseRedirect(back)
+        decision = request.POST.get("decision", "")
+        try:
+            outcome = review.artifacts_review(
+                artifacts=artifacts,
+                actor=admin_actor(request),
+                decision=decision,
+                comment=request.POST.get("comment", ""),
+            )
+        except InvalidInput as exc:
+            self.message_user(request, exc.detail, messages.ERROR)
+            focus = artifacts[0].pk
+            return HttpResponseRedirect(f"{back}?focus={focus}#artifact-{focus}")
+        self._report_each(request, outcome)
+        return HttpResponseRedirect(_next_pending(back, run, after=artifacts[-1]))
+
+    def _report_each(self, request: HttpRequest, outcome: review.BulkReview) -> None:
+        for artifact in outcome.done:
+            if artifact.review_state == ReviewState.PENDING:
+                text = f"“{artifact}”: first approval recorded; a second reviewer must approve."
+            else:
+                text = f"“{artifact}” is {artifact.review_state}."
+            self.message_user(request, text, messages.SUCCESS)
+        for artifact in outcome.already_decided:
+            self.message_user(request, f"“{artifact}” was already decided.", messages.WARNING)
+        for artifact, why in outcome.refused:
+            self.message_user(request, f"“{artifact}”: {why}", messages.ERROR)
+
+
+def _uuids(values: list[str]) -> list[uuid.UUID]:
+    ids = []
+    for value in values:
+        try:
+            ids.append(uuid.UUID(value))
+        except ValueError:
+            continue
+    return ids
+
+
+def _next_pending(back: str, run: SandboxRun, *, after: Artifact) -> str:
+    """The review page, on the next pending artifact after the one just decided (or the
+    first still pending)."""
+    pending = Artifact.objects.filter(run=run, review_state=ReviewState.PENDING).order_by(
+        "created_at", "id"
+    )
+    following = pending.filter(created_at__gte=after.created_at).exclude(pk=after.pk).first()
+    target = following or pending.first()
+    return f"{back}?focus={target.pk}#artifact-{target.pk}" if target else back
 
 
 admin.site.unregister(SandboxRun)
-admin.site.register(SandboxRun, SandboxRunWithArtifactsAdmin)
+admin.site.register(SandboxRun, SandboxRunReviewAdmin)
+
+
+# --- the review queue: runs with pending work ------------------------------------------------
+
+MINE = "mine"
+QUEUE_RUN_FIELDS = (
+    "id", "workspace", "thread_id", "created_by", "api_key", "status", "created_at",
+    "workspace__name", "created_by__username", "api_key__name", "api_key__prefix",
+)  # fmt: skip
+
+
+class DecisionFilter(admin.SimpleListFilter):
+    title = "decisions"
+    parameter_name = "decide"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [(MINE, "What I may decide")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        return queryset  # applied in ReviewQueueAdmin.get_queryset: it changes the counts
+
+
+@admin.register(ReviewQueueRun)
+class ReviewQueueAdmin(WorkspaceScopedAdmin):
+    """Runs with pending artifacts, oldest waiting first, with counts and signals; each row
+    opens the run review page. "What I may decide" leaves out your own runs and what you
+    already approved."""
+
+    list_display = [
+        "run", "workspace", "thread_id", "started_by", "pending", "signals", "waiting",
+    ]  # fmt: skip
+    list_display_links = None
+    list_filter = [DecisionFilter, AdministeredWorkspaceFilter]
+    Media = ConsoleMedia
+    search_fields = ["=id", "thread_id", "prompt"]
+    search_help_text = "Prompt or thread id; a run id finds it exactly."
+    list_per_page = 50
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
+        mine = request.GET.get(DecisionFilter.parameter_name) == MINE
+        runs = selectors.runs_awaiting_review(
+            workspace_ids=access.administered_workspaces(admin_actor(request)),
+            decider=admin_actor(request) if mine else None,
+        )
+        # Only what the columns show: the grouped rows stay narrow (a prompt may be 100 KB).
+        return (
+            runs.only(*QUEUE_RUN_FIELDS)
+            .annotate(prompt_start=Left("prompt", 200))
+            .select_related("workspace", "created_by", "api_key")
+        )
+
+    def get_ordering(self, request: HttpRequest) -> list[Any]:
+        return ["oldest_pending", "id"]
+
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        context = {
+            "title": "Review queue",
+            "artifacts_url": reverse("admin:artifacts_artifact_changelist"),
+            **(extra_context or {}),
+        }
+        return super().changelist_view(request, context)
+
+    @admin.display(description="Run")
+    def run(self, obj: Any) -> SafeString:
+        url = reverse("admin:sandboxes_sandboxrun_change", args=[obj.pk])
+        return format_html(
+            '<a href="{}"><code>{}</code> {}</a>',
+            url,
+            short_id(obj.pk),
+            first_line(obj.prompt_start, 70) or "—",
+        )
+
+    @admin.display(description="Started by")
+    def started_by(self, obj: SandboxRun) -> str:
+        return run_started_by(obj)
+
+    @admin.display(description="Pending", ordering="pending_count")
+    def pending(self, obj: Any) -> int:
+        return int(obj.pending_count)
+
+    @admin.display(description="Signals")
+    def signals(self, obj: Any) -> SafeString:
+        return console.signal_badges(
+            (code, getattr(obj, f"signal_{code}")) for code in selectors.SIGNAL_CODES
+        )
+
+    @admin.display(description="Waiting", ordering="oldest_pending")
+    def waiting(self, obj: Any) -> str:
+        return timesince(obj.oldest_pending, timezone.now(), depth=1)
+
+
+# --- the review policy ----------------------------------------------------------------------
+
+
+@admin.register(ReviewPolicy)
+class ReviewPolicyAdmin(WorkspaceScopedAdmin):
+    """One policy per workspace, written through artifacts.policy (checked, on the trail)."""
+
+    form = ReviewPolicyForm
+    list_display = [
+        "workspace", "required_approvals", "second_approval_only_with_signals",
+        "expire_after_h", "rules", "updated_at", "updated_by",
+    ]  # fmt: skip
+    list_filter = [AdministeredWorkspaceFilter]
+    readonly_fields = ["updated_at", "updated_by", "history"]
+
+    def get_fields(self, request: HttpRequest, obj: Any = None) -> tuple[str, ...]:
+        fields = ("auto_approve", "required_approvals", "second_approval_only_with_signals",
+                  "expire_after_h")  # fmt: skip
+        return ("workspace", *fields) if obj is None else (*fields, *self.readonly_fields)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return self.has_module_permission(request)
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return self.has_module_permission(request)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # set the defaults instead: the change stays on the trail
+
+    @admin.display(description="Auto-approve rules")
+    def rules(self, obj: ReviewPolicy) -> int:
+        return len(obj.auto_approve)
+
+    @admin.display(description="History")
+    def history(self, obj: ReviewPolicy) -> SafeString | str:
+        return trail_panel("review_policy", obj.workspace_id)
+
+    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
+        saved = policy.review_policy_set(
+            workspace=obj.workspace,
+            actor=admin_actor(request),
+            **{name: form.cleaned_data.get(name) for name in policy.POLICY_FIELDS},
+        )
+        obj.pk = saved.pk
+        obj._state.adding = False

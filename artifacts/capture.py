@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from django.db import transaction
 
-from artifacts import content, storage
+from artifacts import content, markdown, policy, risk, storage
 from artifacts.models import Artifact, ArtifactType
 from config.exceptions import AirlockError, Conflict, InvalidInput, NotFound
 from sandboxes import execution, validation
@@ -37,15 +37,23 @@ def _create_artifact(
     run: SandboxRun,
     actor: Actor,
     stored: storage.Stored,
+    scanner: risk.SignalScanner,
     name: str,
     sandbox_path: str,
     type: str | None,
     title: str | None,
     content_type: str | None = None,
 ) -> Artifact:
+    """The artifact's row with its signals, `artifact.created` on the trail, and the
+    policy's auto-approval, in one transaction. The preview never shows a secret the scan
+    found."""
     content_type = content_type or content.guess_content_type(name, stored.head)
     kind = ArtifactType(type) if type else content.infer_type(name, content_type)
     text_like = content.is_text_type(content_type) or kind in (ArtifactType.CODE, ArtifactType.LOG)
+    found = scanner.finish(size=stored.size, content_type=content_type)
+    signals = [signal.as_json() for signal in found]
+    preview = risk.redact(content.preview(stored.head), scanner.secrets) if text_like else ""
+    rendered = markdown.render(preview) if preview and markdown.is_markdown(content_type) else ""
     try:
         with transaction.atomic():
             artifact = Artifact.objects.create(
@@ -59,7 +67,11 @@ def _create_artifact(
                 size=stored.size,
                 sha256=stored.sha256,
                 sandbox_path=content.printable(sandbox_path, limit=1024),
-                preview_text=content.preview(stored.head) if text_like else "",
+                preview_text=preview,
+                preview_html=rendered,
+                signals=signals,
+                signal_codes=",".join(sorted({s["code"] for s in signals})),
+                risk=risk.highest_severity(signals),
             )
             events.record(
                 actor=actor,
@@ -67,7 +79,7 @@ def _create_artifact(
                 subject=artifact,
                 data=artifact.trail_data(),
             )
-            return artifact
+            return policy.apply_at_capture(artifact=artifact)
     except BaseException:
         storage.delete_quietly(stored.key)
         raise
@@ -111,7 +123,26 @@ def artifact_capture(
     # Through the run service: the run must be running, the call counts as activity, and a
     # sandbox that vanished under a running run fails the run.
     chunks = execution.run_download_file(run=run, path=path, chunk_size=CAPTURE_CHUNK_BYTES)
-    return _capture_chunks(run=run, actor=actor, path=path, chunks=chunks, type=type, title=title)
+    return _capture_chunks(
+        run=run,
+        actor=actor,
+        path=path,
+        chunks=chunks,
+        type=type,
+        title=title,
+        mode=lambda: _file_mode(run, path),
+    )
+
+
+def _file_mode(run: SandboxRun, path: str) -> int | None:
+    """The permission bits of one sandbox file, from its directory's listing: asked only for
+    a script with a shebang (whether it is executable), None when the backend does not say."""
+    directory, name = posixpath.split(path)
+    try:
+        entries = execution.run_list_files(run=run, path=directory)
+    except AirlockError:
+        return None
+    return next((entry.mode for entry in entries if entry.name == name), None)
 
 
 def _capture_chunks(
@@ -122,11 +153,22 @@ def _capture_chunks(
     chunks: Iterable[bytes],
     type: str | None = None,
     title: str | None = None,
+    mode: risk.ModeLookup = None,
 ) -> Artifact:
     name = posixpath.basename(path)
-    stored = storage.store(workspace_id=run.workspace_id, name=name, chunks=chunks)
+    scanner = risk.SignalScanner(name=name, mode=mode)
+    stored = storage.store(
+        workspace_id=run.workspace_id, name=name, chunks=chunks, observer=scanner.feed
+    )
     return _create_artifact(
-        run=run, actor=actor, stored=stored, name=name, sandbox_path=path, type=type, title=title
+        run=run,
+        actor=actor,
+        stored=stored,
+        scanner=scanner,
+        name=name,
+        sandbox_path=path,
+        type=type,
+        title=title,
     )
 
 
@@ -185,11 +227,15 @@ def _log_text(run: SandboxRun, result: CommandResult) -> bytes:
 def _capture_log(*, run: SandboxRun, result: CommandResult, actor: Actor) -> Artifact:
     data = _log_text(run, result)
     chunks = (data[i : i + 64 * 1024] for i in range(0, len(data), 64 * 1024))
-    stored = storage.store(workspace_id=run.workspace_id, name=LOG_NAME, chunks=chunks)
+    scanner = risk.SignalScanner(name=LOG_NAME)
+    stored = storage.store(
+        workspace_id=run.workspace_id, name=LOG_NAME, chunks=chunks, observer=scanner.feed
+    )
     return _create_artifact(
         run=run,
         actor=actor,
         stored=stored,
+        scanner=scanner,
         name=LOG_NAME,
         sandbox_path="",
         type=ArtifactType.LOG,
@@ -205,13 +251,13 @@ def _list_dir(run: SandboxRun, path: str) -> list[FileEntry]:
         raise execution.as_api_error(exc) from exc
 
 
-def _capture_output_file(run: SandboxRun, path: str, actor: Actor) -> Artifact:
-    path = validation.clean_sandbox_path(path)
+def _capture_output_file(run: SandboxRun, entry: FileEntry, actor: Actor) -> Artifact:
+    path = validation.clean_sandbox_path(entry.path)
     try:
         chunks = get_backend().read_file(run.sandbox_id, path, chunk_size=CAPTURE_CHUNK_BYTES)
     except BackendError as exc:  # read_file raises before its first chunk
         raise execution.as_api_error(exc) from exc
-    return _capture_chunks(run=run, actor=actor, path=path, chunks=chunks)
+    return _capture_chunks(run=run, actor=actor, path=path, chunks=chunks, mode=entry.mode)
 
 
 def _capture_tree(*, run: SandboxRun, summary: OutputCapture, actor: Actor) -> None:
@@ -247,7 +293,7 @@ def _capture_tree(*, run: SandboxRun, summary: OutputCapture, actor: Actor) -> N
             else:
                 files += 1
                 try:
-                    summary.captured.append(_capture_output_file(run, entry.path, actor))
+                    summary.captured.append(_capture_output_file(run, entry, actor))
                 except Conflict:
                     raise  # the run or its sandbox is gone: nothing more can be read
                 except AirlockError as exc:

@@ -1,19 +1,26 @@
 """Review decisions: approve or reject a pending artifact, one at a time or many (the admin's
-bulk actions, the review command). Each decision goes through the Artifact transitions, on the
-trail with the reviewer; a decision that lost a race is a Conflict."""
+run review page and bulk actions, the review command). Each decision goes through the Artifact
+transitions, on the trail with the reviewer; a decision that lost a race is a Conflict.
+
+Where the workspace's policy asks for two approvals (SPEC §13), the first is an Approval row
+and `artifact.approval_recorded` on the trail, and the artifact stays pending; the second, by
+another reviewer, approves it. Neither may be the run's creator."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from django.db import transaction
 from django_fsm import ConcurrentTransition, TransitionNotAllowed
 
-from artifacts.models import REVIEW_COMMENT_MAX_CHARS, Artifact, ReviewState
-from artifacts.selectors import artifact_review_refusal, artifact_role
+from artifacts import selectors
+from artifacts.models import REVIEW_COMMENT_MAX_CHARS, Approval, Artifact, ReviewState
 from config.exceptions import AirlockError, Conflict, InvalidInput, NotFound, PermissionDenied
+from workspaces import events
 from workspaces.access import Actor
+from workspaces.models import EventType
 
 
 def _refusal_error(refusal: str) -> AirlockError:
@@ -23,6 +30,12 @@ def _refusal_error(refusal: str) -> AirlockError:
         return PermissionDenied(
             "You started this run; someone else must review its artifacts.", code="self_review"
         )
+    if refusal == "already_approved":
+        return PermissionDenied(
+            "You gave this artifact its first approval; the second must come from another "
+            "reviewer.",
+            code="already_approved",
+        )
     return PermissionDenied("Reviewing needs the admin role or higher.")
 
 
@@ -30,8 +43,9 @@ def artifact_review(
     *, artifact: Artifact, actor: Actor, decision: str, comment: str = ""
 ) -> Artifact:
     """approve or reject a pending artifact. A reject needs a comment; reviewing needs the
-    admin role; self-review is refused unless ALLOW_SELF_REVIEW; a decided artifact is final
-    (409, also for the loser of two concurrent reviews)."""
+    admin role; self-review is refused unless ALLOW_SELF_REVIEW (and always where two
+    approvals are needed); a decided artifact is final (409, also for the loser of two
+    concurrent decisions). With two approvals needed, the first leaves it pending."""
     comment = (comment or "").strip()
     if decision not in ("approve", "reject"):
         raise InvalidInput("decision: approve or reject.", code="invalid_choice")
@@ -41,24 +55,76 @@ def artifact_review(
         )
     if decision == "reject" and not comment:
         raise InvalidInput("A reject needs a comment saying why.", code="comment_required")
-    refusal = artifact_review_refusal(
-        artifact=artifact, actor=actor, role=artifact_role(actor=actor, artifact=artifact)
+    needed = selectors.review_policy_for(workspace_id=artifact.workspace_id).approvals_needed(
+        artifact
     )
-    if refusal is not None:
-        raise _refusal_error(refusal)
+    if needed > 1:
+        return _review_of_two(artifact=artifact, actor=actor, decision=decision, comment=comment)
+    _check(artifact, actor, needed=1, approver_ids=())
     if artifact.review_state != ReviewState.PENDING:
         raise _already_decided(artifact.review_state)
-
-    change = artifact.approve if decision == "approve" else artifact.reject
     try:
         # No lock: ConcurrentTransitionMixin's save only matches a row still pending, so the
         # second of two concurrent decisions saves nothing and rolls back with its log row.
         with transaction.atomic():
-            change(reviewer=actor.user, comment=comment, by=actor)
-            artifact.save()
+            _decide(artifact, actor=actor, decision=decision, comment=comment)
     except (TransitionNotAllowed, ConcurrentTransition) as exc:
         artifact.refresh_from_db()
         raise _already_decided(artifact.review_state) from exc
+    return artifact
+
+
+def _check(artifact: Artifact, actor: Actor, *, needed: int, approver_ids: Any) -> None:
+    role = selectors.artifact_role(actor=actor, artifact=artifact)
+    refusal = selectors.artifact_review_refusal(
+        artifact=artifact, actor=actor, role=role, needed=needed, approver_ids=approver_ids
+    )
+    if refusal is not None:
+        raise _refusal_error(refusal)
+
+
+def _decide(artifact: Artifact, *, actor: Actor, decision: str, comment: str) -> None:
+    """The final decision, in the caller's transaction: the reviewer's Approval row (an
+    approve) and the transition, which puts itself on the trail."""
+    if decision == "approve":
+        assert actor.user is not None
+        Approval.objects.create(
+            artifact=artifact, reviewer=actor.user, actor=str(actor), comment=comment
+        )
+        artifact.approve(reviewer=actor.user, comment=comment, by=actor)
+    else:
+        artifact.reject(reviewer=actor.user, comment=comment, by=actor)
+    artifact.save()
+
+
+def _review_of_two(*, artifact: Artifact, actor: Actor, decision: str, comment: str) -> Artifact:
+    """Four eyes: under a row lock, so two reviewers approving at once are counted one
+    after the other: both approvals recorded, one final state."""
+    with transaction.atomic():
+        locked = (
+            Artifact.objects.select_for_update(of=("self",))
+            .select_related(*selectors.ARTIFACT_RELATED)
+            .get(pk=artifact.pk)
+        )
+        approver_ids = set(locked.approvals.values_list("reviewer_id", flat=True))
+        _check(locked, actor, needed=2, approver_ids=approver_ids)
+        if locked.review_state != ReviewState.PENDING:
+            raise _already_decided(locked.review_state)
+        if decision == "approve" and not approver_ids:
+            assert actor.user is not None
+            Approval.objects.create(
+                artifact=locked, reviewer=actor.user, actor=str(actor), comment=comment
+            )
+            events.record(
+                actor=actor,
+                type=EventType.ARTIFACT_APPROVAL_RECORDED,
+                subject=locked,
+                data={**locked.trail_data(), "approvals": 1, "required_approvals": 2,
+                      "comment": comment},
+            )  # fmt: skip
+        else:
+            _decide(locked, actor=actor, decision=decision, comment=comment)
+    artifact.refresh_from_db()
     return artifact
 
 

@@ -71,9 +71,16 @@ class _MeasuringReader(io.RawIOBase):
     passes, keeps the first bytes for the sniff and the preview, and refuses to go past
     `limit` (TooLarge) before the byte that would exceed it reaches storage."""
 
-    def __init__(self, chunks: Iterable[bytes], *, limit: int):
+    def __init__(
+        self,
+        chunks: Iterable[bytes],
+        *,
+        limit: int,
+        observer: Callable[[bytes], None] | None = None,
+    ):
         super().__init__()
         self._chunks: Iterator[bytes] = iter(chunks)
+        self._observer = observer
         self._pending = memoryview(b"")
         self._limit = limit
         self.size = 0
@@ -100,6 +107,8 @@ class _MeasuringReader(io.RawIOBase):
                 )
             self.size += len(chunk)
             self.digest.update(chunk)
+            if self._observer is not None:
+                self._observer(chunk)  # the risk signals, computed on the same single pass
             if len(self.head) < content.SNIFF_BYTES:
                 self.head += chunk[: content.SNIFF_BYTES - len(self.head)]
             self._pending = memoryview(chunk)
@@ -135,10 +144,17 @@ class Stored:
     head: bytes
 
 
-def store(*, workspace_id: Any, name: str, chunks: Iterable[bytes]) -> Stored:
-    """Stream `chunks` into the default storage; on any failure, delete what was written."""
+def store(
+    *,
+    workspace_id: Any,
+    name: str,
+    chunks: Iterable[bytes],
+    observer: Callable[[bytes], None] | None = None,
+) -> Stored:
+    """Stream `chunks` into the default storage; on any failure, delete what was written.
+    `observer` sees every chunk on the way (artifacts.risk.SignalScanner.feed)."""
     key = _storage_key(workspace_id, name)
-    reader = _MeasuringReader(chunks, limit=settings.ARTIFACT_MAX_BYTES)
+    reader = _MeasuringReader(chunks, limit=settings.ARTIFACT_MAX_BYTES, observer=observer)
     # Buffered, so read(n) returns n bytes until the end: s3transfer decides between one PUT
     # and a multipart upload by whether its first read comes back short, and would otherwise
     # read the whole file into memory for a single PUT.

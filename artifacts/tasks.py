@@ -7,7 +7,7 @@ from typing import Any
 
 from celery import shared_task
 
-from artifacts import jobs, notifications
+from artifacts import jobs, notifications, policy
 
 
 # Enqueued by sandboxes.services once a run with a command is running, by name (sandboxes
@@ -36,3 +36,15 @@ def notify_reviewers(self: Any, run_id: str, event_id: int | None) -> int:
     if notice.retry_in_s > 0:
         self.apply_async(args=[run_id, event_id], countdown=notice.retry_in_s)
     return notice.sent
+
+
+# Periodic (config/celery.py). No retries: the next beat is the retry; overlapping runs are
+# safe (each artifact is expired under a skip-locked row lock).
+@shared_task(
+    acks_late=True,
+    soft_time_limit=120,
+    time_limit=150,
+    name="artifacts.tasks.expire_pending_artifacts",
+)
+def expire_pending_artifacts() -> int:
+    return policy.artifacts_expire()

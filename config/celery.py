@@ -33,6 +33,12 @@ def beat_schedule() -> dict[str, dict[str, Any]]:
             "schedule": settings.SANDBOX_RECONCILE_INTERVAL_S,
             "options": {"expires": settings.SANDBOX_RECONCILE_INTERVAL_S},
         },
+        # Pending artifacts past their workspace's review policy `expire_after_h` (SPEC §13).
+        "expire-pending-artifacts": {
+            "task": "artifacts.tasks.expire_pending_artifacts",
+            "schedule": settings.ARTIFACT_EXPIRY_INTERVAL_S,
+            "options": {"expires": settings.ARTIFACT_EXPIRY_INTERVAL_S},
+        },
         # The webhook outbox: retries that are due, and deliveries whose sender died.
         "deliver-due-webhooks": {
             "task": "workspaces.tasks.deliver_due_webhooks",

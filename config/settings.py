@@ -159,6 +159,10 @@ ARTIFACT_MAX_BYTES = env_int("ARTIFACT_MAX_BYTES", 1024 * 1024 * 1024, min_value
 EXEC_MAX_OUTPUT_BYTES = env_int("EXEC_MAX_OUTPUT_BYTES", 1024 * 1024, min_value=1024)
 WORKSPACE_MAX_ACTIVE_RUNS = env_int("WORKSPACE_MAX_ACTIVE_RUNS", 10, min_value=1)
 ALLOW_SELF_REVIEW = env_bool("ALLOW_SELF_REVIEW", False)
+# Review (SPEC §13): the size over which an artifact carries the `large` signal, and how often
+# beat expires artifacts pending longer than their workspace's policy allows.
+ARTIFACT_LARGE_BYTES = env_int("ARTIFACT_LARGE_BYTES", 5 * 1024 * 1024, min_value=1)
+ARTIFACT_EXPIRY_INTERVAL_S = env_int("ARTIFACT_EXPIRY_INTERVAL_S", 300, min_value=1)
 
 # --- API ----------------------------------------------------------------------------------
 REST_FRAMEWORK = {

@@ -1,4 +1,8 @@
-"""Runs in the admin: read-only, with a cancel action that goes through the service."""
+"""Runs in the admin: read-only, with a cancel action that goes through the service. What a
+reviewer reads is shown as they would read it (dollars, durations, short ids with the
+prompt's first line); the bookkeeping the sweep and the API keep for themselves (claims,
+deadline pushes, the idempotency key and fingerprint, env, files) is not shown. The artifacts
+app replaces the change page with the run review page (artifacts.admin)."""
 
 from __future__ import annotations
 
@@ -17,10 +21,16 @@ from config.exceptions import Conflict
 from sandboxes import selectors, services
 from sandboxes.models import ACTIVE_STATUSES, Command, SandboxRun
 from workspaces.admin import (
+    NO_SAVE_BUTTONS,
+    AdministeredWorkspaceFilter,
     ReadOnlyInline,
     WorkspaceAdmin,
     WorkspaceScopedAdmin,
     admin_actor,
+    dollars,
+    first_line,
+    human_duration,
+    short_id,
     trail_panel,
 )
 from workspaces.models import Workspace
@@ -35,12 +45,12 @@ def workspace_usage_summary(workspace: Workspace) -> SafeString:
     start = end - timedelta(days=USAGE_SUMMARY_DAYS - 1)
     usage = selectors.run_usage(workspace=workspace, start=start, end=end)
     return format_html(
-        "{} active now · last {} days: {} runs, {} sandbox-hours, ${}",
+        "{} active now · last {} days: {} runs, {} sandbox-hours, {}",
         selectors.active_run_count(workspace=workspace),
         USAGE_SUMMARY_DAYS,
         usage.runs,
         f"{usage.sandbox_seconds / 3600:.2f}",
-        usage.cost_usd,
+        dollars(usage.cost_usd),
     )
 
 
@@ -56,6 +66,22 @@ class WorkspaceWithUsageAdmin(WorkspaceAdmin):
 
 admin.site.unregister(Workspace)
 admin.site.register(Workspace, WorkspaceWithUsageAdmin)
+
+
+def run_started_by(run: SandboxRun) -> str:
+    """Who started the run: a person, or a workspace API key (acting for its creator)."""
+    if run.api_key_id is not None and run.api_key is not None:
+        return f"API key “{run.api_key.name}” ({run.api_key.prefix}…) of {run.created_by}"
+    return str(run.created_by)
+
+
+# What the run page shows, in this order; everything else on the model is bookkeeping.
+RUN_DETAIL_FIELDS = (
+    "id", "workspace", "thread_id", "status", "end_reason", "prompt", "command", "template",
+    "metadata", "output_dir", "sandbox_id", "started_by", "created_at", "running_at",
+    "finished_at", "last_activity_at", "limits", "exit_code", "error", "resources", "cost",
+    "history",
+)  # fmt: skip
 
 
 OUTPUT_EXCERPT_CHARS = 400
@@ -85,21 +111,18 @@ class CommandInline(ReadOnlyInline):
 @admin.register(SandboxRun)
 class SandboxRunAdmin(WorkspaceScopedAdmin):
     list_display = [
-        "id", "workspace", "thread_id", "status", "end_reason", "created_by",
-        "created_at", "finished_at", "cost_usd",
+        "run", "workspace", "thread_id", "status", "end_reason", "started_by", "created_at",
+        "duration", "cost",
     ]  # fmt: skip
-    list_filter = ["status", "end_reason", "workspace"]
+    list_display_links = ["run"]
+    list_filter = ["status", "end_reason", AdministeredWorkspaceFilter]
     search_fields = ["=id", "thread_id", "sandbox_id", "prompt"]
-    list_select_related = ["workspace", "created_by"]
+    list_select_related = ["workspace", "created_by", "api_key"]
     date_hierarchy = "created_at"
     actions = ["cancel_runs"]
-    exclude = ["env", "files", "request_fingerprint"]
-    readonly_fields = ["history"]
+    fields = RUN_DETAIL_FIELDS
+    readonly_fields = RUN_DETAIL_FIELDS
     inlines = [CommandInline]
-
-    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
-        names = [f.name for f in SandboxRun._meta.fields if f.name not in self.exclude]
-        return [*names, "history"]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # runs start through the API or `manage.py start_run`
@@ -109,6 +132,52 @@ class SandboxRunAdmin(WorkspaceScopedAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> Any:
+        # Nothing on a run is edited here: no save buttons, and a title that says so.
+        context = {"title": "Run", **NO_SAVE_BUTTONS, **(extra_context or {})}
+        return super().change_view(request, object_id, form_url, context)
+
+    @admin.display(description="Run", ordering="created_at")
+    def run(self, obj: SandboxRun) -> SafeString:
+        return format_html(
+            "<code>{}</code> {}", short_id(obj.pk), first_line(obj.prompt, 60) or "—"
+        )
+
+    @admin.display(description="Started by")
+    def started_by(self, obj: SandboxRun) -> str:
+        return run_started_by(obj)
+
+    @admin.display(description="Duration")
+    def duration(self, obj: SandboxRun) -> str:
+        end = obj.finished_at or (timezone.now() if obj.is_active else None)
+        if end is None:
+            return "—"
+        return human_duration((end - obj.created_at).total_seconds() * 1000)
+
+    @admin.display(description="Cost", ordering="cost_usd")
+    def cost(self, obj: SandboxRun) -> str:
+        return dollars(obj.cost_usd)
+
+    @admin.display(description="Limits")
+    def limits(self, obj: SandboxRun) -> str:
+        return (
+            f"ends after {human_duration(obj.max_duration_ms)}, or when idle for "
+            f"{human_duration(obj.idle_timeout_ms)}"
+        )
+
+    @admin.display(description="Resources")
+    def resources(self, obj: SandboxRun) -> str:
+        if obj.cpu_count is None:
+            return "—"
+        memory = f", {obj.memory_mb} MiB memory" if obj.memory_mb else ""
+        return f"{obj.cpu_count} vCPU{memory}"
 
     @admin.display(description="Timeline")
     def history(self, obj: SandboxRun) -> SafeString | str:

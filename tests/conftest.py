@@ -326,11 +326,14 @@ def run_command(*args: str) -> tuple[str, str]:
 
 
 def streamed(response: Any) -> bytes:
-    """A streaming response's body, read to the end; then closed, as the server would."""
+    """A streaming response's body, read to the end; then closed, as the server would (the
+    test client's wrapper closes it once exhausted, with Django's connection cleanup held
+    off; closing it again here would close the test's database connection)."""
     try:
         return b"".join(response.streaming_content)
-    finally:
+    except BaseException:
         response.close()
+        raise
 
 
 # --- a real ASGI server ----------------------------------------------------------------------

@@ -1,10 +1,16 @@
-"""Workspaces with members inline, and API keys whose secret is shown once on create.
+"""Workspaces with members inline, and API keys whose secret is shown once on create; and what
+every admin of the project shares: the scoping base class, the workspace filter, the trail
+panel, and how money, durations and ids are shown.
 
-A staff user who is not a superuser sees only workspaces they own or administer."""
+Who gets in: Django's admin admits only users with the staff flag (`is_staff`). In Airlock
+the flag is the operator's explicit "may use the review console" switch and grants nothing
+by itself: a staff user who is not a superuser sees and acts only in the workspaces where
+they are admin or owner (WorkspaceScopedAdmin). See README, "The review console"."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from decimal import Decimal
 from typing import Any
 
 from django.contrib import admin, messages
@@ -62,6 +68,75 @@ def _trail_line(event: Event) -> tuple[str, SafeString, str]:
     else:
         what = format_html("<code>{}</code>", event.type)
     return when, what, event.actor
+
+
+def dollars(amount: Decimal | float | None) -> str:
+    """US dollars, at least to the cent and up to the micro-dollar costs are kept in:
+    $1.234567, $0.50, $0.00042."""
+    if amount is None:
+        return "—"
+    text = f"{Decimal(amount):,.6f}".rstrip("0")
+    whole, _, cents = text.partition(".")
+    return f"${whole}.{cents.ljust(2, '0')}"
+
+
+def human_duration(ms: float | None) -> str:
+    """85 ms, 4.2 s, 3 min 20 s, 1 h 5 min; "—" when unknown."""
+    if ms is None:
+        return "—"
+    if ms < 1000:
+        return f"{int(ms)} ms"
+    if ms < 60_000:
+        return f"{ms / 1000:.1f} s"
+    minutes, seconds = divmod(int(ms // 1000), 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds} s" if seconds else f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+
+
+def short_id(value: Any) -> str:
+    """The first 8 characters of a UUID: enough to tell rows apart in a list."""
+    return str(value)[:8]
+
+
+def first_line(text: str, limit: int = 80) -> str:
+    line = (text or "").strip().split("\n", 1)[0].strip()
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+NO_SAVE_BUTTONS = {
+    "show_save": False,
+    "show_save_and_continue": False,
+    "show_save_and_add_another": False,
+    "show_delete": False,
+}
+
+
+class AdministeredWorkspaceFilter(admin.SimpleListFilter):
+    """ "By workspace", naming only the workspaces the user administers (every workspace for
+    a superuser), never one they would see no rows in. Subclasses say which field holds
+    the workspace (`field_path`)."""
+
+    title = "workspace"
+    parameter_name = "workspace__id__exact"
+    field_path = "workspace"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        workspaces = Workspace.objects.order_by("name", "pk")
+        ids = administered_workspace_ids(request)
+        if ids is not None:
+            workspaces = workspaces.filter(pk__in=ids)
+        return [(str(pk), name) for pk, name in workspaces.values_list("pk", "name")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        value = self.value()
+        if not value:
+            return queryset
+        try:
+            return queryset.filter(**{f"{self.field_path}__id": value})
+        except (ValueError, ValidationError):
+            return queryset.none()
 
 
 class WorkspaceScopedAdmin(admin.ModelAdmin[Any]):
@@ -198,7 +273,7 @@ class ApiKeyAdmin(WorkspaceScopedAdmin):
         "last_used_at",
         "revoked_at",
     ]
-    list_filter = ["role", ("revoked_at", admin.EmptyFieldListFilter)]
+    list_filter = ["role", AdministeredWorkspaceFilter, ("revoked_at", admin.EmptyFieldListFilter)]
     search_fields = ["name", "prefix", "workspace__name"]
     list_select_related = ["workspace", "created_by"]
     actions = ["revoke_keys"]

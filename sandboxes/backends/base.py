@@ -141,6 +141,7 @@ class FileEntry:
     path: str
     type: Literal["file", "dir", "symlink", "other"]
     size: int | None = None
+    mode: int | None = None  # permission bits (0o755), when the backend knows them
 
 
 class SandboxBackend(abc.ABC):

@@ -765,6 +765,7 @@ class E2BBackend(SandboxBackend):
                 path=entry.path,
                 type=_entry_type(entry.type),
                 size=entry.size if entry.type == FileType.FILE else None,
+                mode=getattr(entry, "mode", None),
             )
             for entry in entries
         ]

@@ -16,7 +16,9 @@ from artifacts.models import Artifact
 from sandboxes.models import SandboxRun
 from tests.artifacts.conftest import PNG, XSS, make_artifact, review_state
 from tests.conftest import messages_of
-from tests.factories import make_run, make_workspace, transitions
+from tests.factories import make_api_key, make_run, make_workspace, transitions
+from tests.sandboxes.fake_backend import fake_backend_fixture  # noqa: F401 (the fixture)
+from workspaces.access import Actor
 
 CHANGELIST = "/admin/artifacts/artifact/"
 ESCAPED_XSS = "&lt;script&gt;alert(1)&lt;/script&gt;"
@@ -452,3 +454,265 @@ def test_hostile_titles_and_contents_are_escaped_on_every_page(
     assert download["Content-Type"] == "application/octet-stream"
     assert download["Content-Disposition"].startswith("attachment")
     assert download["X-Content-Type-Options"] == "nosniff"
+
+
+# --- the run review page ---------------------------------------------------------------------
+
+RUNS = "/admin/sandboxes/sandboxrun/"
+QUEUE = "/admin/artifacts/reviewqueuerun/"
+
+
+def _page(run: SandboxRun) -> str:
+    return f"{RUNS}{run.pk}/change/"
+
+
+def _decide(run: SandboxRun) -> str:
+    return f"{RUNS}{run.pk}/review/"
+
+
+def _with_commands(run: SandboxRun, count: int) -> None:
+    from django.db import transaction
+
+    from sandboxes.models import Command
+    from workspaces import events
+
+    for n in range(count):
+        with transaction.atomic():
+            command = Command.objects.create(
+                run=run, workspace_id=run.workspace_id, kind="exec", command=f"echo {n}",
+                cwd="/home/user", actor="user:olivia", status="exited", exit_code=n % 2,
+                duration_ms=1200, stdout_tail="line\n" * 50 + f"done {n}\n",
+            )  # fmt: skip
+            events.record(actor=Actor.system("test"), type="command.started", subject=command,
+                          data={"command": command.command})  # fmt: skip
+
+
+@pytest.mark.django_db
+def test_the_run_page_is_the_review_page(client: Any, reviewer: Any, workspace: Any) -> None:
+    key, _ = make_api_key(workspace=workspace, role="member", name="agent-7")
+    run = make_run(
+        workspace=workspace, status="running", prompt="Summarise Q3\nin two pages",
+        command="python make.py", thread_id="thread-q3", metadata={"ticket": "OPS-7"},
+        api_key=key,
+    )  # fmt: skip
+    _with_commands(run, 2)
+    make_artifact(run, title="report.md", data=b"# Q3\n\n**grew**\n\n<script>x()</script>")
+    make_artifact(run, title="chart.png", data=PNG)
+    client.force_login(reviewer)
+
+    page = client.get(_page(run)).content.decode()
+
+    assert "Review run" in page and "Summarise Q3" in page and "python make.py" in page
+    assert "thread-q3" in page and "OPS-7" in page
+    assert f"API key “agent-7” ({key.prefix}…) of olivia" in page
+    assert "$ echo 1" in page and "exit 1 · 1.2 s" in page and "done 1" in page
+    assert "<strong>grew</strong>" in page  # Markdown rendered …
+    assert "&lt;script&gt;x()&lt;/script&gt;" in page  # … beside its escaped source
+    assert "<script>x()" not in page
+    assert f'src="{CHANGELIST}' in page and "/image/" in page  # the PNG, for reviewers
+    assert 'name="_save"' not in page and "Save" not in page
+    assert "ends after 1 h, or when idle for 15 min" in page
+
+
+@pytest.mark.django_db
+def test_the_timeline_shows_the_runs_life_from_the_trail(
+    client: Any, reviewer: Any, workspace: Any, fake_backend: Any
+) -> None:
+    # Moved from tests/sandboxes/test_admin.py: the run's page is now the review page, whose
+    # timeline names the transitions for a reviewer instead of as from → to.
+    from tests.sandboxes.fake_backend import start_run
+
+    run = start_run(workspace=workspace)
+    client.force_login(reviewer)
+    client.post(RUNS, {"action": "cancel_runs", "_selected_action": [run.pk]})
+
+    response = client.get(_page(run))
+    rows = [(r.title, r.actor) for r in response.context["timeline"]]
+    assert ("Sandbox booted", "system:start_sandbox_run") in rows
+    assert ("Run canceled", "user:adam") in rows
+
+
+@pytest.mark.django_db
+def test_the_review_page_needs_the_same_queries_for_5_or_50_of_everything(
+    client: Any, reviewer: Any, run: SandboxRun
+) -> None:
+    client.force_login(reviewer)
+    counts = []
+    for total in (5, 50):
+        while Artifact.objects.filter(run=run).count() < total:
+            make_artifact(run, title=f"a{Artifact.objects.count()}.md", data=b"# hi\n")
+        _with_commands(run, total - run.commands.count())
+        client.get(_page(run))
+        with CaptureQueriesContext(connection) as queries:
+            assert client.get(_page(run)).status_code == 200
+        counts.append(len(queries))
+    assert counts[0] == counts[1]
+
+
+@pytest.mark.django_db
+def test_decisions_on_the_review_page_go_through_the_service_one_result_each(
+    client: Any, reviewer: Any, run: SandboxRun
+) -> None:
+    first, second, third = (make_artifact(run, title=t) for t in ("one", "two", "three"))
+    client.force_login(reviewer)
+
+    approved = client.post(_decide(run), {"artifact": [first.pk], "decision": "approve"})
+    assert approved.status_code == 302
+    assert approved["Location"] == f"{_page(run)}?focus={second.pk}#artifact-{second.pk}"
+    assert review_state(first) == "approved"
+
+    no_comment = client.post(
+        _decide(run), {"artifact": [second.pk], "decision": "reject"}, follow=True
+    )
+    assert "A reject needs a comment saying why." in messages_of(no_comment)
+    assert review_state(second) == "pending"
+
+    everything = client.post(
+        _decide(run), {"all": "pending", "decision": "reject", "comment": "wrong data"}, follow=True
+    )
+    assert messages_of(everything) == ["“two” is rejected.", "“three” is rejected."]
+    assert [review_state(a) for a in (first, second, third)] == ["approved", "rejected", "rejected"]
+    assert {e.actor for e in transitions(first.pk, second.pk, third.pk)} == {"user:adam"}
+
+
+@pytest.mark.django_db
+def test_the_review_page_refuses_what_the_reviewer_may_not_decide(
+    client: Any, owner: Any, run: SandboxRun, elsewhere: dict[str, SandboxRun]
+) -> None:
+    owner.is_staff = True
+    owner.save(update_fields=["is_staff"])
+    own = make_artifact(run)
+    hidden = make_artifact(elsewhere["gamma"])
+    client.force_login(owner)
+
+    page = client.get(_page(run)).content.decode()
+    assert "You started this run: someone else must review its artifacts." in page
+    assert 'value="approve"' not in page
+    response = client.post(_decide(run), {"artifact": [own.pk], "decision": "approve"}, follow=True)
+    assert any("someone else must review" in m for m in messages_of(response))
+    assert client.get(_page(elsewhere["gamma"])).status_code == 302
+    assert client.post(_decide(elsewhere["gamma"]), {"all": "pending"}).status_code == 404
+    assert (review_state(own), review_state(hidden)) == ("pending", "pending")
+
+
+@pytest.mark.django_db
+def test_approve_all_never_sweeps_a_high_risk_signal_along(
+    client: Any, reviewer: Any, run: SandboxRun
+) -> None:
+    make_artifact(run, title="ok-1")
+    make_artifact(run, title="ok-2")
+    make_artifact(run, title="creds", signals=[{"code": "secret", "severity": "high",
+                  "message": "AWS Access Key on line 1", "line": 1}], signal_codes="secret",
+                  risk="high")  # fmt: skip
+    client.force_login(reviewer)
+    response = client.get(_page(run))
+    assert [c.artifact.title for c in response.context["bulk_approvable"]] == ["ok-1", "ok-2"]
+    assert "Approve the 2 without high-risk signals" in response.content.decode()
+
+
+# --- the queue of runs -------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_the_queue_lists_runs_with_pending_work_oldest_first_with_counts_and_signals(
+    client: Any, reviewer: Any, workspace: Any, admin_user: Any
+) -> None:
+    older = make_run(workspace=workspace, status="succeeded", prompt="Older run\nmore")
+    newer = make_run(workspace=workspace, status="running", prompt="Newer run")
+    done = make_run(workspace=workspace, status="succeeded", prompt="All decided")
+    mine = make_run(
+        workspace=workspace, status="running", prompt="Adam's own", created_by=admin_user
+    )
+    _aged(make_artifact(older, signals=[{"code": "secret", "severity": "high", "message": "m"}],
+                        signal_codes="secret", risk="high"), 50)  # fmt: skip
+    _aged(make_artifact(older), 40)
+    _aged(make_artifact(newer), 10)
+    make_artifact(done, state="approved")
+    _aged(make_artifact(mine), 60)
+    client.force_login(reviewer)
+
+    response = client.get(QUEUE)
+    listed = [
+        (r.prompt_start.split("\n")[0], r.pending_count) for r in response.context["cl"].result_list
+    ]
+    assert listed == [("Adam's own", 1), ("Older run", 2), ("Newer run", 1)]
+    html = response.content.decode()
+    assert "airlock-signal-secret" in html and f"{RUNS}{older.pk}/change/" in html
+
+    mine_only = client.get(f"{QUEUE}?decide=mine").context["cl"].result_list
+    assert [r.prompt_start.split("\n")[0] for r in mine_only] == ["Older run", "Newer run"]
+
+
+@pytest.mark.django_db
+def test_the_queue_needs_the_same_queries_for_5_or_50_runs(
+    client: Any, reviewer: Any, workspace: Any
+) -> None:
+    client.force_login(reviewer)
+    counts = []
+    for total in (5, 50):
+        while SandboxRun.objects.count() < total:
+            make_artifact(make_run(workspace=workspace, status="running"))
+        client.get(QUEUE)
+        with CaptureQueriesContext(connection) as queries:
+            assert len(client.get(QUEUE).context["cl"].result_list) == total
+        counts.append(len(queries))
+    assert counts[0] == counts[1]
+
+
+@pytest.mark.django_db
+def test_filters_name_only_the_workspaces_the_user_administers(
+    client: Any, reviewer: Any, run: SandboxRun, elsewhere: dict[str, SandboxRun]
+) -> None:
+    client.force_login(reviewer)
+    for url in (CHANGELIST, RUNS, QUEUE, "/admin/workspaces/apikey/"):
+        html = client.get(url).content.decode()
+        assert "Lab" in html, url
+        assert "Beta" not in html and "Gamma" not in html, url
+
+
+@pytest.mark.django_db
+def test_run_lists_show_short_ids_prompts_dollars_and_durations(
+    client: Any, reviewer: Any, workspace: Any
+) -> None:
+    from decimal import Decimal
+
+    start = timezone.now()
+    run = make_run(
+        workspace=workspace, status="succeeded", prompt="Plot the data\nand more",
+        created_at=start, finished_at=start + timedelta(minutes=3), cost_usd=Decimal("0.0042"),
+    )  # fmt: skip
+    client.force_login(reviewer)
+    html = client.get(RUNS).content.decode()
+    assert f"<code>{str(run.pk)[:8]}</code> Plot the data</a></th>" in html
+    assert '<td class="field-duration">3 min</td>' in html
+    assert '<td class="field-cost">$0.0042</td>' in html
+
+
+# --- the review policy in the admin -----------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_the_policy_admin_saves_through_the_service(
+    client: Any, reviewer: Any, workspace: Any
+) -> None:
+    from artifacts.models import ReviewPolicy
+    from workspaces.models import Event
+
+    client.force_login(reviewer)
+    form = {
+        "workspace": workspace.pk,
+        "auto_approve": '[{"type": "image", "max_size": 1000}]',
+        "required_approvals": "2",
+        "expire_after_h": "48",
+    }
+    bad = client.post("/admin/artifacts/reviewpolicy/add/", {**form, "auto_approve": "[{}]"})
+    assert bad.status_code == 200 and "at least one of" in bad.content.decode()
+
+    client.post("/admin/artifacts/reviewpolicy/add/", form)
+
+    saved = ReviewPolicy.objects.get(workspace=workspace)
+    assert (saved.auto_approve, saved.required_approvals, saved.expire_after_h) == (
+        [{"type": "image", "max_size": 1000}], 2, 48,
+    )  # fmt: skip
+    [event] = Event.objects.filter(type="review_policy.changed")
+    assert event.actor == "user:adam"

@@ -334,3 +334,195 @@ def test_self_review_is_a_403_unless_allowed(
     settings.ALLOW_SELF_REVIEW = True
     response = client_as(api, owner).post(url, {"decision": "approve"}, format="json")
     assert response.status_code == 200
+
+
+# --- signals and the secret ------------------------------------------------------------------
+
+AWS_SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+AWS_PAIR = f"AWS_ACCESS_KEY_ID=AKIAIOSFODNN7EXAMPLE\nAWS_SECRET_ACCESS_KEY={AWS_SECRET}\n".encode()
+
+
+@pytest.mark.django_db
+def test_signals_are_in_the_metadata_and_the_secret_in_no_response(
+    api: Any, admin_user: Any, local_sandboxes: Any, sandbox_run: SandboxRun
+) -> None:
+    path = plant(local_sandboxes, sandbox_run, "artifacts/creds.env", AWS_PAIR)
+    client = client_as(api, admin_user)
+
+    captured = client.post(
+        f"/api/v1/runs/{sandbox_run.pk}/artifacts/", {"path": path}, format="json"
+    )
+    assert captured.status_code == 201
+    artifact_id = captured.json()["id"]
+    responses = [
+        captured,
+        client.get(f"/api/v1/artifacts/{artifact_id}/"),
+        client.get("/api/v1/artifacts/"),
+        client.get(f"/api/v1/runs/{sandbox_run.pk}/artifacts/"),
+        client.get(f"/api/v1/workspaces/{sandbox_run.workspace_id}/events/"),
+    ]
+    body = captured.json()
+    assert [(s["code"], s["severity"], s["line"]) for s in body["signals"]] == [
+        ("secret", "high", 1),
+        ("secret", "high", 2),
+    ]
+    assert body["signals"][1]["message"] == "Secret Keyword on line 2"
+    assert (body["required_approvals"], body["approvals"]) == (1, 0)
+    for response in responses:
+        assert response.status_code == 200 or response is captured
+        assert AWS_SECRET.encode() not in response.content
+        assert b"AKIAIOSFODNN7EXAMPLE" not in response.content
+    # The bytes themselves are what a reviewer downloads to look at: unchanged.
+    content = client.get(f"/api/v1/artifacts/{artifact_id}/content/")
+    assert streamed(content) == AWS_PAIR
+
+
+@pytest.mark.django_db
+def test_two_approvals_through_the_api(
+    api: Any, admin_user: Any, superuser: Any, sandbox_run: SandboxRun, admin_key: str
+) -> None:
+    policy_url = f"/api/v1/workspaces/{sandbox_run.workspace_id}/review-policy/"
+    assert (
+        client_as(api, admin_user)
+        .put(policy_url, {"required_approvals": 2}, format="json")
+        .status_code
+        == 200
+    )
+    artifact = make_artifact(sandbox_run)
+    url = f"/api/v1/artifacts/{artifact.pk}/review/"
+
+    first = client_as(api, admin_user).post(url, {"decision": "approve"}, format="json")
+    assert first.status_code == 200
+    assert (first.json()["review_state"], first.json()["approvals"]) == ("pending", 1)
+    assert first.json()["required_approvals"] == 2
+    again = client_as(api, admin_user).post(url, {"decision": "approve"}, format="json")
+    assert (again.status_code, again.json()["code"]) == (403, "already_approved")
+    # The owner's admin key acts for the owner, who started the run: refused too.
+    own = client_as(api, admin_key).post(url, {"decision": "approve"}, format="json")
+    assert (own.status_code, own.json()["code"]) == (403, "self_review")
+    second = client_as(api, superuser).post(url, {"decision": "approve"}, format="json")
+    assert (second.json()["review_state"], second.json()["approvals"]) == ("approved", 2)
+
+
+# --- the review policy -----------------------------------------------------------------------
+
+POLICY_ADMINS = dict(owner=200, admin=200, admin_key=200, member=403, member_key=403)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(("caller", "status"), table(**POLICY_ADMINS))
+def test_the_review_policy_is_for_admins_and_owners(
+    as_caller: Any, caller: str, status: int, workspace: Any
+) -> None:
+    url = f"/api/v1/workspaces/{workspace.pk}/review-policy/"
+    client = as_caller(caller)
+    assert client.get(url).status_code == status
+    assert client.put(url, {"expire_after_h": 12}, format="json").status_code == status
+
+
+@pytest.mark.django_db
+def test_a_put_replaces_the_whole_policy(api: Any, admin_user: Any, workspace: Any) -> None:
+    url = f"/api/v1/workspaces/{workspace.pk}/review-policy/"
+    client = client_as(api, admin_user)
+    assert client.get(url).json() == {
+        "auto_approve": [],
+        "required_approvals": 1,
+        "second_approval_only_with_signals": False,
+        "expire_after_h": None,
+    }
+    full = {
+        "auto_approve": [{"type": "image", "max_size": 1048576}, {"path_glob": "*.csv"}],
+        "required_approvals": 2,
+        "second_approval_only_with_signals": True,
+        "expire_after_h": 72,
+    }
+    assert client.put(url, full, format="json").json() == full
+    assert client.put(url, {"expire_after_h": 24}, format="json").json() == {
+        "auto_approve": [],
+        "required_approvals": 1,
+        "second_approval_only_with_signals": False,
+        "expire_after_h": 24,
+    }
+    assert client.get(url).json()["expire_after_h"] == 24
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"auto_approve": [{}]},
+        {"auto_approve": [{"type": "movie"}]},
+        {"auto_approve": [{"max_size": -5}]},
+        {"auto_approve": [{"path_glob": "x", "color": "red"}]},
+        {"required_approvals": 3},
+        {"expire_after_h": 0},
+        {"expire_after_h": "soon"},
+        {"surprise": True},
+    ],
+)
+def test_a_bad_policy_is_a_400(api: Any, admin_user: Any, workspace: Any, body: Any) -> None:
+    url = f"/api/v1/workspaces/{workspace.pk}/review-policy/"
+    response = client_as(api, admin_user).put(url, body, format="json")
+    assert response.status_code == 400, response.content
+    assert client_as(api, admin_user).get(url).json()["required_approvals"] == 1
+
+
+# --- the archive -----------------------------------------------------------------------------
+
+
+def _zip_members(response: Any) -> dict[str, bytes]:
+    import io
+    import zipfile
+
+    assert response.status_code == 200
+    assert response.streaming
+    assert response["Content-Type"] == "application/octet-stream"
+    assert response["Content-Disposition"].startswith('attachment; filename="run-')
+    with zipfile.ZipFile(io.BytesIO(streamed(response))) as archive:
+        assert archive.testzip() is None
+        return {name: archive.read(name) for name in archive.namelist()}
+
+
+@pytest.mark.django_db
+def test_the_archive_holds_what_the_caller_may_download(
+    api: Any, member: Any, admin_user: Any, member_key: str, sandbox_run: SandboxRun
+) -> None:
+    make_artifact(sandbox_run, title="report.md", data=b"# Report\n", state="approved")
+    make_artifact(sandbox_run, title="chart.png", data=PNG, state="approved")
+    make_artifact(sandbox_run, title="draft.txt", data=b"not yet\n")
+    make_artifact(sandbox_run, title="leak.txt", data=b"no\n", state="rejected")
+    url = f"/api/v1/runs/{sandbox_run.pk}/artifacts/archive/"
+
+    for caller in (member, member_key):
+        assert _zip_members(client_as(api, caller).get(url)) == {
+            "report.md": b"# Report\n",
+            "chart.png": PNG,
+        }
+    assert _zip_members(client_as(api, admin_user).get(url)) == {
+        "report.md": b"# Report\n",
+        "chart.png": PNG,
+        "draft.txt": b"not yet\n",
+        "leak.txt": b"no\n",
+    }
+
+
+@pytest.mark.django_db
+def test_archive_member_names_are_relative_and_unique(
+    api: Any, admin_user: Any, sandbox_run: SandboxRun, outsider: Any
+) -> None:
+    paths = [
+        "/home/user/artifacts/x/a.txt",
+        "/home/user/artifacts/x/a.txt",
+        "/home/user/../../etc/b",
+    ]
+    for number, path in enumerate(paths, start=1):
+        artifact = make_artifact(sandbox_run, title="a.txt", data=str(number).encode())
+        Artifact.objects.filter(pk=artifact.pk).update(
+            sandbox_path=path, created_at=timezone.now() + timedelta(seconds=number)
+        )
+    url = f"/api/v1/runs/{sandbox_run.pk}/artifacts/archive/"
+
+    members = _zip_members(client_as(api, admin_user).get(url))
+
+    assert members == {"x/a.txt": b"1", "x/a (2).txt": b"2", "etc/b": b"3"}
+    assert client_as(api, outsider).get(url).status_code == 404

@@ -338,3 +338,69 @@ def test_the_command_job_keeps_its_outputs_as_pending_artifacts(
     assert set(artifacts) == {"Command output", "r.csv"}
     assert "done" in artifacts["Command output"].preview_text
     assert stored_bytes(artifacts["r.csv"]) == b"a,b\n"
+
+
+# --- signals at capture ----------------------------------------------------------------
+
+AWS_SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+AWS_PAIR = f"AWS_ACCESS_KEY_ID=AKIAIOSFODNN7EXAMPLE\nAWS_SECRET_ACCESS_KEY={AWS_SECRET}\n".encode()
+
+
+def test_a_capture_stores_its_signals_and_never_the_secret(
+    local_sandboxes: Any, sandbox_run: SandboxRun, caplog: Any
+) -> None:
+    from workspaces.models import Event
+
+    caplog.set_level("DEBUG")
+    path = plant(local_sandboxes, sandbox_run, "artifacts/creds.env", AWS_PAIR)
+
+    artifact = capture_file(sandbox_run, path)
+
+    artifact.refresh_from_db()
+    assert [(s["code"], s["line"]) for s in artifact.signals] == [("secret", 1), ("secret", 2)]
+    assert (artifact.signal_codes, artifact.risk) == ("secret", "high")
+    assert "AKIAIOSFODNN7EXAMPLE" not in artifact.preview_text
+    assert AWS_SECRET not in artifact.preview_text
+    assert artifact.preview_text.startswith("AWS_ACCESS_KEY_ID=[AWS Access Key removed]")
+    [event] = Event.objects.filter(subject_id=str(artifact.pk))
+    assert event.data["signals"] == ["secret"]
+    everything_recorded = repr(artifact.signals) + repr(event.data) + caplog.text
+    assert (
+        AWS_SECRET not in everything_recorded and "AKIAIOSFODNN7EXAMPLE" not in everything_recorded
+    )
+    assert stored_bytes(artifact) == AWS_PAIR  # the file itself is untouched
+
+
+def test_a_script_is_executable_when_the_sandbox_made_it_so(
+    local_sandboxes: Any, sandbox_run: SandboxRun
+) -> None:
+    script = plant(local_sandboxes, sandbox_run, "artifacts/run.sh", b"#!/bin/sh\necho hi\n")
+    plain = plant(local_sandboxes, sandbox_run, "artifacts/notes.sh", b"#!/bin/sh\necho hi\n")
+    os.chmod(home_of(local_sandboxes, sandbox_run) / "artifacts/run.sh", 0o755)  # noqa: S103
+    os.chmod(home_of(local_sandboxes, sandbox_run) / "artifacts/notes.sh", 0o644)
+
+    [signal] = capture_file(sandbox_run, script).signals
+    assert (signal["code"], signal["severity"]) == ("executable", "high")
+    assert capture_file(sandbox_run, plain).signals == []
+
+
+def test_output_files_and_the_command_log_get_signals(
+    local_sandboxes: Any, sandbox_run: SandboxRun
+) -> None:
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("../evil", "x")
+    plant(local_sandboxes, sandbox_run, "artifacts/bundle.zip", buffer.getvalue())
+    stdout = f"AWS_SECRET_ACCESS_KEY={AWS_SECRET}\n"
+    result = CommandResult(exit_code=0, stdout=stdout, stderr="", truncated=False, duration_ms=5)
+
+    summary = capture.capture_run_outputs(run=sandbox_run, result=result, actor=JOB)
+
+    by_title = {a.title: a for a in summary.captured}
+    assert "'../evil'" in by_title["bundle.zip"].signals[1]["message"]
+    log = by_title["Command output"]
+    assert "secret" in log.signal_codes
+    assert AWS_SECRET not in log.preview_text

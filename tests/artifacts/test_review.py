@@ -195,3 +195,121 @@ def test_of_two_concurrent_reviewers_exactly_one_wins(
     winner = "approved" if outcomes["admin"] == "won" else "rejected"
     assert artifact.review_state == winner
     assert [row.data["to"] for row in _log_rows(artifact)] == [winner]
+
+
+# --- two approvals (the workspace's review policy) -------------------------------------------
+
+
+def _four_eyes(workspace: Any, **fields: Any) -> None:
+    from artifacts import policy
+
+    policy.review_policy_set(
+        workspace=workspace, actor=Actor(user=workspace.owner), required_approvals=2, **fields
+    )
+
+
+def test_two_approvals_by_two_people(
+    sandbox_run: SandboxRun, admin_user: Any, superuser: Any
+) -> None:
+    from workspaces.models import Event
+
+    _four_eyes(sandbox_run.workspace)
+    artifact = make_artifact(sandbox_run)
+
+    first = _review(artifact, admin_user, comment="fine by me")
+    assert (first.review_state, first.approvals.count()) == ("pending", 1)
+    [recorded] = Event.objects.filter(subject_id=str(artifact.pk))
+    assert (recorded.type, recorded.actor) == ("artifact.approval_recorded", "user:adam")
+    assert (recorded.data["approvals"], recorded.data["required_approvals"]) == (1, 2)
+
+    second = _review(artifact, superuser)
+    assert (second.review_state, second.reviewed_by) == ("approved", superuser)
+    assert [row.data["to"] for row in _log_rows(artifact)] == ["approved"]
+    assert sorted(a.reviewer.username for a in artifact.approvals.all()) == ["adam", "root"]
+
+
+def test_the_same_person_cannot_give_both_approvals(
+    sandbox_run: SandboxRun, admin_user: Any
+) -> None:
+    _four_eyes(sandbox_run.workspace)
+    artifact = _review(make_artifact(sandbox_run), admin_user)
+    for decision, comment in (("approve", ""), ("reject", "changed my mind")):
+        with pytest.raises(PermissionDenied) as error:
+            _review(artifact, admin_user, decision, comment)
+        assert error.value.code == "already_approved"
+    assert artifact.review_state == "pending"
+
+
+def test_the_runs_creator_gives_neither_approval_even_when_self_review_is_allowed(
+    sandbox_run: SandboxRun, owner: Any, admin_user: Any, settings: Any
+) -> None:
+    settings.ALLOW_SELF_REVIEW = True
+    _four_eyes(sandbox_run.workspace)
+    artifact = make_artifact(sandbox_run)  # the owner started the run
+    with pytest.raises(PermissionDenied) as error:
+        _review(artifact, owner)
+    assert error.value.code == "self_review"
+    _review(artifact, admin_user)
+    with pytest.raises(PermissionDenied):
+        _review(artifact, owner)  # not as the second either
+    assert artifact.approvals.count() == 1
+
+
+def test_a_reject_needs_only_one_reviewer(sandbox_run: SandboxRun, admin_user: Any) -> None:
+    _four_eyes(sandbox_run.workspace)
+    artifact = _review(make_artifact(sandbox_run), admin_user, "reject", "leaks data")
+    assert artifact.review_state == "rejected"
+
+
+def test_the_second_approval_can_be_asked_only_for_artifacts_with_signals(
+    sandbox_run: SandboxRun, admin_user: Any
+) -> None:
+    _four_eyes(sandbox_run.workspace, second_approval_only_with_signals=True)
+    quiet = make_artifact(sandbox_run, title="notes.txt")
+    flagged = make_artifact(
+        sandbox_run,
+        title="tool",
+        signals=[{"code": "executable", "severity": "high", "message": "ELF executable"}],
+        signal_codes="executable",
+        risk="high",
+    )
+    assert _review(quiet, admin_user).review_state == "approved"
+    assert _review(flagged, admin_user).review_state == "pending"
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_two_reviewers_approving_at_once_record_two_approvals_and_one_final_state(
+    workspace: Any, admin_user: Any, superuser: Any, media: Path
+) -> None:
+    require_service(connection.vendor == "postgresql", "needs PostgreSQL (DATABASE_URL)")
+    from workspaces.models import Event
+
+    _four_eyes(workspace)
+    run = make_run(workspace=workspace, status="running", created_by=workspace.owner)
+    artifact = make_artifact(run)
+    barrier = threading.Barrier(2, timeout=10)
+    errors: list[BaseException] = []
+
+    def approve(who: Any) -> None:
+        try:
+            copy = Artifact.objects.select_related("run").get(pk=artifact.pk)
+            barrier.wait()  # both read it pending, with no approval, before either writes
+            _review(copy, who)
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=approve, args=(who,)) for who in (admin_user, superuser)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+
+    assert errors == []
+    artifact.refresh_from_db()
+    assert artifact.review_state == "approved"
+    assert artifact.approvals.count() == 2
+    types = list(Event.objects.filter(subject_id=str(artifact.pk)).values_list("type", flat=True))
+    assert sorted(types) == ["artifact.approval_recorded", "artifact.approved"]

@@ -250,6 +250,11 @@ def test_the_console_counts_are_pending_reviews_and_running_sandboxes_in_scope(
 
     assert selectors.review_console_counts(workspace_ids=[workspace.pk]) == {
         "pending_reviews": 1,
+        "pending_for_me": 0,  # nobody asked
         "running_sandboxes": 1,
     }
-    assert selectors.review_console_counts() == {"pending_reviews": 3, "running_sandboxes": 2}
+    assert selectors.review_console_counts() == {
+        "pending_reviews": 3,
+        "pending_for_me": 0,
+        "running_sandboxes": 2,
+    }

@@ -27,3 +27,12 @@ def test_a_periodic_message_expires_after_one_interval(settings: Any) -> None:
     assert entries["sandboxes.tasks.reconcile_sandboxes"]["options"] == {
         "expires": settings.SANDBOX_RECONCILE_INTERVAL_S
     }
+
+
+def test_beat_expires_pending_artifacts_at_its_interval(settings: Any) -> None:
+    settings.ARTIFACT_EXPIRY_INTERVAL_S = 120
+    entries = {entry["task"]: entry for entry in beat_schedule().values()}
+    expiry = entries["artifacts.tasks.expire_pending_artifacts"]
+    assert (expiry["schedule"], expiry["options"]) == (120, {"expires": 120})
+    app.loader.import_default_modules()
+    assert "artifacts.tasks.expire_pending_artifacts" in app.tasks

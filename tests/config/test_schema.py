@@ -121,7 +121,7 @@ def test_429s_declare_retry_after_and_downloads_their_attachment_headers(
         if "application/octet-stream" in ok.get("content", {}):
             downloads += 1
             assert {"Content-Disposition", "X-Content-Type-Options"} <= set(ok["headers"])
-    assert downloads == 2  # a sandbox file, an artifact's content
+    assert downloads == 3  # a sandbox file, an artifact's content, a run's archive
 
 
 def test_no_docstring_of_the_code_leaks_into_the_schema(schema: dict[str, Any]) -> None:

@@ -120,10 +120,14 @@ def _work_the_queue(page: Any, url: str, hostile: Any) -> None:
     page.click("input[type=submit]")
     assert page.locator("#pending-reviews").inner_text() == "4"
 
-    # The queue: pending only, oldest first; the hostile title is text.
+    # The queue of runs (the index's "Pending reviews") links the per-artifact list: pending
+    # only, oldest first; the hostile title is text.
     page.click("text=Pending reviews")
     page.wait_for_selector("#result_list")
     assert page.locator("#content h1").inner_text() == "Review queue"
+    page.click("#queue-help >> text=pending artifacts")
+    page.wait_for_selector("#result_list")
+    assert page.locator("#content h1").inner_text() == "Pending artifacts"
     titles = page.locator("#result_list tbody th a").all_inner_texts()
     assert titles == ["alpha.txt", "beta.txt", "gamma.txt", XSS]
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)

@@ -102,18 +102,8 @@ def test_a_run_is_read_only_and_keeps_its_secrets(
     assert SandboxRun.objects.filter(pk=run.pk).exists()
 
 
-def test_the_timeline_shows_the_runs_transitions_from_the_trail(
-    client: Any, reviewer: Any, workspace: Workspace, fake_backend: FakeBackend
-) -> None:
-    run = start_run(workspace=workspace)
-    client.force_login(reviewer)
-    client.post(RUNS, {"action": "cancel_runs", "_selected_action": [run.pk]})
-
-    page = client.get(f"{RUNS}{run.pk}/change/").content.decode()
-    assert "booting → running · <code>mark_running</code> by system:start_sandbox_run" in page
-    assert "running → canceled · <code>cancel</code> by user:adam" in page
-
-
+# The run page is the run review page (artifacts.admin); its timeline is tested in
+# tests/artifacts/test_admin.py. The command history is on it too:
 def test_the_run_page_shows_its_command_history(
     client: Any, reviewer: Any, workspace: Workspace, fake_backend: FakeBackend
 ) -> None:

@@ -136,6 +136,7 @@ def list_files(home: Path, path: str) -> list[FileEntry]:
                         path=posixpath.join(base, entry.name),
                         type=kind,
                         size=info.st_size if kind == "file" else None,
+                        mode=stat.S_IMODE(info.st_mode),
                     )
                 )
     finally:

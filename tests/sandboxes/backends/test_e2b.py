@@ -6,6 +6,7 @@ import io
 import socket
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -336,11 +337,15 @@ def test_list_files_returns_the_direct_children(e2b_backend: E2BBackend, sandbox
 
     entries = e2b_backend.list_files(sandbox_id, "/home/user/d")
 
-    assert sorted(entries, key=lambda e: e.name) == [
+    listed = sorted(entries, key=lambda e: e.name)
+    # Permission bits as envd reports them (the review signals ask whether a script is
+    # executable); the rest as before.
+    assert [replace(entry, mode=None) for entry in listed] == [
         FileEntry(name="f.txt", path="/home/user/d/f.txt", type="file", size=3),
         FileEntry(name="inner", path="/home/user/d/inner", type="dir", size=None),
         FileEntry(name="link", path="/home/user/d/link", type="symlink", size=None),
     ]
+    assert listed[0].mode == 0o644
 
 
 def test_list_files_of_a_missing_directory_raises_file_not_found(

@@ -1,4 +1,6 @@
-"""What `make run` uses: a demo superuser, a demo workspace and an API key, idempotently.
+"""What `make run` uses: a demo superuser, a reviewer, a demo workspace and an API key,
+idempotently. The demo key acts for the demo user, so the demo user cannot review the runs it
+starts (self-review): the reviewer — staff, admin of the demo workspace, nothing more — does.
 
 The generated password and key are kept in var/demo_credentials.json (mode 600) so every
 `make run` prints the same working credentials; nothing else stores a secret in clear."""
@@ -22,6 +24,7 @@ from workspaces.access import Actor
 from workspaces.models import Workspace
 
 DEMO_USERNAME = "demo"
+REVIEWER_USERNAME = "reviewer"
 READY_TIMEOUT_S = 60
 DEMO_WORKSPACE = "Demo workspace"
 
@@ -74,6 +77,8 @@ class Command(BaseCommand):
         if workspace is None:
             workspace = services.workspace_create(name=DEMO_WORKSPACE, owner=user)
 
+        reviewer_password = self._ensure_reviewer(workspace, user, saved.get("reviewer_password"))
+
         raw_key = saved.get("api_key", "")
         key = selectors.api_key_find(raw_key=raw_key) if raw_key else None
         if key is None or key.revoked_at is not None or key.workspace_id != workspace.pk:
@@ -83,34 +88,75 @@ class Command(BaseCommand):
         return {
             "username": DEMO_USERNAME,
             "password": password,
+            "reviewer_username": REVIEWER_USERNAME,
+            "reviewer_password": reviewer_password,
             "workspace_id": str(workspace.pk),
             "api_key": raw_key,
         }
 
+    def _ensure_reviewer(self, workspace: Workspace, owner: Any, saved: str | None) -> str:
+        """The reviewer: staff (to sign in to the console), admin of the demo workspace
+        (to review there), not a superuser."""
+        User = get_user_model()
+        reviewer = User.objects.filter(username=REVIEWER_USERNAME).first()
+        password = saved or secrets.token_urlsafe(12)
+        if reviewer is None:
+            reviewer = User.objects.create_user(
+                REVIEWER_USERNAME, "reviewer@example.com", password, is_staff=True
+            )
+        elif not saved or not reviewer.check_password(saved) or not reviewer.is_staff:
+            reviewer.set_password(password)
+            reviewer.is_staff = True
+            reviewer.save(update_fields=["password", "is_staff"])
+        membership = selectors.membership_list(workspace=workspace).filter(user=reviewer).first()
+        if membership is None:
+            services.membership_add(
+                workspace=workspace, user=reviewer, role="admin", actor=Actor.for_user(owner)
+            )
+        return password
+
     def _print(self, c: dict[str, str], base_url: str) -> None:
         api = f"{base_url}/api/v1"
+        key = f"-H 'Authorization: Bearer {c['api_key']}'"
         demo_run = json.dumps(
-            {"thread_id": "demo", "prompt": "print the answer", "command": 'python3 -c "print(42)"'}
+            {
+                "thread_id": "demo",
+                "prompt": "Write the answer to a file for review",
+                "command": "mkdir -p artifacts && echo 42 > artifacts/answer.txt",
+            }
         )
         self.stdout.write(
             f"""
 Airlock is running.
 
   Admin:        {base_url}/admin/
-  Username:     {c["username"]}
+  Username:     {c["username"]}   (superuser; the demo API key acts for it)
   Password:     {c["password"]}
+  Reviewer:     {c["reviewer_username"]}   (staff, admin of the demo workspace)
+  Password:     {c["reviewer_password"]}
   API docs:     {api}/docs/
   Workspace:    {c["workspace_id"]}
   API key:      {c["api_key"]}
 
-Start a sandbox run that prints 42:
+The loop, as an agent and a reviewer go through it:
 
-  curl -s -X POST {api}/workspaces/{c["workspace_id"]}/runs/ \\
-    -H 'Authorization: Bearer {c["api_key"]}' -H 'Content-Type: application/json' \\
-    -d '{demo_run}'
+1. The agent starts a run whose command writes a file:
 
-List your workspaces:
+  curl -s -X POST {api}/workspaces/{c["workspace_id"]}/runs/ {key} \\
+    -H 'Content-Type: application/json' -d '{demo_run}'
 
-  curl -s {api}/workspaces/ -H 'Authorization: Bearer {c["api_key"]}'
+2. Once it has succeeded, its artifacts wait for review (note the answer.txt id):
+
+  curl -s {api}/runs/<run id>/artifacts/ {key}
+
+3. The agent waits for the decision (up to 60 s per call; call again to keep waiting):
+
+  curl -s '{api}/artifacts/<artifact id>/?wait_s=60' {key}
+
+4. Sign in to {base_url}/admin/ as {c["reviewer_username"]}, open "Pending reviews", open the
+   run, and approve answer.txt (press a). The call in step 3 returns "review_state":
+   "approved", and the agent can read the file:
+
+  curl -s {api}/artifacts/<artifact id>/content/ {key}
 """
         )

@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Literal
 
 import pytest
 
@@ -34,7 +34,7 @@ from sandboxes.backends import (
     SandboxPaused,
     override_backend,
 )
-from sandboxes.backends.base import iter_chunks
+from sandboxes.backends.base import SANDBOX_HOME, iter_chunks
 from sandboxes.models import SandboxRun
 from workspaces.models import Workspace
 
@@ -263,18 +263,25 @@ class FakeBackend(SandboxBackend):
         return iter([content[i : i + chunk_size] for i in range(0, len(content), chunk_size)])
 
     def list_files(self, sandbox_id: str, path: str) -> list[FileEntry]:
+        """The direct children of `path`: its files, and the directories the stored files'
+        paths imply (as writing a file creates its parents)."""
         self._maybe_fail("list_files")
         prefix = path.rstrip("/") + "/"
         with self._lock:
             self._running(sandbox_id)
-            names = [p for (s, p) in self.files if s == sandbox_id and p.startswith(prefix)]
-        return [
-            FileEntry(
-                name=p[len(prefix) :], path=p, type="file", size=len(self.files[(sandbox_id, p)])
+            below = {p: len(data) for (s, p), data in self.files.items() if s == sandbox_id}
+        children: dict[str, FileEntry] = {}
+        for stored, size in below.items():
+            if not stored.startswith(prefix):
+                continue
+            name, _, rest = stored[len(prefix) :].partition("/")
+            kind: Literal["file", "dir"] = "dir" if rest else "file"
+            children[name] = FileEntry(
+                name=name, path=prefix + name, type=kind, size=None if rest else size
             )
-            for p in sorted(names)
-            if "/" not in p[len(prefix) :]
-        ]
+        if not children and path.rstrip("/") != SANDBOX_HOME:
+            raise SandboxFileNotFound(f"{path}: no such directory")
+        return sorted(children.values(), key=lambda entry: entry.name)
 
     def list_sandboxes(self, metadata: dict[str, str]) -> list[SandboxInfo]:
         with self._lock:

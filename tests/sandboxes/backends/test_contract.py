@@ -27,15 +27,37 @@ from sandboxes.backends.base import (
     SandboxFileNotFound,
     SandboxNotFound,
     SandboxPaused,
-    UnsupportedOption,
 )
+from tests.sandboxes.fake_backend import FakeBackend
 
 HOME = "/home/user"
 
 
-@pytest.fixture(params=[pytest.param("local_backend", marks=pytest.mark.bwrap), "e2b_backend"])
+LIVE = [pytest.param("local_backend", marks=pytest.mark.bwrap), "e2b_backend"]
+
+
+@pytest.fixture(params=LIVE)
 def backend(request: pytest.FixtureRequest) -> SandboxBackend:
+    """A backend that runs commands: every case below."""
     return request.getfixturevalue(request.param)
+
+
+@pytest.fixture(params=[*LIVE, "memory_backend"])
+def any_backend(request: pytest.FixtureRequest) -> SandboxBackend:
+    """Also the in-memory fake the sweep, reconcile and service tests use (it records
+    commands instead of running them): the lifecycle and file cases hold for it too."""
+    if request.param == "memory_backend":
+        return FakeBackend()
+    return request.getfixturevalue(request.param)
+
+
+@pytest.fixture
+def any_sandbox(any_backend: SandboxBackend, tag: str) -> Iterator[str]:
+    info = any_backend.create(
+        template="base", metadata={"suite": "contract", "tag": tag}, envs={}, timeout_s=300
+    )
+    yield info.sandbox_id
+    any_backend.kill(info.sandbox_id)
 
 
 @pytest.fixture
@@ -60,53 +82,57 @@ def read_all(backend: SandboxBackend, sandbox_id: str, path: str) -> bytes:
 # -- lifecycle ---------------------------------------------------------------------------------
 
 
-def test_create_returns_an_id_and_the_metadata(backend: SandboxBackend, tag: str) -> None:
-    info = backend.create(template="base", metadata={"tag": tag}, envs={}, timeout_s=120)
+def test_create_returns_an_id_and_the_metadata(any_backend: SandboxBackend, tag: str) -> None:
+    info = any_backend.create(template="base", metadata={"tag": tag}, envs={}, timeout_s=120)
     try:
         assert isinstance(info.sandbox_id, str)
         assert info.sandbox_id
         assert info.metadata.items() >= {"tag": tag}.items()
-        assert backend.get_info(info.sandbox_id).sandbox_id == info.sandbox_id
+        assert any_backend.get_info(info.sandbox_id).sandbox_id == info.sandbox_id
     finally:
-        backend.kill(info.sandbox_id)
+        any_backend.kill(info.sandbox_id)
 
 
-def test_each_sandbox_gets_its_own_id(backend: SandboxBackend, tag: str) -> None:
-    first = backend.create(template="base", metadata={"tag": tag}, envs={}, timeout_s=120)
-    second = backend.create(template="base", metadata={"tag": tag}, envs={}, timeout_s=120)
+def test_each_sandbox_gets_its_own_id(any_backend: SandboxBackend, tag: str) -> None:
+    first = any_backend.create(template="base", metadata={"tag": tag}, envs={}, timeout_s=120)
+    second = any_backend.create(template="base", metadata={"tag": tag}, envs={}, timeout_s=120)
     try:
         assert first.sandbox_id != second.sandbox_id
     finally:
-        backend.kill(first.sandbox_id)
-        backend.kill(second.sandbox_id)
+        any_backend.kill(first.sandbox_id)
+        any_backend.kill(second.sandbox_id)
 
 
-def test_list_sandboxes_matches_a_subset_of_the_metadata(backend: SandboxBackend, tag: str) -> None:
-    alpha = backend.create(
+def test_list_sandboxes_matches_a_subset_of_the_metadata(
+    any_backend: SandboxBackend, tag: str
+) -> None:
+    alpha = any_backend.create(
         template="base", metadata={"group": tag, "role": "alpha"}, envs={}, timeout_s=120
     )
-    beta = backend.create(
+    beta = any_backend.create(
         template="base", metadata={"group": tag, "role": "beta"}, envs={}, timeout_s=120
     )
     try:
-        in_group = {info.sandbox_id for info in backend.list_sandboxes({"group": tag})}
-        only_alpha = backend.list_sandboxes({"group": tag, "role": "alpha"})
-        other_group = backend.list_sandboxes({"group": uuid.uuid4().hex})
+        in_group = {info.sandbox_id for info in any_backend.list_sandboxes({"group": tag})}
+        only_alpha = any_backend.list_sandboxes({"group": tag, "role": "alpha"})
+        other_group = any_backend.list_sandboxes({"group": uuid.uuid4().hex})
 
         assert in_group == {alpha.sandbox_id, beta.sandbox_id}
         assert [info.sandbox_id for info in only_alpha] == [alpha.sandbox_id]
         assert only_alpha[0].metadata.items() >= {"group": tag, "role": "alpha"}.items()
         assert other_group == []
     finally:
-        backend.kill(alpha.sandbox_id)
-        backend.kill(beta.sandbox_id)
+        any_backend.kill(alpha.sandbox_id)
+        any_backend.kill(beta.sandbox_id)
 
 
-def test_set_timeout_moves_the_end_shown_by_get_info(backend: SandboxBackend, sandbox: str) -> None:
-    backend.set_timeout(sandbox, 600)
-    later = backend.get_info(sandbox).end_at
-    backend.set_timeout(sandbox, 60)
-    sooner = backend.get_info(sandbox).end_at
+def test_set_timeout_moves_the_end_shown_by_get_info(
+    any_backend: SandboxBackend, any_sandbox: str
+) -> None:
+    any_backend.set_timeout(any_sandbox, 600)
+    later = any_backend.get_info(any_sandbox).end_at
+    any_backend.set_timeout(any_sandbox, 60)
+    sooner = any_backend.get_info(any_sandbox).end_at
 
     assert later is not None
     assert sooner is not None
@@ -115,26 +141,26 @@ def test_set_timeout_moves_the_end_shown_by_get_info(backend: SandboxBackend, sa
     assert later - sooner > timedelta(seconds=400)
 
 
-def test_kill_ends_the_sandbox_for_every_call(backend: SandboxBackend, tag: str) -> None:
-    info = backend.create(template="base", metadata={"tag": tag}, envs={}, timeout_s=120)
+def test_kill_ends_the_sandbox_for_every_call(any_backend: SandboxBackend, tag: str) -> None:
+    info = any_backend.create(template="base", metadata={"tag": tag}, envs={}, timeout_s=120)
     sandbox_id = info.sandbox_id
 
-    assert backend.kill(sandbox_id) is True
+    assert any_backend.kill(sandbox_id) is True
 
     with pytest.raises(SandboxNotFound):
-        backend.get_info(sandbox_id)
+        any_backend.get_info(sandbox_id)
     with pytest.raises(SandboxNotFound):
-        backend.run(sandbox_id, "true", timeout_s=10)
+        any_backend.run(sandbox_id, "true", timeout_s=10)
     with pytest.raises(SandboxNotFound):
-        backend.set_timeout(sandbox_id, 60)
+        any_backend.set_timeout(sandbox_id, 60)
     with pytest.raises(SandboxNotFound):
-        backend.write_file(sandbox_id, f"{HOME}/x.txt", b"x")
+        any_backend.write_file(sandbox_id, f"{HOME}/x.txt", b"x")
     with pytest.raises(SandboxNotFound):
-        read_all(backend, sandbox_id, f"{HOME}/x.txt")
+        read_all(any_backend, sandbox_id, f"{HOME}/x.txt")
     with pytest.raises(SandboxNotFound):
-        backend.list_files(sandbox_id, HOME)
-    assert backend.list_sandboxes({"tag": tag}) == []
-    assert backend.kill(sandbox_id) is False
+        any_backend.list_files(sandbox_id, HOME)
+    assert any_backend.list_sandboxes({"tag": tag}) == []
+    assert any_backend.kill(sandbox_id) is False
 
 
 # -- commands ----------------------------------------------------------------------------------
@@ -244,28 +270,36 @@ def test_output_is_decoded_as_utf8_with_replacement(backend: SandboxBackend, san
 # -- files -------------------------------------------------------------------------------------
 
 
-def test_write_then_read_round_trips_binary_bytes(backend: SandboxBackend, sandbox: str) -> None:
+def test_write_then_read_round_trips_binary_bytes(
+    any_backend: SandboxBackend, any_sandbox: str
+) -> None:
     data = bytes(range(256)) * 1024 + b"\0tail\0"
 
-    backend.write_file(sandbox, f"{HOME}/blob.bin", data)
+    any_backend.write_file(any_sandbox, f"{HOME}/blob.bin", data)
 
-    assert read_all(backend, sandbox, f"{HOME}/blob.bin") == data
+    assert read_all(any_backend, any_sandbox, f"{HOME}/blob.bin") == data
 
 
 def test_write_file_accepts_a_stream_and_replaces_the_file(
-    backend: SandboxBackend, sandbox: str
+    any_backend: SandboxBackend, any_sandbox: str
 ) -> None:
-    backend.write_file(sandbox, f"{HOME}/notes.txt", b"first version, longer than the second")
-    backend.write_file(sandbox, f"{HOME}/notes.txt", io.BytesIO(b"second"))
+    any_backend.write_file(
+        any_sandbox, f"{HOME}/notes.txt", b"first version, longer than the second"
+    )
+    any_backend.write_file(any_sandbox, f"{HOME}/notes.txt", io.BytesIO(b"second"))
 
-    assert read_all(backend, sandbox, f"{HOME}/notes.txt") == b"second"
+    assert read_all(any_backend, any_sandbox, f"{HOME}/notes.txt") == b"second"
 
 
-def test_write_file_creates_parent_directories(backend: SandboxBackend, sandbox: str) -> None:
-    backend.write_file(sandbox, f"{HOME}/a/b/c/deep.txt", b"deep")
+def test_write_file_creates_parent_directories(
+    any_backend: SandboxBackend, any_sandbox: str
+) -> None:
+    any_backend.write_file(any_sandbox, f"{HOME}/a/b/c/deep.txt", b"deep")
 
-    assert read_all(backend, sandbox, f"{HOME}/a/b/c/deep.txt") == b"deep"
-    assert [(e.name, e.type) for e in backend.list_files(sandbox, f"{HOME}/a/b")] == [("c", "dir")]
+    assert read_all(any_backend, any_sandbox, f"{HOME}/a/b/c/deep.txt") == b"deep"
+    assert [(e.name, e.type) for e in any_backend.list_files(any_sandbox, f"{HOME}/a/b")] == [
+        ("c", "dir")
+    ]
 
 
 def test_files_are_shared_between_commands_and_file_calls(
@@ -285,12 +319,12 @@ def test_files_are_shared_between_commands_and_file_calls(
 
 
 def test_reading_a_missing_file_raises_file_not_found(
-    backend: SandboxBackend, sandbox: str
+    any_backend: SandboxBackend, any_sandbox: str
 ) -> None:
     with pytest.raises(SandboxFileNotFound):
-        read_all(backend, sandbox, f"{HOME}/nope.txt")
+        read_all(any_backend, any_sandbox, f"{HOME}/nope.txt")
     with pytest.raises(SandboxFileNotFound):
-        read_all(backend, sandbox, f"{HOME}/no/such/dir/file.txt")
+        read_all(any_backend, any_sandbox, f"{HOME}/no/such/dir/file.txt")
 
 
 def test_list_files_shows_files_and_directories(backend: SandboxBackend, sandbox: str) -> None:
@@ -308,10 +342,10 @@ def test_list_files_shows_files_and_directories(backend: SandboxBackend, sandbox
 
 
 def test_listing_a_missing_directory_raises_file_not_found(
-    backend: SandboxBackend, sandbox: str
+    any_backend: SandboxBackend, any_sandbox: str
 ) -> None:
     with pytest.raises(SandboxFileNotFound):
-        backend.list_files(sandbox, f"{HOME}/missing")
+        any_backend.list_files(any_sandbox, f"{HOME}/missing")
 
 
 # -- a live machine (SPEC §14, §15) ------------------------------------------------------------
@@ -488,13 +522,6 @@ def test_pause_and_resume_keep_processes_and_files(backend: SandboxBackend, sand
     assert read_all(backend, sandbox, f"{HOME}/site/index.html") == b"kept"
     backend.resume(sandbox, timeout_s=120)  # a running sandbox: nothing happens
     assert backend.run(sandbox, "echo running", timeout_s=30).stdout == "running\n"
-
-
-def test_a_backend_that_cannot_pause_says_so(backend: SandboxBackend, sandbox: str) -> None:
-    if backend.supports_pause:
-        pytest.skip(f"the {backend.name} backend can pause here")
-    with pytest.raises(UnsupportedOption, match=backend.name):
-        backend.pause(sandbox)
 
 
 # -- E2B semantics (SPEC §14/§15), written for every backend ---------------------------------

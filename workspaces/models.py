@@ -141,6 +141,7 @@ class EventType(models.TextChoices):
     WEBHOOK_DELETED = "webhook.deleted"
     WEBHOOK_DISABLED = "webhook.disabled"
     WEBHOOK_TEST = "webhook.test"
+    WEBHOOK_DELIVERY_RETRIED = "webhook.delivery_retried"
 
 
 class Event(models.Model):

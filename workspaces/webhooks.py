@@ -367,11 +367,22 @@ def delivery_retry(*, delivery: WebhookDelivery, actor: Actor) -> WebhookDeliver
         raise Conflict("The endpoint is disabled; activate it first.", code="webhook_disabled")
     now = timezone.now()
     with transaction.atomic():
+        events.record(
+            actor=actor,
+            type=EventType.WEBHOOK_DELIVERY_RETRIED,
+            subject=delivery.endpoint,
+            data={
+                "delivery_id": str(delivery.pk),
+                "event_id": delivery.event_id,
+                "event_type": delivery.event_type,
+                "previous_status": delivery.status,
+                "attempts": delivery.attempts,
+            },
+        )
         WebhookDelivery.objects.filter(pk=delivery.pk).update(
             status=DeliveryStatus.PENDING, next_attempt_at=now
         )
         transaction.on_commit(lambda: _enqueue([delivery.pk]), robust=True)
-    logger.info("webhook delivery %s retried by %s", delivery.pk, actor)
     delivery.refresh_from_db()
     return delivery
 

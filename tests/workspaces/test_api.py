@@ -870,6 +870,14 @@ def test_retry_a_delivery(
     assert response.status_code == status
     delivery.refresh_from_db()
     assert delivery.status == ("pending" if status == 202 else "failed")
+    retried = Event.objects.filter(type=EventType.WEBHOOK_DELIVERY_RETRIED, subject_id=hook.pk)
+    if status == 202:  # on the trail, with its actor and what was retried
+        [event] = retried
+        assert event.data["delivery_id"] == str(delivery.pk)
+        assert event.data["previous_status"] == "failed"
+        assert event.actor.startswith(("user:", "api_key:"))
+    else:
+        assert not retried.exists()
 
 
 @pytest.mark.django_db

@@ -400,7 +400,8 @@ class WebhookEndpointAdmin(_Editable):
             webhooks.webhook_update(endpoint=obj, actor=actor, **fields)
             return
         endpoint, secret = webhooks.webhook_create(workspace=obj.workspace, actor=actor, **fields)
-        obj.pk, obj.secret, obj.created_at = endpoint.pk, endpoint.secret, endpoint.created_at
+        obj.pk, obj.sealed_secret = endpoint.pk, endpoint.sealed_secret
+        obj.created_at = endpoint.created_at
         obj._state.adding = False
         messages.warning(
             request,

@@ -9,6 +9,8 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
+from workspaces import sealing
+
 
 @dataclass(frozen=True)
 class Subject:
@@ -201,7 +203,8 @@ class Event(models.Model):
 class WebhookEndpoint(models.Model):
     """Where a workspace's events are pushed, signed (Standard Webhooks) with `secret`.
 
-    The secret is kept because signing needs it; the API shows it once, on create. An endpoint
+    The secret is kept because signing needs it, sealed (workspaces.sealing: encrypted under
+    a key derived from SECRET_KEY); the API shows it once, on create. An endpoint
     failing every attempt since `failing_since` for WEBHOOK_DISABLE_AFTER_H is disabled
     (`active` false, `disabled_at` set) with a `webhook.disabled` event."""
 
@@ -211,7 +214,7 @@ class WebhookEndpoint(models.Model):
     event_types = models.JSONField(default=list, blank=True, help_text="Empty: every event.")
     description = models.CharField(max_length=500, blank=True)
     active = models.BooleanField(default=True)
-    secret = models.CharField(max_length=100, editable=False)
+    sealed_secret = models.TextField(editable=False, help_text="The signing secret, sealed.")
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
     )
@@ -230,6 +233,11 @@ class WebhookEndpoint(models.Model):
 
     def wants(self, event_type: str) -> bool:
         return not self.event_types or event_type in self.event_types
+
+    @property
+    def secret(self) -> str:
+        """The signing secret, unsealed (raises sealing.Unsealable without its key)."""
+        return sealing.unseal(self.sealed_secret)
 
     def trail_subject(self) -> Subject:
         return Subject("webhook", self.pk, self.workspace_id)

@@ -47,7 +47,7 @@ from django.utils import timezone
 from standardwebhooks.webhooks import Webhook
 
 from config.exceptions import Conflict, InvalidInput
-from workspaces import events
+from workspaces import events, sealing
 from workspaces.access import Actor
 from workspaces.models import (
     DeliveryStatus,
@@ -269,13 +269,14 @@ def webhook_create(
                 f"A workspace has at most {MAX_ENDPOINTS_PER_WORKSPACE} webhook endpoints.",
                 code="too_many_webhooks",
             )
+        secret = new_secret()
         endpoint = WebhookEndpoint.objects.create(
             workspace=workspace,
             url=target.url,
             event_types=chosen,
             description=text,
             active=active,
-            secret=new_secret(),
+            sealed_secret=sealing.seal(secret),
             created_by=actor.user,
         )
         events.record(
@@ -284,7 +285,7 @@ def webhook_create(
             subject=endpoint,
             data=_endpoint_data(endpoint),
         )
-    return endpoint, endpoint.secret
+    return endpoint, secret
 
 
 _UNSET: Any = object()
@@ -473,10 +474,14 @@ def _attempt(delivery: WebhookDelivery, event: Event | None) -> Attempt | Outcom
         return Outcome(delivery.pk, ok=False, error="the event is gone")
     if not delivery.endpoint.active:
         return Outcome(delivery.pk, ok=False, error="the endpoint is disabled")
+    try:
+        secret = delivery.endpoint.secret
+    except sealing.Unsealable as error:
+        return Outcome(delivery.pk, ok=False, error=str(error))
     return Attempt(
         delivery_id=delivery.pk,
         url=delivery.endpoint.url,
-        secret=delivery.endpoint.secret,
+        secret=secret,
         message_id=f"msg_{delivery.pk.hex}",
         body=payload(event),
     )

@@ -90,6 +90,7 @@ def celery_env(celery_broker_env: dict[str, str], settings: Any, tmp_path: Path)
         "E2B_API_URL": settings.E2B_API_URL or "",
         "E2B_SANDBOX_URL": settings.E2B_SANDBOX_URL or "",
         "DEPLOY_ENV": django_settings.DEPLOY_ENV,
+        "SECRET_KEY": django_settings.SECRET_KEY,  # webhook secrets are sealed under it
         # The worker's var/ is the test's tmp_path: its media folder is the `media` fixture's.
         "AIRLOCK_VAR_DIR": str(tmp_path),
         "PYTHONUNBUFFERED": "1",

@@ -93,6 +93,38 @@ def test_a_body_signed_with_another_secret_does_not_verify(
         receiver.requests[0].verified(webhooks.new_secret())
 
 
+# --- the secret at rest ----------------------------------------------------------------
+
+
+def test_the_secret_is_sealed_in_the_database(
+    loopback: Any, receivers: Any, workspace: Any
+) -> None:
+    endpoint, secret = endpoint_for(workspace, receivers())
+    stored = WebhookEndpoint.objects.values_list("sealed_secret", flat=True).get(pk=endpoint.pk)
+    assert secret not in stored and secret.removeprefix("whsec_") not in stored
+    assert WebhookEndpoint.objects.get(pk=endpoint.pk).secret == secret
+
+
+def test_a_rotated_secret_key_still_signs_with_the_old_key_as_a_fallback(
+    loopback: Any, receivers: Any, workspace: Any, settings: Any
+) -> None:
+    receiver = receivers(200, 500)
+    _, secret = endpoint_for(workspace, receiver)
+    [delivery] = deliveries_of(rename(workspace, "Renamed"))
+    settings.SECRET_KEY_FALLBACKS = [settings.SECRET_KEY]
+    settings.SECRET_KEY = "a-new-key-" + "x" * 50
+
+    [outcome] = webhooks.deliver([delivery.pk])
+    assert outcome.ok
+    receiver.requests[0].verified(secret)
+
+    settings.SECRET_KEY_FALLBACKS = []  # the old key lost: the delivery fails, and says why
+    [second] = deliveries_of(rename(workspace, "Again"))
+    [lost] = webhooks.deliver([second.pk])
+    assert not lost.ok and "SECRET_KEY_FALLBACKS" in lost.error
+    assert len(receiver.requests) == 1
+
+
 # --- the outbox ------------------------------------------------------------------------
 
 

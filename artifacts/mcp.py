@@ -273,7 +273,7 @@ async def sandbox_read_file(
     def work(actor: Actor) -> dict[str, Any]:
         run, _ = resolve_run(actor=actor, run_id=run_id)
         clean = validation.clean_sandbox_path(path)
-        chunks = execution.run_download_file(run=run, path=clean)
+        chunks = execution.run_download_file(run=run, path=clean, actor=actor)
         data = _read_bounded(chunks)
         return {"path": clean, "size": len(data), "encoding": encoding,
                 "content": _encode(data, encoding)}  # fmt: skip
@@ -296,7 +296,7 @@ async def sandbox_list_files(
     def work(actor: Actor) -> dict[str, Any]:
         run, _ = resolve_run(actor=actor, run_id=run_id)
         clean = validation.clean_sandbox_path(path)
-        entries = execution.run_list_files(run=run, path=clean)
+        entries = execution.run_list_files(run=run, path=clean, actor=actor)
         return {"path": clean, "entries": FileEntryOut(entries, many=True).data}
 
     return await _call(ctx, work)

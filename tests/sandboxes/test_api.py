@@ -402,6 +402,7 @@ def test_usage_by_status_and_by_day(
         "by_status": {
             "booting": _totals(1, 0.0, "0.000000"),
             "running": _totals(1, 300.0, "0.000000"),
+            "paused": _totals(0, 0.0, "0.000000"),
             "succeeded": _totals(1, 600.0, "0.500000"),
             "failed": _totals(1, 100.0, "0.250000"),
             "canceled": _totals(1, 200.0, "0.125000"),

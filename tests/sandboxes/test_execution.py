@@ -57,7 +57,7 @@ MAPPED: dict[type[backend_base.BackendError], tuple[type[AirlockError], int, str
     backend_base.SandboxNotFound: (Conflict, 409, "sandbox_lost"),
     backend_base.SandboxFileNotFound: (NotFound, 404, "file_not_found"),
     backend_base.UnsupportedOption: (InvalidInput, 400, "unsupported_by_backend"),
-    backend_base.SandboxPaused: (InvalidInput, 400, "sandbox_paused"),
+    backend_base.SandboxPaused: (Conflict, 409, "run_paused"),
     backend_base.CommandCanceled: (InvalidInput, 400, "command_canceled"),
     backend_base.CommandNotFound: (InvalidInput, 400, "command_not_found"),
     backend_base.CommandTimeout: (InvalidInput, 400, "command_timeout"),

@@ -37,12 +37,19 @@ ALLOWED = {
     ("running", "succeed"): "succeeded",
     ("running", "fail"): "failed",
     ("running", "cancel"): "canceled",
+    ("running", "pause"): "paused",
+    ("paused", "resume"): "running",
+    ("paused", "succeed"): "succeeded",
+    ("paused", "fail"): "failed",
+    ("paused", "cancel"): "canceled",
 }
 ARGS: dict[str, dict[str, Any]] = {
     "mark_running": {"sandbox_id": "sbx-new", "cpu_count": 2, "memory_mb": 512},
     "succeed": {"exit_code": 0},
     "fail": {"reason": "command_failed", "error": {"code": "x", "message": "y"}},
     "cancel": {},
+    "pause": {},
+    "resume": {},
 }
 CASES = [(status, name) for status in ALL for name in ARGS]
 TESTER = Actor.system("test")
@@ -292,7 +299,7 @@ def test_a_transition_records_how_the_run_stands_and_never_its_env_or_files(
     assert event.data["end_reason"] == "canceled_by_user"
     assert set(event.data) == {
         "transition", "from", "to", "end_reason", "exit_code", "error", "sandbox_seconds",
-        "cost_usd",
+        "paused_s", "cost_usd",
     }  # fmt: skip
     assert "hunter2" not in str(event.data) and "the contents" not in str(event.data)
 

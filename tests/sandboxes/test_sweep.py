@@ -45,7 +45,7 @@ def test_an_idle_run_is_killed_and_canceled_by_the_sweep(
 
     report = sandboxes_sweep()
 
-    assert report.as_dict() == {"killed": 1, "failed": 0, "errors": 0}
+    assert report.as_dict() == {"killed": 1, "failed": 0, "paused": 0, "errors": 0}
     assert run_state(run) == ("canceled", "idle_timeout")
     assert fake_backend.kills == [run.sandbox_id]
     assert run.sandbox_id not in fake_backend.live_ids()
@@ -58,7 +58,7 @@ def test_a_run_idle_for_exactly_its_timeout_is_not_yet_idle(
 ) -> None:
     run = start_run(workspace=workspace, idle_timeout_ms=60_000)
     clock(60)
-    assert sandboxes_sweep().as_dict() == {"killed": 0, "failed": 0, "errors": 0}
+    assert sandboxes_sweep().as_dict() == {"killed": 0, "failed": 0, "paused": 0, "errors": 0}
     assert run_state(run) == ("running", "")
 
     clock(60.001)
@@ -145,7 +145,7 @@ def test_a_run_past_its_max_duration_is_killed_and_failed_however_active(
     assert sandboxes_sweep().killed == 0  # exactly at the limit is not past it
     clock(120.001)
 
-    assert sandboxes_sweep().as_dict() == {"killed": 1, "failed": 0, "errors": 0}
+    assert sandboxes_sweep().as_dict() == {"killed": 1, "failed": 0, "paused": 0, "errors": 0}
     assert run_state(run) == ("failed", "max_duration")
     assert run.error is not None and run.error["code"] == "max_duration"
     assert fake_backend.kills == [run.sandbox_id]
@@ -166,7 +166,7 @@ def test_a_run_stuck_booting_fails_and_the_sandbox_made_for_it_is_killed(
     clock(301)
     report = sandboxes_sweep()
 
-    assert report.as_dict() == {"killed": 0, "failed": 1, "errors": 0}
+    assert report.as_dict() == {"killed": 0, "failed": 1, "paused": 0, "errors": 0}
     assert run_state(run) == ("failed", "boot_timeout")
     assert run.error is not None and run.error["code"] == "boot_timeout"
     assert fake_backend.live_ids() == {other.sandbox_id}
@@ -214,14 +214,14 @@ def test_a_kill_that_fails_leaves_the_run_for_the_next_sweep(
 
     report = sandboxes_sweep()
 
-    assert report.as_dict() == {"killed": 1, "failed": 0, "errors": 1}
+    assert report.as_dict() == {"killed": 1, "failed": 0, "paused": 0, "errors": 1}
     assert run_state(failing) == ("running", "")
     assert failing.sweep_claimed_at is None  # released: nobody holds it
     assert run_state(healthy) == ("canceled", "idle_timeout")
     assert [a.outcome for a in report.actions if a.run_id == str(failing.pk)] == ["error"]
 
     clock(91)
-    assert sandboxes_sweep().as_dict() == {"killed": 1, "failed": 0, "errors": 0}
+    assert sandboxes_sweep().as_dict() == {"killed": 1, "failed": 0, "paused": 0, "errors": 0}
     assert run_state(failing) == ("canceled", "idle_timeout")
     assert fake_backend.kills.count(failing.sandbox_id) == 2
 
@@ -235,7 +235,7 @@ def test_a_sandbox_that_is_already_gone_counts_as_killed(
     if gone_as == "not_found":
         fake_backend.fail_next_kill(run.sandbox_id, SandboxNotFound("gone"))
     clock(61)
-    assert sandboxes_sweep().as_dict() == {"killed": 1, "failed": 0, "errors": 0}
+    assert sandboxes_sweep().as_dict() == {"killed": 1, "failed": 0, "paused": 0, "errors": 0}
     assert run_state(run) == ("canceled", "idle_timeout")
 
 
@@ -260,7 +260,7 @@ def test_a_run_canceled_while_the_sweep_kills_its_sandbox_stays_canceled_by_the_
     with override_backend(faulty):
         report = sandboxes_sweep()
 
-    assert report.as_dict() == {"killed": 0, "failed": 0, "errors": 0}
+    assert report.as_dict() == {"killed": 0, "failed": 0, "paused": 0, "errors": 0}
     assert [a.outcome for a in report.actions] == ["skipped"]
     assert run_state(run) == ("canceled", "canceled_by_user")
 
@@ -349,7 +349,7 @@ def test_a_dry_run_says_what_it_would_do_and_does_nothing(
             ("would fail", "boot_timeout", str(booting.pk)),
         ]
     )
-    assert report.as_dict() == {"killed": 0, "failed": 0, "errors": 0}
+    assert report.as_dict() == {"killed": 0, "failed": 0, "paused": 0, "errors": 0}
     assert run_state(idle) == ("running", "") and run_state(booting) == ("booting", "")
     assert fake_backend.kills == []
 

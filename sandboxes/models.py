@@ -182,6 +182,9 @@ class SandboxRun(ConcurrentTransitionMixin, models.Model):
         run is idle already: only its max duration ends it."""
         if self.status == RunStatus.PAUSED:
             return self.deadline, EndReason.MAX_DURATION
+        return self._running_due()
+
+    def _running_due(self) -> tuple[datetime, str]:
         idle_end = self.last_activity_at + timedelta(milliseconds=self.idle_timeout_ms)
         if self.command_started_at is None and idle_end < self.deadline:
             return idle_end, EndReason.IDLE_TIMEOUT
@@ -257,7 +260,7 @@ class SandboxRun(ConcurrentTransitionMixin, models.Model):
         self._end_pause(now)
         self.last_activity_at = now
         self.deadline_pushed_at = now
-        self.expires_at = self.sweep_due()[0]
+        self.expires_at = self._running_due()[0]  # the status changes after this body
 
     @fsm_log_by
     @transition(

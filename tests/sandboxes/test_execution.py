@@ -21,7 +21,7 @@ from config.exceptions import (
     ServiceUnavailable,
     TooLarge,
 )
-from sandboxes import execution
+from sandboxes import background, execution, services
 from sandboxes.backends import CommandResult, CommandTimeout, FileEntry, TransientBackendError
 from sandboxes.backends import base as backend_base
 from sandboxes.models import COMMAND_TAIL_BYTES, Command, CommandKind, CommandStatus, SandboxRun
@@ -453,3 +453,72 @@ def test_a_streamed_exec_yields_the_output_then_the_result_and_forwards_at_most_
     assert [c.text for c in chunks if c.stream == "stderr"] == ["oops"]
     assert isinstance(result, execution.ExecResult) and result.truncated
     assert Command.objects.get(pk=result.command_id).status == "exited"
+
+
+# --- a paused run is resumed within the call (SPEC §15) ------------------------------------
+
+CALLS_THAT_RESUME = [
+    pytest.param(
+        lambda run, actor: execution.run_exec(run=run, actor=actor, command="echo hi"), id="exec"
+    ),
+    pytest.param(
+        lambda run, actor: execution.run_upload_file(
+            run=run, actor=actor, path="/home/user/f", stream=io.BytesIO(b"x")
+        ),
+        id="upload",
+    ),
+    pytest.param(
+        lambda run, actor: list(
+            execution.run_download_file(run=run, path="/home/user/f", actor=actor)
+        ),
+        id="download",
+    ),
+    pytest.param(
+        lambda run, actor: execution.run_list_files(run=run, path="/home/user", actor=actor),
+        id="list",
+    ),
+    pytest.param(
+        lambda run, actor: background.command_start_background(
+            run=run, actor=actor, command="sleep 5"
+        ),
+        id="background command",
+    ),
+]
+
+
+@pytest.mark.parametrize("call", CALLS_THAT_RESUME)
+def test_a_call_on_a_paused_run_resumes_it_within_the_call(
+    run: SandboxRun, mia: Actor, fake_backend: FakeBackend, call: Any
+) -> None:
+    fake_backend.write_file(run.sandbox_id, "/home/user/f", b"x")
+    paused = services.run_pause(run=run, actor=Actor(user=run.created_by))
+
+    call(paused, mia)
+
+    run.refresh_from_db()
+    assert (run.status, run.paused_at) == ("running", None)
+    assert run.sandbox_id not in fake_backend.paused
+    [resumed] = _trail(run, "run.resumed")
+    assert resumed.actor == str(mia)
+
+
+def test_a_call_refused_for_its_input_does_not_resume_the_run(
+    run: SandboxRun, mia: Actor, fake_backend: FakeBackend
+) -> None:
+    paused = services.run_pause(run=run, actor=mia)
+    with pytest.raises(InvalidInput):
+        execution.run_exec(run=paused, actor=mia, command="true", cwd="/etc")
+    with pytest.raises(InvalidInput):
+        execution.run_list_files(run=paused, path="/etc", actor=mia)
+    assert SandboxRun.objects.get(pk=run.pk).status == "paused"
+    assert run.sandbox_id in fake_backend.paused
+
+
+def test_a_sandbox_paused_under_a_call_is_a_409_that_says_to_call_again(
+    run: SandboxRun, mia: Actor, fake_backend: FakeBackend
+) -> None:
+    fake_backend.command_results["echo hi"] = backend_base.SandboxPaused("paused meanwhile")
+    with pytest.raises(Conflict, match="call again") as excinfo:
+        execution.run_exec(run=run, actor=mia, command="echo hi")
+    assert excinfo.value.code == "run_paused"
+    assert SandboxRun.objects.get(pk=run.pk).status == "running"  # not failed, not lost

@@ -76,8 +76,17 @@ NETWORK_SCHEMA = {
 }
 
 
+class JSONBooleanField(serializers.BooleanField):
+    """true or false, as JSON says them: not "yes", 1 or "on" (DRF's BooleanField takes those)."""
+
+    def to_internal_value(self, data: Any) -> bool:
+        if not isinstance(data, bool):
+            self.fail("invalid", input=data)
+        return data
+
+
 class NetworkIn(StrictSerializer):
-    internet = serializers.BooleanField(
+    internet = JSONBooleanField(
         required=False, help_text="Default: SANDBOX_DEFAULT_INTERNET (false unless set)."
     )
     allow_out = serializers.ListField(

@@ -6,6 +6,7 @@ command is in test_commands."""
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import pytest
 
@@ -212,7 +213,7 @@ def test_a_paused_run_whose_sandbox_is_gone_fails_as_lost(
 
 
 def test_on_e2b_a_paused_sandbox_is_listed_and_known(
-    workspace: Workspace, e2b_sandboxes: object, e2b_server: object
+    workspace: Workspace, e2b_sandboxes: object, e2b_server: Any
 ) -> None:
     from tests.sandboxes.backends.test_e2b import fake
 

@@ -228,9 +228,8 @@ class SandboxRunAdmin(WorkspaceScopedAdmin):
                 change(run=run, actor=actor)
                 done += 1
             except AirlockError as exc:
-                skipped += 1
                 refusals.append(f"{short_id(run.pk)}: {exc.detail}")
         message = f"{done} {done_word}, {skipped} skipped (not {status})."
         if refusals:
-            message += " Refused: " + "; ".join(refusals[:5])
+            message += f" {len(refusals)} refused: " + "; ".join(refusals[:5])
         self.message_user(request, message)

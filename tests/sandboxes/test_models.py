@@ -325,3 +325,32 @@ def test_a_command_is_a_subject_of_its_run_and_thread(workspace: Any) -> None:
         "command", command.pk, workspace.pk, run_id=run.pk, thread_id="thread-c"
     )
     assert (command.status, command.timed_out) == (CommandStatus.RUNNING, False)
+
+
+# --- paused time (SPEC §15) ------------------------------------------------------------------
+
+
+def test_billed_time_leaves_out_the_time_paused() -> None:
+    start = timezone.now()
+    ran = _unsaved_run(
+        created_at=start, running_at=start, sandbox_id="s",
+        finished_at=start + timedelta(seconds=700), paused_for=timedelta(seconds=600),
+    )  # fmt: skip
+    assert (ran.sandbox_seconds, ran.paused_seconds()) == (100, 600)
+    ended_while_paused = _unsaved_run(
+        created_at=start, running_at=start, sandbox_id="s",
+        paused_at=start + timedelta(seconds=30), finished_at=start + timedelta(seconds=90),
+    )  # fmt: skip
+    assert ended_while_paused.sandbox_seconds == 30
+    paused_now = _unsaved_run(
+        created_at=start, running_at=start, sandbox_id="s",
+        paused_at=start + timedelta(seconds=30), paused_for=timedelta(seconds=5),
+    )  # fmt: skip
+    assert paused_now.paused_seconds(start + timedelta(seconds=50)) == 25
+
+
+@pytest.mark.django_db
+def test_a_paused_run_is_due_only_at_its_max_duration(workspace: Any) -> None:
+    run = make_run(workspace=workspace, status="paused", on_idle="pause")
+    assert run.sweep_due() == (run.deadline, EndReason.MAX_DURATION)
+    assert (run.is_active, run.is_live) == (False, True)

@@ -984,3 +984,24 @@ def test_on_e2b_the_runs_network_reaches_the_create_request(
         (True, {"denyOut": ["10.0.0.0/8"]}),
         (True, None),
     ]
+
+
+def test_pause_and_resume_are_delivered_to_webhooks_that_want_them(
+    workspace: Workspace, fake_backend: FakeBackend, settings: Any
+) -> None:
+    from workspaces import webhooks
+    from workspaces.models import WebhookDelivery
+
+    settings.WEBHOOK_ALLOW_PRIVATE = True
+    settings.WEBHOOK_ALLOW_HTTP = True
+    actor = Actor(user=workspace.owner)
+    wanted, _ = webhooks.webhook_create(
+        workspace=workspace, actor=actor, url="http://127.0.0.1:9/hook",
+        event_types=["run.paused", "run.resumed"],
+    )  # fmt: skip
+    run = start_run(workspace=workspace)
+    services.run_resume(run=services.run_pause(run=run, actor=actor), actor=actor)
+
+    delivered = WebhookDelivery.objects.filter(endpoint=wanted).order_by("created_at")
+    assert [d.event.type for d in delivered] == ["run.paused", "run.resumed"]
+    assert {d.event.run_id for d in delivered} == {run.pk}

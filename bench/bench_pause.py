@@ -32,6 +32,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.__main__ import _machine  # noqa: E402
 from bench.bench_agent import _free_port, _start_double, _use_backend, setup  # noqa: E402
 
 PAIRS = 30
@@ -218,6 +219,7 @@ def main() -> None:
 
     print("## Pause instead of kill\n")
     print(
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {_machine()}. "
         f"Database `{connection.vendor}`; the E2B backend through the SDK against the E2B "
         f"double (its own process, on this machine); load average {load_before} before, "
         f"{load_after} after. {PAIRS} interleaved pairs after {WARMUP} of warm-up.\n"

@@ -876,8 +876,9 @@ PAUSE_DESCRIPTION = (
     "Pause the run's sandbox now (SPEC §15): its processes, memory and files are kept, it is "
     "billed nothing and does not count toward the workspace's active runs; it still ends at its "
     "max duration. The next exec, file, command or capture call resumes it (or POST "
-    "…/resume/). A paused run answers 200 as it is; a run that is not running, or whose "
-    "command is running, is a 409; a backend that cannot pause is a 400."
+    "…/resume/). A paused run answers 200 as it is; a run that is not running, or a job run "
+    "(started with `command`: its job holds it), is a 409; a backend that cannot pause is a "
+    "400."
 )
 RESUME_DESCRIPTION = (
     "Resume a paused run's sandbox: it runs again, with its idle timeout from now. A running "

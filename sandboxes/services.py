@@ -50,8 +50,6 @@ from sandboxes.models import (
     ACTIVE_STATUSES,
     DEFAULT_OUTPUT_DIR,
     LIVE_STATUSES,
-    CommandKind,
-    CommandStatus,
     EndReason,
     OnIdle,
     RunStatus,
@@ -507,8 +505,8 @@ def check_backend_options(
 def run_pause(*, run: SandboxRun, actor: Actor) -> SandboxRun:
     """running → paused: the sandbox is paused (processes, memory and files kept), then the
     run. Billed nothing while paused, outside the active-run limit, still ended by its max
-    duration. Pausing a paused run is a no-op; a run whose command job is running is a 409
-    (the job holds the sandbox until it is done)."""
+    duration. Pausing a paused run is a no-op; a job run (started with `command`) is a 409:
+    its job holds the sandbox until it ends the run."""
     if run.status == RunStatus.PAUSED:
         return run
     if run.status != RunStatus.RUNNING:
@@ -519,8 +517,12 @@ def run_pause(*, run: SandboxRun, actor: Actor) -> SandboxRun:
             f"The {backend.name} backend cannot pause sandboxes here.",
             code=UnsupportedOption.code,
         )
-    if run.commands.filter(kind=CommandKind.JOB, status=CommandStatus.RUNNING).exists():
-        raise Conflict("The run's command is still running.", code="command_running")
+    if run.command:
+        # Its command job holds the sandbox from boot to the run's end (it ends the run).
+        raise Conflict(
+            "A run started with `command` is not paused: its job holds it until it ends.",
+            code="command_running",
+        )
     _backend_pause(run)
     return run_transition(run.pk, lambda r: r.pause(by=actor))
 

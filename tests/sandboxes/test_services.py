@@ -829,15 +829,9 @@ def test_only_a_running_run_pauses_and_only_a_paused_one_resumes(
     assert fake_backend.paused == set()
 
 
-def test_a_run_whose_command_is_running_is_not_paused(
-    workspace: Workspace, fake_backend: FakeBackend
-) -> None:
-    from sandboxes import execution
-    from sandboxes.models import CommandKind
-
-    run = start_run(workspace=workspace)
+def test_a_job_run_is_not_paused(workspace: Workspace, fake_backend: FakeBackend) -> None:
+    run = start_run(workspace=workspace, command="make")  # its job is enqueued, not run here
     actor = Actor(user=workspace.owner)
-    execution.command_start(run=run, actor=actor, kind=CommandKind.JOB, command="make", cwd="/")
     with pytest.raises(Conflict) as excinfo:
         services.run_pause(run=run, actor=actor)
     assert excinfo.value.code == "command_running"

@@ -546,6 +546,7 @@ def run_resume(*, run: SandboxRun, actor: Actor) -> SandboxRun:
         return run
     if run.status != RunStatus.PAUSED:
         raise Conflict(f"The run is {run.status}, not paused.", code="invalid_state")
+    resumed_here = True
     try:
         with transaction.atomic():
             Workspace.objects.select_for_update().filter(pk=run.workspace_id).first()
@@ -556,9 +557,11 @@ def run_resume(*, run: SandboxRun, actor: Actor) -> SandboxRun:
             locked.save()
     except (TransitionNotAllowed, ConcurrentTransition) as exc:
         current = SandboxRun.objects.filter(pk=run.pk).values_list("status", flat=True).first()
-        if current == RunStatus.RUNNING:  # a concurrent call resumed it first
-            return SandboxRun.objects.get(pk=run.pk)
-        raise Conflict(f"The run is {current}.", code="invalid_state") from exc
+        if current != RunStatus.RUNNING:
+            raise Conflict(f"The run is {current}.", code="invalid_state") from exc
+        # A concurrent call resumed the run first; its sandbox may not be resumed yet, and
+        # resuming a running sandbox changes nothing: this call makes sure too.
+        locked, resumed_here = SandboxRun.objects.get(pk=run.pk), False
     run = locked
     try:
         get_backend().resume(run.sandbox_id, timeout_s=provider_timeout_s(run))
@@ -566,8 +569,9 @@ def run_resume(*, run: SandboxRun, actor: Actor) -> SandboxRun:
         run_lose_sandbox(run=run, error=exc)
         raise Conflict("The sandbox is gone; the run has failed.", code="sandbox_lost") from exc
     except BackendError as exc:
-        with contextlib.suppress(Conflict):
-            run_transition(run.pk, lambda r: r.pause(by=SYSTEM_RESUME))
+        if resumed_here:  # the sandbox is still paused: so is the run
+            with contextlib.suppress(Conflict):
+                run_transition(run.pk, lambda r: r.pause(by=SYSTEM_RESUME))
         raise as_api_error(exc) from exc
     logger.info("run resumed id=%s sandbox=%s", run.pk, run.sandbox_id)
     return run

@@ -999,3 +999,33 @@ def test_pause_and_resume_are_delivered_to_webhooks_that_want_them(
     delivered = WebhookDelivery.objects.filter(endpoint=wanted).order_by("created_at")
     assert [d.event.type for d in delivered] == ["run.paused", "run.resumed"]
     assert {d.event.run_id for d in delivered} == {run.pk}
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_calls_on_a_paused_run_resume_it_once_and_all_go_on() -> None:
+    require_service(connection.vendor == "postgresql", "needs PostgreSQL (DATABASE_URL)")
+    workspace = make_workspace(owner=make_user())
+    backend = FakeBackend()
+    outcomes: list[str] = []
+    with override_backend(backend):
+        actor = Actor(user=workspace.owner)
+        run = services.run_pause(run=start_run(workspace=workspace), actor=actor)
+        barrier = threading.Barrier(4, timeout=10)
+
+        def call() -> None:
+            try:
+                barrier.wait()
+                outcomes.append(services.run_ensure_running(run=run, actor=actor).status)
+            finally:
+                connection.close()
+
+        threads = [threading.Thread(target=call) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+
+    assert outcomes == ["running"] * 4
+    assert run.sandbox_id not in backend.paused
+    assert [e.type for e in transitions(run.pk)] == ["run.running", "run.paused", "run.resumed"]

@@ -1029,3 +1029,26 @@ def test_concurrent_calls_on_a_paused_run_resume_it_once_and_all_go_on() -> None
     assert outcomes == ["running"] * 4
     assert run.sandbox_id not in backend.paused
     assert [e.type for e in transitions(run.pk)] == ["run.running", "run.paused", "run.resumed"]
+
+
+def test_on_e2b_paused_time_is_not_billed(
+    workspace: Workspace, e2b_sandboxes: Any, e2b_server: Any, clock: Any
+) -> None:
+    from sandboxes import execution
+
+    actor = Actor(user=workspace.owner)
+    run = start_run(workspace=workspace, on_idle="pause")  # T0, on frozen time
+    clock(120)
+    run = services.run_pause(run=run, actor=actor)
+    clock(120 + 3600)
+    execution.run_exec(run=run, actor=actor, command="true")  # resumes it
+    clock(120 + 3600 + 60)
+    run = services.run_complete(
+        run=SandboxRun.objects.get(pk=run.pk), actor=actor, status="succeeded"
+    )
+
+    assert (run.sandbox_seconds, run.paused_for) == (180, timedelta(hours=1))
+    assert run.cpu_count and run.cost_usd == compute_cost(
+        seconds=180, cpu_count=run.cpu_count, memory_mb=run.memory_mb
+    )
+    assert fake(e2b_server, run.sandbox_id).alive is False

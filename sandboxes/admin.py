@@ -20,7 +20,7 @@ from django.utils.safestring import SafeString
 
 from config.exceptions import AirlockError
 from sandboxes import selectors, services
-from sandboxes.models import LIVE_STATUSES, Command, RunStatus, SandboxRun
+from sandboxes.models import LIVE_STATUSES, Command, OnIdle, RunStatus, SandboxRun
 from workspaces.admin import (
     NO_SAVE_BUTTONS,
     AdministeredWorkspaceFilter,
@@ -80,8 +80,8 @@ def run_started_by(run: SandboxRun) -> str:
 RUN_DETAIL_FIELDS = (
     "id", "workspace", "thread_id", "status", "end_reason", "prompt", "command", "template",
     "metadata", "output_dir", "sandbox_id", "started_by", "created_at", "running_at",
-    "finished_at", "last_activity_at", "limits", "exit_code", "error", "resources", "cost",
-    "history",
+    "finished_at", "last_activity_at", "limits", "network_access", "paused_at", "exit_code",
+    "error", "resources", "cost", "history",
 )  # fmt: skip
 
 
@@ -168,10 +168,23 @@ class SandboxRunAdmin(WorkspaceScopedAdmin):
 
     @admin.display(description="Limits")
     def limits(self, obj: SandboxRun) -> str:
+        when_idle = "; pauses" if obj.on_idle == OnIdle.PAUSE else ", or"
+        paused = obj.paused_seconds()
+        billed = f"; paused {human_duration(paused * 1000)} in all, not billed" if paused else ""
         return (
-            f"ends after {human_duration(obj.max_duration_ms)}, or when idle for "
-            f"{human_duration(obj.idle_timeout_ms)}"
+            f"ends after {human_duration(obj.max_duration_ms)}{when_idle} when idle for "
+            f"{human_duration(obj.idle_timeout_ms)}{billed}"
         )
+
+    @admin.display(description="Network")
+    def network_access(self, obj: SandboxRun) -> str:
+        network = obj.network or {}
+        parts = ["internet" if network.get("internet") else "no internet"]
+        if network.get("allow_out"):
+            parts.append("allowed: " + ", ".join(network["allow_out"]))
+        if network.get("deny_out"):
+            parts.append("denied: " + ", ".join(network["deny_out"]))
+        return "; ".join(parts)
 
     @admin.display(description="Resources")
     def resources(self, obj: SandboxRun) -> str:

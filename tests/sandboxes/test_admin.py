@@ -166,3 +166,17 @@ def test_a_pause_the_backend_refuses_is_reported_with_why(
     [message] = messages_of(response)
     assert message.startswith(f"0 paused, 0 skipped (not running). 1 refused: {str(run.pk)[:8]}")
     assert "cannot pause" in message
+
+
+def test_a_run_page_says_how_it_waits_and_what_it_may_reach(
+    client: Any, reviewer: Any, workspace: Workspace, fake_backend: FakeBackend
+) -> None:
+    run = make_run(
+        workspace=workspace, status="paused", on_idle="pause",
+        paused_for=timedelta(minutes=20),
+        network={"internet": False, "allow_out": ["pypi.org"], "deny_out": []},
+    )  # fmt: skip
+    client.force_login(reviewer)
+    page = client.get(f"{RUNS}{run.pk}/change/").content.decode()
+    assert "pauses when idle for 15 min; paused 20 min in all, not billed" in page
+    assert "no internet; allowed: pypi.org" in page

@@ -183,6 +183,13 @@ async def sandbox_start(
     idle_timeout_ms: Annotated[
         int | None, Field(description="Idle time before the sandbox is ended (default 15 min).")
     ] = None,
+    on_idle: Annotated[
+        Literal["kill", "pause"] | None,
+        Field(
+            description="Once idle: `kill` ends the run; `pause` pauses the sandbox (billed "
+            "nothing; your next call resumes it): for a run that waits for a review."
+        ),
+    ] = None,
     wait_s: Annotated[
         float,
         Field(description="Wait up to this many seconds (≤ 60) for the sandbox to be running."),
@@ -203,6 +210,7 @@ async def sandbox_start(
             metadata=metadata,
             max_duration_ms=max_duration_ms,
             idle_timeout_ms=idle_timeout_ms,
+            on_idle=on_idle,
         )
         wait = _validated(RunWaitQuery, wait_s=wait_s)
         run, _ = services.run_create(workspace=actor.api_key.workspace, actor=actor, **data)

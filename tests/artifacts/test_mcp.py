@@ -234,3 +234,5 @@ def test_an_agent_that_waits_has_its_sandbox_paused_and_its_next_call_resumes_it
 
     assert (error, result["stdout"]) == (False, "kept\n")
     assert SandboxRun.objects.get(pk=run["id"]).status == "running"
+    error, stopped = agent.call("sandbox_stop", run_id=run["id"])
+    assert (error, stopped["status"]) == (False, "succeeded")

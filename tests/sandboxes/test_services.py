@@ -1052,3 +1052,45 @@ def test_on_e2b_paused_time_is_not_billed(
         seconds=180, cpu_count=run.cpu_count, memory_mb=run.memory_mb
     )
     assert fake(e2b_server, run.sandbox_id).alive is False
+
+
+@pytest.mark.bwrap
+def test_on_local_a_paused_run_is_frozen_and_its_next_exec_finds_its_processes_and_memory(
+    local_sandboxes: Any, workspace: Workspace
+) -> None:
+    from sandboxes import execution
+    from sandboxes.backends.local.limits import SandboxCgroups
+
+    actor = Actor(user=workspace.owner)
+    run = start_run(workspace=workspace, on_idle="pause")
+    holder = (
+        "v=$RANDOM$RANDOM$RANDOM; echo $v | sha256sum > digest; "
+        "while [ ! -f ask ]; do sleep 0.05; done; echo $v | sha256sum > after"
+    )
+    execution.run_exec(
+        run=run, actor=actor, command=f"(bash -c '{holder}' </dev/null >/dev/null 2>&1 &)"
+    )
+    execution.run_exec(
+        run=run, actor=actor, command="until [ -s digest ]; do sleep 0.05; done", timeout_s=30
+    )
+
+    paused = services.run_pause(run=run, actor=actor)
+    record = SandboxCgroups.from_json(
+        (local_sandboxes.root / run.sandbox_id / "cgroups.json").read_bytes()
+    )
+    track = record.groups["track"]
+    frozen = (
+        "frozen 1" in track.read("cgroup.events").splitlines()
+        if track.version == 2
+        else track.read("freezer.state").strip() == "FROZEN"
+    )
+    assert frozen
+
+    result = execution.run_exec(
+        run=paused, actor=actor,
+        command="touch ask; until [ -s after ]; do sleep 0.05; done; cmp digest after && echo same",
+        timeout_s=30,
+    )  # fmt: skip
+
+    assert (result.exit_code, result.stdout) == (0, "same\n")
+    assert run_state(run)[0] == "running"

@@ -228,7 +228,9 @@ class WorkspaceRunsView(WorkspaceScopedView, generics.GenericAPIView[SandboxRun]
 
 class UsageTotalsOut(serializers.Serializer[Any]):
     runs = serializers.IntegerField()
-    sandbox_seconds = serializers.FloatField(help_text="Including runs still running, so far.")
+    sandbox_seconds = serializers.FloatField(
+        help_text="Time running (paused time left out), including runs still live, so far."
+    )
     cost_usd = serializers.DecimalField(
         max_digits=20, decimal_places=6, help_text="Of runs that have ended."
     )

@@ -206,3 +206,23 @@ def test_usage_takes_three_queries_whatever_the_number_of_runs(
 ) -> None:
     with django_assert_num_queries(3):
         selectors.run_usage(workspace=workspace, start=date(2025, 1, 8), end=date(2026, 1, 7))
+
+
+def test_usage_leaves_out_the_time_runs_were_paused(
+    workspace: Workspace, time_machine: Any
+) -> None:
+    time_machine.move_to(NOW, tick=False)
+    start = NOW - timedelta(hours=2)
+    make_run(  # ran 2 h, paused 90 min of it
+        workspace=workspace, status="succeeded", created_at=start, running_at=start,
+        finished_at=NOW, paused_for=timedelta(minutes=90),
+    )  # fmt: skip
+    make_run(  # running for 1 h, of which 20 min in an earlier pause; paused again 10 min ago
+        workspace=workspace, status="paused", created_at=NOW - timedelta(hours=1),
+        running_at=NOW - timedelta(hours=1), paused_for=timedelta(minutes=20),
+        paused_at=NOW - timedelta(minutes=10),
+    )  # fmt: skip
+    usage = selectors.run_usage(workspace=workspace, start=NOW.date(), end=NOW.date())
+    assert usage.by_status["succeeded"].sandbox_seconds == 30 * 60
+    assert usage.by_status["paused"].sandbox_seconds == 30 * 60
+    assert usage.sandbox_seconds == 60 * 60

@@ -38,6 +38,7 @@ from sandboxes.backends import (
     CommandTimeout,
     FileEntry,
     SandboxNotFound,
+    SandboxPaused,
     get_backend,
 )
 from sandboxes.backends.base import SANDBOX_HOME, OutputCallback, OutputStream
@@ -47,6 +48,7 @@ from sandboxes.models import (
     Command,
     CommandKind,
     CommandStatus,
+    RunStatus,
     SandboxRun,
 )
 from sandboxes.services import SYSTEM_SANDBOX_LOST as SYSTEM_SANDBOX_LOST
@@ -79,8 +81,24 @@ def backend_call(run: SandboxRun, call: Callable[[], T]) -> T:
     except SandboxNotFound as exc:
         run_lose_sandbox(run=run, error=exc)
         raise Conflict("The sandbox is gone; the run has failed.", code="sandbox_lost") from exc
+    except SandboxPaused as exc:
+        _resume_under_running_run(run)
+        raise as_api_error(exc) from exc
     except BackendError as exc:
         raise as_api_error(exc) from exc
+
+
+def _resume_under_running_run(run: SandboxRun) -> None:
+    """The sandbox was paused under a call while the run is still running (the sweep paused
+    it as the call came in, and keeps the run running because of the call): resume it, so
+    that calling again works. A run the sweep already recorded as paused is left to the next
+    call's own resume, which records it."""
+    if not SandboxRun.objects.filter(pk=run.pk, status=RunStatus.RUNNING).exists():
+        return
+    try:
+        get_backend().resume(run.sandbox_id, timeout_s=services.provider_timeout_s(run))
+    except BackendError as exc:
+        logger.warning("resume after a pause under a call failed run=%s: %s", run.pk, exc)
 
 
 def refuse_unless_usable(run: SandboxRun) -> None:

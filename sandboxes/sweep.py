@@ -26,6 +26,7 @@ from django_fsm import TransitionNotAllowed
 
 from config.exceptions import Conflict
 from sandboxes.backends import (
+    BackendError,
     SandboxBackend,
     SandboxNotFound,
     get_backend,
@@ -318,8 +319,20 @@ def _mark_paused(run: SandboxRun, backend: SandboxBackend, report: SweepReport) 
         run_transition(run.pk, pause_if_still_idle)
     except _ActiveAgain:
         _release(run)
-        with contextlib.suppress(SandboxNotFound):
+        try:
             backend.resume(run.sandbox_id, timeout_s=provider_timeout_s(run))
+        except SandboxNotFound:
+            pass  # gone: the call that came in finds out, and fails the run sandbox_lost
+        except BackendError as exc:
+            # Left paused under a running run: the next call that finds it so resumes it
+            # (execution.backend_call), or the next sweep finds the run idle and records it.
+            report.errors += 1
+            report.actions.append(
+                Action("error", EndReason.IDLE_TIMEOUT, str(run.pk), run.sandbox_id,
+                       f"active again, but the resume failed: {exc}")
+            )  # fmt: skip
+            logger.warning("sweep: resume failed run=%s: %s", run.pk, exc)
+            return
         report.actions.append(
             Action("skipped", EndReason.IDLE_TIMEOUT, str(run.pk), run.sandbox_id, "active again")
         )

@@ -517,8 +517,23 @@ def test_a_call_refused_for_its_input_does_not_resume_the_run(
 def test_a_sandbox_paused_under_a_call_is_a_409_that_says_to_call_again(
     run: SandboxRun, mia: Actor, fake_backend: FakeBackend
 ) -> None:
-    fake_backend.command_results["echo hi"] = backend_base.SandboxPaused("paused meanwhile")
+    fake_backend.pause(run.sandbox_id)  # the sweep, as the call comes in
     with pytest.raises(Conflict, match="call again") as excinfo:
         execution.run_exec(run=run, actor=mia, command="echo hi")
     assert excinfo.value.code == "run_paused"
     assert SandboxRun.objects.get(pk=run.pk).status == "running"  # not failed, not lost
+    assert run.sandbox_id not in fake_backend.paused  # resumed, as the call was activity
+    assert execution.run_exec(run=run, actor=mia, command="echo hi").exit_code == 0
+
+
+def test_a_sandbox_paused_under_a_call_of_a_run_recorded_paused_is_left_to_the_next_call(
+    run: SandboxRun, mia: Actor, fake_backend: FakeBackend
+) -> None:
+    fake_backend.pause(run.sandbox_id)
+    SandboxRun.objects.filter(pk=run.pk).update(status="paused", paused_at=timezone.now())
+    with pytest.raises(Conflict, match="call again"):
+        execution.run_exec(run=run, actor=mia, command="echo hi")  # its copy said running
+    assert run.sandbox_id in fake_backend.paused  # not running unbilled behind a paused run
+    fresh = SandboxRun.objects.get(pk=run.pk)
+    assert execution.run_exec(run=fresh, actor=mia, command="echo hi").exit_code == 0
+    assert SandboxRun.objects.get(pk=run.pk).status == "running"

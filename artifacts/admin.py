@@ -559,6 +559,7 @@ class SandboxRunReviewAdmin(SandboxRunAdmin):
             "duration": self.duration(run),
             "cost": self.cost(run),
             "limits": self.limits(run),
+            "network": self.network_access(run),
             "timeline": timeline,
             "timeline_html": console.timeline_html(timeline),
             "command_count": len(data.commands),

@@ -114,7 +114,8 @@ def artifact_capture(
 ) -> Artifact:
     """Copy one file of a running run's sandbox into storage as a pending artifact.
 
-    Streamed: memory does not grow with the file. 409 unless the run is running, 404 when
+    Streamed: memory does not grow with the file. 409 unless the run is running (a paused
+    run is resumed: SPEC §15), 404 when
     the file does not exist, 400 for a link or anything but a regular file (the backend never
     follows links), 413 past ARTIFACT_MAX_BYTES (nothing is kept)."""
     type = _clean_type(type)
@@ -122,7 +123,9 @@ def artifact_capture(
     path = validation.clean_sandbox_path(path)
     # Through the run service: the run must be running, the call counts as activity, and a
     # sandbox that vanished under a running run fails the run.
-    chunks = execution.run_download_file(run=run, path=path, chunk_size=CAPTURE_CHUNK_BYTES)
+    chunks = execution.run_download_file(
+        run=run, path=path, chunk_size=CAPTURE_CHUNK_BYTES, actor=actor
+    )
     return _capture_chunks(
         run=run,
         actor=actor,

@@ -183,6 +183,13 @@ async def sandbox_start(
     idle_timeout_ms: Annotated[
         int | None, Field(description="Idle time before the sandbox is ended (default 15 min).")
     ] = None,
+    on_idle: Annotated[
+        Literal["kill", "pause"] | None,
+        Field(
+            description="Once idle: `kill` ends the run; `pause` pauses the sandbox (billed "
+            "nothing; your next call resumes it): for a run that waits for a review."
+        ),
+    ] = None,
     wait_s: Annotated[
         float,
         Field(description="Wait up to this many seconds (≤ 60) for the sandbox to be running."),
@@ -203,6 +210,7 @@ async def sandbox_start(
             metadata=metadata,
             max_duration_ms=max_duration_ms,
             idle_timeout_ms=idle_timeout_ms,
+            on_idle=on_idle,
         )
         wait = _validated(RunWaitQuery, wait_s=wait_s)
         run, _ = services.run_create(workspace=actor.api_key.workspace, actor=actor, **data)
@@ -273,7 +281,7 @@ async def sandbox_read_file(
     def work(actor: Actor) -> dict[str, Any]:
         run, _ = resolve_run(actor=actor, run_id=run_id)
         clean = validation.clean_sandbox_path(path)
-        chunks = execution.run_download_file(run=run, path=clean)
+        chunks = execution.run_download_file(run=run, path=clean, actor=actor)
         data = _read_bounded(chunks)
         return {"path": clean, "size": len(data), "encoding": encoding,
                 "content": _encode(data, encoding)}  # fmt: skip
@@ -296,7 +304,7 @@ async def sandbox_list_files(
     def work(actor: Actor) -> dict[str, Any]:
         run, _ = resolve_run(actor=actor, run_id=run_id)
         clean = validation.clean_sandbox_path(path)
-        entries = execution.run_list_files(run=run, path=clean)
+        entries = execution.run_list_files(run=run, path=clean, actor=actor)
         return {"path": clean, "entries": FileEntryOut(entries, many=True).data}
 
     return await _call(ctx, work)

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-MODULES = ["runs", "artifacts", "sweep", "agent", "loop", "local", "review"]
+MODULES = ["runs", "artifacts", "sweep", "agent", "loop", "local", "review", "pause"]
 
 
 def _machine() -> str:

@@ -270,6 +270,10 @@ SANDBOX_DEFAULT_MAX_DURATION_MS = env_int(
 SANDBOX_DEFAULT_IDLE_TIMEOUT_MS = env_int(
     "SANDBOX_DEFAULT_IDLE_TIMEOUT_MS", 900_000, min_value=1000
 )
+# SPEC §15: what the sweep does to an idle run that does not say (kill: end it; pause: pause
+# its sandbox until the next call), and whether a run that does not say may reach the internet.
+SANDBOX_DEFAULT_ON_IDLE = env_choice("SANDBOX_DEFAULT_ON_IDLE", ("kill", "pause"), "kill")
+SANDBOX_DEFAULT_INTERNET = env_bool("SANDBOX_DEFAULT_INTERNET", False)
 SANDBOX_SWEEP_INTERVAL_S = env_int("SANDBOX_SWEEP_INTERVAL_S", 30, min_value=1)
 SANDBOX_RECONCILE_INTERVAL_S = env_int("SANDBOX_RECONCILE_INTERVAL_S", 300, min_value=1)
 # How often beat looks at running background commands: how soon their end, their timeout_s

@@ -6,6 +6,7 @@ app replaces the change page with the run review page (artifacts.admin)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -17,9 +18,9 @@ from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
-from config.exceptions import Conflict
+from config.exceptions import AirlockError
 from sandboxes import selectors, services
-from sandboxes.models import ACTIVE_STATUSES, Command, SandboxRun
+from sandboxes.models import LIVE_STATUSES, Command, OnIdle, RunStatus, SandboxRun
 from workspaces.admin import (
     NO_SAVE_BUTTONS,
     AdministeredWorkspaceFilter,
@@ -79,8 +80,8 @@ def run_started_by(run: SandboxRun) -> str:
 RUN_DETAIL_FIELDS = (
     "id", "workspace", "thread_id", "status", "end_reason", "prompt", "command", "template",
     "metadata", "output_dir", "sandbox_id", "started_by", "created_at", "running_at",
-    "finished_at", "last_activity_at", "limits", "exit_code", "error", "resources", "cost",
-    "history",
+    "finished_at", "last_activity_at", "limits", "network_access", "paused_at", "exit_code",
+    "error", "resources", "cost", "history",
 )  # fmt: skip
 
 
@@ -119,7 +120,7 @@ class SandboxRunAdmin(WorkspaceScopedAdmin):
     search_fields = ["=id", "thread_id", "sandbox_id", "prompt"]
     list_select_related = ["workspace", "created_by", "api_key"]
     date_hierarchy = "created_at"
-    actions = ["cancel_runs"]
+    actions = ["cancel_runs", "pause_runs", "resume_runs"]
     fields = RUN_DETAIL_FIELDS
     readonly_fields = RUN_DETAIL_FIELDS
     inlines = [CommandInline]
@@ -156,7 +157,7 @@ class SandboxRunAdmin(WorkspaceScopedAdmin):
 
     @admin.display(description="Duration")
     def duration(self, obj: SandboxRun) -> str:
-        end = obj.finished_at or (timezone.now() if obj.is_active else None)
+        end = obj.finished_at or (timezone.now() if obj.is_live else None)
         if end is None:
             return "—"
         return human_duration((end - obj.created_at).total_seconds() * 1000)
@@ -167,10 +168,23 @@ class SandboxRunAdmin(WorkspaceScopedAdmin):
 
     @admin.display(description="Limits")
     def limits(self, obj: SandboxRun) -> str:
+        when_idle = "; pauses" if obj.on_idle == OnIdle.PAUSE else ", or"
+        paused = obj.paused_seconds()
+        billed = f"; paused {human_duration(paused * 1000)} in all, not billed" if paused else ""
         return (
-            f"ends after {human_duration(obj.max_duration_ms)}, or when idle for "
-            f"{human_duration(obj.idle_timeout_ms)}"
+            f"ends after {human_duration(obj.max_duration_ms)}{when_idle} when idle for "
+            f"{human_duration(obj.idle_timeout_ms)}{billed}"
         )
+
+    @admin.display(description="Network")
+    def network_access(self, obj: SandboxRun) -> str:
+        network = obj.network or {}
+        parts = ["internet" if network.get("internet") else "no internet"]
+        if network.get("allow_out"):
+            parts.append("allowed: " + ", ".join(network["allow_out"]))
+        if network.get("deny_out"):
+            parts.append("denied: " + ", ".join(network["deny_out"]))
+        return "; ".join(parts)
 
     @admin.display(description="Resources")
     def resources(self, obj: SandboxRun) -> str:
@@ -188,12 +202,47 @@ class SandboxRunAdmin(WorkspaceScopedAdmin):
         actor = admin_actor(request)
         canceled = skipped = 0
         for run in queryset:
-            if run.status not in ACTIVE_STATUSES:
+            if run.status not in LIVE_STATUSES:
                 skipped += 1
                 continue
             try:
                 services.run_cancel(run=run, actor=actor)
                 canceled += 1
-            except Conflict:
+            except AirlockError:
                 skipped += 1
         self.message_user(request, f"{canceled} canceled, {skipped} skipped (already ended).")
+
+    @admin.action(description="Pause selected runs (their sandboxes wait, billed nothing)")
+    def pause_runs(self, request: HttpRequest, queryset: QuerySet[SandboxRun]) -> None:
+        self._each(request, queryset, RunStatus.RUNNING, services.run_pause, "paused")
+
+    @admin.action(description="Resume selected paused runs")
+    def resume_runs(self, request: HttpRequest, queryset: QuerySet[SandboxRun]) -> None:
+        self._each(request, queryset, RunStatus.PAUSED, services.run_resume, "resumed")
+
+    def _each(
+        self,
+        request: HttpRequest,
+        queryset: QuerySet[SandboxRun],
+        status: str,
+        change: Callable[..., SandboxRun],
+        done_word: str,
+    ) -> None:
+        """Apply a pause or resume through its service to each selected run in `status`; the
+        others are skipped, and each refusal is reported with its reason."""
+        actor = admin_actor(request)
+        done = skipped = 0
+        refusals: list[str] = []
+        for run in queryset:
+            if run.status != status:
+                skipped += 1
+                continue
+            try:
+                change(run=run, actor=actor)
+                done += 1
+            except AirlockError as exc:
+                refusals.append(f"{short_id(run.pk)}: {exc.detail}")
+        message = f"{done} {done_word}, {skipped} skipped (not {status})."
+        if refusals:
+            message += f" {len(refusals)} refused: " + "; ".join(refusals[:5])
+        self.message_user(request, message)

@@ -40,6 +40,7 @@ from sandboxes.models import (
     CommandKind,
     CommandStatus,
     EndReason,
+    OnIdle,
     RunStatus,
     SandboxRun,
 )
@@ -57,6 +58,51 @@ class BlankIsNullChoiceField(serializers.ChoiceField):
         return super().to_representation(value) if value else None
 
 
+NETWORK_RULES_HELP = (
+    "IP addresses, CIDR blocks or domain names (`*.example.com` for its subdomains), at most "
+    f"{validation.MAX_NETWORK_RULES}. What a backend cannot enforce is a 400 naming it: the "
+    "local backend has no network at all; E2B denies only IPs and CIDRs, and allows a domain "
+    "only with `internet` false."
+)
+NETWORK_SCHEMA = {
+    "type": "object",
+    "description": "What the sandbox may reach (SPEC §15).",
+    "properties": {
+        "internet": {"type": "boolean"},
+        "allow_out": {"type": "array", "items": {"type": "string"}},
+        "deny_out": {"type": "array", "items": {"type": "string"}},
+    },
+    "required": ["internet", "allow_out", "deny_out"],
+}
+
+
+class JSONBooleanField(serializers.BooleanField):
+    """true or false, as JSON says them: not "yes", 1 or "on" (DRF's BooleanField takes those)."""
+
+    def to_internal_value(self, data: Any) -> bool:
+        if not isinstance(data, bool):
+            self.fail("invalid", input=data)
+        return data
+
+
+class NetworkIn(StrictSerializer):
+    internet = JSONBooleanField(
+        required=False, help_text="Default: SANDBOX_DEFAULT_INTERNET (false unless set)."
+    )
+    allow_out = serializers.ListField(
+        child=serializers.CharField(max_length=253),
+        max_length=validation.MAX_NETWORK_RULES,
+        required=False,
+        help_text="Reachable even with `internet` false. " + NETWORK_RULES_HELP,
+    )
+    deny_out = serializers.ListField(
+        child=serializers.CharField(max_length=253),
+        max_length=validation.MAX_NETWORK_RULES,
+        required=False,
+        help_text="Never reachable. " + NETWORK_RULES_HELP,
+    )
+
+
 class RunOut(serializers.ModelSerializer[SandboxRun]):
     end_reason = BlankIsNullChoiceField(choices=EndReason.choices, allow_null=True)
     workspace_id = serializers.UUIDField(read_only=True)
@@ -65,6 +111,10 @@ class RunOut(serializers.ModelSerializer[SandboxRun]):
     error = serializers.JSONField(allow_null=True)
     metadata = serializers.JSONField()
     files = serializers.SerializerMethodField()
+    network = serializers.SerializerMethodField()
+    paused_at = serializers.DateTimeField(
+        read_only=True, allow_null=True, help_text="When its current pause began (paused runs)."
+    )
 
     class Meta:
         model = SandboxRun
@@ -73,13 +123,22 @@ class RunOut(serializers.ModelSerializer[SandboxRun]):
             "metadata", "files", "output_dir", "sandbox_id", "created_by_id", "api_key_id",
             "created_at", "running_at", "finished_at", "last_activity_at",
             "max_duration_ms", "idle_timeout_ms", "exit_code", "error", "end_reason",
-            "cpu_count", "memory_mb", "cost_usd",
+            "cpu_count", "memory_mb", "cost_usd", "on_idle", "network", "paused_at",
         ]  # fmt: skip
         read_only_fields = fields
 
     def get_files(self, run: SandboxRun) -> list[str]:
         """The paths written before the command; their contents stay private like env."""
         return sorted(run.files)
+
+    @extend_schema_field(NETWORK_SCHEMA)
+    def get_network(self, run: SandboxRun) -> dict[str, Any]:
+        network = run.network or {}  # {} on runs made before networks were per run
+        return {
+            "internet": bool(network.get("internet", False)),
+            "allow_out": list(network.get("allow_out") or []),
+            "deny_out": list(network.get("deny_out") or []),
+        }
 
 
 class RunCreateIn(StrictSerializer):
@@ -110,6 +169,15 @@ class RunCreateIn(StrictSerializer):
         max_value=validation.MAX_DURATION_LIMIT_MS,
         required=False,
     )
+    on_idle = serializers.ChoiceField(
+        choices=OnIdle.choices,
+        required=False,
+        help_text="What the sweep does once the run is idle for `idle_timeout_ms`: `kill` ends "
+        "it (`idle_timeout`); `pause` pauses its sandbox (billed nothing, outside the active-run "
+        "limit) and the next exec, file, command or capture call resumes it. Default: "
+        "SANDBOX_DEFAULT_ON_IDLE (`kill` unless set).",
+    )
+    network = NetworkIn(required=False)
 
 
 class RunFilter(django_filters.FilterSet):
@@ -160,7 +228,9 @@ class WorkspaceRunsView(WorkspaceScopedView, generics.GenericAPIView[SandboxRun]
 
 class UsageTotalsOut(serializers.Serializer[Any]):
     runs = serializers.IntegerField()
-    sandbox_seconds = serializers.FloatField(help_text="Including runs still running, so far.")
+    sandbox_seconds = serializers.FloatField(
+        help_text="Time running (paused time left out), including runs still live, so far."
+    )
     cost_usd = serializers.DecimalField(
         max_digits=20, decimal_places=6, help_text="Of runs that have ended."
     )
@@ -735,7 +805,7 @@ class RunFilesView(RunScopedView):
     )
     def get(self, request: Request, run_id: str) -> StreamingHttpResponse:
         path = validation.clean_sandbox_path(self.query_data["path"])
-        chunks = execution.run_download_file(run=self.run, path=path)
+        chunks = execution.run_download_file(run=self.run, path=path, actor=self.actor)
         response = StreamingHttpResponse(
             served_chunks(request, chunks), content_type="application/octet-stream"
         )
@@ -769,7 +839,7 @@ class RunFileListView(RunScopedView):
     @extend_schema(parameters=[DirectoryQuery], responses=FileListOut)
     def get(self, request: Request, run_id: str) -> Response:
         path = validation.clean_sandbox_path(self.query_data["path"])
-        entries = execution.run_list_files(run=self.run, path=path)
+        entries = execution.run_list_files(run=self.run, path=path, actor=self.actor)
         return Response({"path": path, "entries": FileEntryOut(entries, many=True).data})
 
 
@@ -802,3 +872,36 @@ class RunCancelView(RunScopedView):
     def post(self, request: Request, run_id: str) -> Response:
         run = services.run_cancel(run=self.run, actor=self.actor)
         return Response(RunOut(run).data, status=status.HTTP_200_OK)
+
+
+PAUSE_DESCRIPTION = (
+    "Pause the run's sandbox now (SPEC §15): its processes, memory and files are kept, it is "
+    "billed nothing and does not count toward the workspace's active runs; it still ends at its "
+    "max duration. The next exec, file, command or capture call resumes it (or POST "
+    "…/resume/). A paused run answers 200 as it is; a run that is not running, or a job run "
+    "(started with `command`: its job holds it), is a 409; a backend that cannot pause is a "
+    "400."
+)
+RESUME_DESCRIPTION = (
+    "Resume a paused run's sandbox: it runs again, with its idle timeout from now. A running "
+    "run answers 200 as it is; a run that ended is a 409; a workspace already at "
+    "WORKSPACE_MAX_ACTIVE_RUNS is a 429 with Retry-After."
+)
+
+
+class RunPauseView(RunScopedView):
+    controls_run = True
+
+    @extend_schema(request=None, responses=RunOut, description=PAUSE_DESCRIPTION)
+    def post(self, request: Request, run_id: str) -> Response:
+        run = services.run_pause(run=self.run, actor=self.actor)
+        return Response(RunOut(run).data)
+
+
+class RunResumeView(RunScopedView):
+    controls_run = True
+
+    @extend_schema(request=None, responses=RunOut, description=RESUME_DESCRIPTION)
+    def post(self, request: Request, run_id: str) -> Response:
+        run = services.run_resume(run=self.run, actor=self.actor)
+        return Response(RunOut(run).data)

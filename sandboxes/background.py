@@ -26,6 +26,7 @@ from sandboxes.backends import BackendError, CommandNotFound, CommandOutput, get
 from sandboxes.backends.base import SANDBOX_HOME
 from sandboxes.models import (
     COMMAND_TAIL_BYTES,
+    SANDBOX_STATUSES,
     Command,
     CommandKind,
     CommandStatus,
@@ -54,10 +55,11 @@ def command_start_background(
     """Start a command in the background and return its row (status running) at once. It
     runs until it exits, is killed, passes `timeout_s` (default: until the run ends; never
     past the run's remaining time, 400) or the run ends."""
-    execution.require_running(run)
+    execution.refuse_unless_usable(run)
     limit = run.remaining_s() if timeout_s is None else execution.clean_timeout(run, timeout_s)
     cwd = validation.clean_sandbox_path(cwd, field="cwd") if cwd else SANDBOX_HOME
     env = validation.clean_env(env)
+    run = execution.require_running(run, actor)
     services.run_touch(run=run)
     row = execution.command_start(
         run=run, actor=actor, kind=CommandKind.BACKGROUND, command=command, cwd=cwd, env=env
@@ -105,9 +107,11 @@ def command_read(
 ) -> OutputRead:
     """A command's output after the offsets (bytes of each stream), with its row brought up
     to date: a background command that ended meanwhile (or passed its deadline, and is
-    killed now) is finished. Not activity: reading does not keep the sandbox alive."""
+    killed now) is finished. Not activity: reading does not keep the sandbox alive, nor
+    resume a paused one (its commands are frozen: what they printed is in the row's tails)."""
     running = command.status == CommandStatus.RUNNING
-    if command.kind == CommandKind.BACKGROUND and command.handle:
+    live = command.kind == CommandKind.BACKGROUND and command.handle
+    if live and run.status != RunStatus.PAUSED:
         if run.status != RunStatus.RUNNING:
             if running:
                 _finish_with_run(command, run)
@@ -128,8 +132,9 @@ def command_kill(*, run: SandboxRun, command: Command, actor: Actor) -> Command:
         raise Conflict("Only background commands can be killed.", code="not_background")
     if command.status != CommandStatus.RUNNING:
         return command
-    if run.status != RunStatus.RUNNING:  # the run's end took it (not recorded yet)
+    if run.status not in SANDBOX_STATUSES:  # the run's end took it (not recorded yet)
         return _finish_with_run(command, run)
+    run = execution.require_running(run, actor)  # a paused run is resumed to kill it
     services.run_touch(run=run)
     output = _output(run, command)
     if output is not None and not output.running:
@@ -356,6 +361,8 @@ def background_commands_check() -> CheckReport:
         try:
             if command.run.status == RunStatus.RUNNING:
                 _look(command.run, command, command.stdout_bytes, command.stderr_bytes)
+            elif command.run.status == RunStatus.PAUSED:
+                continue  # frozen with its sandbox: looked at again once the run resumes
             else:
                 _finish_with_run(command, command.run)
         except Exception:

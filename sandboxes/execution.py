@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import codecs
-import contextlib
 import logging
 import tempfile
 import threading
@@ -29,8 +28,6 @@ from config.exceptions import (
     AirlockError,
     Conflict,
     InvalidInput,
-    NotFound,
-    ServiceUnavailable,
     TooLarge,
 )
 from sandboxes import services, validation
@@ -40,21 +37,23 @@ from sandboxes.backends import (
     CommandResult,
     CommandTimeout,
     FileEntry,
-    SandboxFileNotFound,
     SandboxNotFound,
-    TransientBackendError,
+    SandboxPaused,
     get_backend,
 )
 from sandboxes.backends.base import SANDBOX_HOME, OutputCallback, OutputStream
 from sandboxes.models import (
     COMMAND_TAIL_BYTES,
+    SANDBOX_STATUSES,
     Command,
     CommandKind,
     CommandStatus,
-    EndReason,
     RunStatus,
     SandboxRun,
 )
+from sandboxes.services import SYSTEM_SANDBOX_LOST as SYSTEM_SANDBOX_LOST
+from sandboxes.services import as_api_error as as_api_error
+from sandboxes.services import run_lose_sandbox as run_lose_sandbox
 from workspaces import events
 from workspaces.access import Actor
 from workspaces.models import EventType
@@ -62,29 +61,19 @@ from workspaces.models import EventType
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-SYSTEM_SANDBOX_LOST = Actor.system("sandbox_lost")
 SPOOL_IN_MEMORY_BYTES = 8 * 1024 * 1024
 DEFAULT_EXEC_TIMEOUT_S = 60.0
 
 
-# --- errors --------------------------------------------------------------------------
-
-
-def as_api_error(exc: BackendError) -> AirlockError:
-    """A backend error as callers see it. Nothing here changes the run's state."""
-    if isinstance(exc, SandboxFileNotFound):
-        return NotFound("No such file in the sandbox.", code="file_not_found")
-    if isinstance(exc, SandboxNotFound):
-        return Conflict("The sandbox is gone.", code="sandbox_lost")
-    if isinstance(exc, TransientBackendError):
-        return ServiceUnavailable(f"The sandbox backend is unavailable: {exc}")
-    return InvalidInput(str(exc), code=exc.code)
+# --- errors: `as_api_error` and `run_lose_sandbox` live in services (pause and resume use
+# them too); `backend_call` adds what a call on a running run implies. ---------------------
 
 
 def backend_call(run: SandboxRun, call: Callable[[], T]) -> T:
     """Call the backend for a running run: errors mapped by `as_api_error`, and a sandbox that
     vanished fails the run (sandbox_lost). CommandTimeout and CommandCanceled pass through to
-    the caller."""
+    the caller. A sandbox paused under the call (the sweep paused the idle run as the call
+    came in) is a 409: the next call resumes it."""
     try:
         return call()
     except (CommandTimeout, CommandCanceled):
@@ -92,27 +81,38 @@ def backend_call(run: SandboxRun, call: Callable[[], T]) -> T:
     except SandboxNotFound as exc:
         run_lose_sandbox(run=run, error=exc)
         raise Conflict("The sandbox is gone; the run has failed.", code="sandbox_lost") from exc
+    except SandboxPaused as exc:
+        _resume_under_running_run(run)
+        raise as_api_error(exc) from exc
     except BackendError as exc:
         raise as_api_error(exc) from exc
 
 
-def run_lose_sandbox(*, run: SandboxRun, error: SandboxNotFound) -> None:
-    """The sandbox vanished under a running run: the run fails as sandbox_lost (unless it
-    ended otherwise meanwhile)."""
-    with contextlib.suppress(Conflict):
-        services.run_transition(
-            run.pk,
-            lambda r: r.fail(
-                reason=EndReason.SANDBOX_LOST,
-                error={"code": error.code, "message": str(error)},
-                by=SYSTEM_SANDBOX_LOST,
-            ),
-        )
+def _resume_under_running_run(run: SandboxRun) -> None:
+    """The sandbox was paused under a call while the run is still running (the sweep paused
+    it as the call came in, and keeps the run running because of the call): resume it, so
+    that calling again works. A run the sweep already recorded as paused is left to the next
+    call's own resume, which records it."""
+    if not SandboxRun.objects.filter(pk=run.pk, status=RunStatus.RUNNING).exists():
+        return
+    try:
+        get_backend().resume(run.sandbox_id, timeout_s=services.provider_timeout_s(run))
+    except BackendError as exc:
+        logger.warning("resume after a pause under a call failed run=%s: %s", run.pk, exc)
 
 
-def require_running(run: SandboxRun) -> None:
-    if run.status != RunStatus.RUNNING:
+def refuse_unless_usable(run: SandboxRun) -> None:
+    """409 unless the run is running or paused (resumed by `require_running`): checked
+    before the input, so a call on an ended run says so whatever it asked."""
+    if run.status not in SANDBOX_STATUSES:
         raise Conflict(f"The run is {run.status}, not running.", code="invalid_state")
+
+
+def require_running(run: SandboxRun, actor: Actor | None = None) -> SandboxRun:
+    """The run, running: a paused one is resumed within the call (SPEC §15), on the trail as
+    `actor` (the caller; `system:resume` when the call has none); any other state is a 409.
+    Callers check their input first, so a bad request never resumes a sandbox."""
+    return services.run_ensure_running(run=run, actor=actor or services.SYSTEM_RESUME)
 
 
 # --- the command history -------------------------------------------------------------
@@ -303,10 +303,11 @@ def exec_prepare(
     """Everything an exec checks before the sandbox runs it (409 unless running, 400 for bad
     input), and the activity. The errors come here, before any output, so a streamed exec can
     still answer them with a status code."""
-    require_running(run)
+    refuse_unless_usable(run)
     timeout_s = clean_timeout(run, timeout_s)
     cwd = validation.clean_sandbox_path(cwd, field="cwd") if cwd else SANDBOX_HOME
     env = validation.clean_env(env)
+    run = require_running(run, actor)
     services.run_touch(run=run)
     return PreparedExec(run, actor, command, cwd, timeout_s, env, command_id=uuid.uuid4())
 
@@ -500,10 +501,11 @@ def spool_upload(stream: Readable, *, limit: int) -> BinaryIO:
 def run_upload_file(*, run: SandboxRun, actor: Actor, path: str, stream: Readable) -> int:
     """Write a file into the sandbox (parents created, replaced if there); `file.uploaded` on
     the trail with its path and size."""
-    require_running(run)
+    refuse_unless_usable(run)
     path = validation.clean_sandbox_path(path)
     spool = spool_upload(stream, limit=settings.UPLOAD_MAX_BYTES)
     try:
+        run = require_running(run, actor)
         size = spool.seek(0, 2)
         spool.seek(0)
         backend_call(run, lambda: get_backend().write_file(run.sandbox_id, path, spool))
@@ -521,10 +523,11 @@ def run_upload_file(*, run: SandboxRun, actor: Actor, path: str, stream: Readabl
 
 
 def run_download_file(
-    *, run: SandboxRun, path: str, chunk_size: int = 64 * 1024
+    *, run: SandboxRun, path: str, chunk_size: int = 64 * 1024, actor: Actor | None = None
 ) -> Iterator[bytes]:
-    require_running(run)
+    refuse_unless_usable(run)
     path = validation.clean_sandbox_path(path)
+    run = require_running(run, actor)
     services.run_touch(run=run)
     chunks = backend_call(
         run, lambda: get_backend().read_file(run.sandbox_id, path, chunk_size=chunk_size)
@@ -539,8 +542,9 @@ def run_download_file(
     return stream()
 
 
-def run_list_files(*, run: SandboxRun, path: str) -> list[FileEntry]:
-    require_running(run)
+def run_list_files(*, run: SandboxRun, path: str, actor: Actor | None = None) -> list[FileEntry]:
+    refuse_unless_usable(run)
     path = validation.clean_sandbox_path(path)
+    run = require_running(run, actor)
     services.run_touch(run=run)
     return list(backend_call(run, lambda: get_backend().list_files(run.sandbox_id, path)))

@@ -21,12 +21,18 @@ DEFAULT_OUTPUT_DIR = "/home/user/artifacts"
 class RunStatus(models.TextChoices):
     BOOTING = "booting", "Booting"
     RUNNING = "running", "Running"
+    PAUSED = "paused", "Paused"  # SPEC §15: its sandbox frozen, billed nothing
     SUCCEEDED = "succeeded", "Succeeded"
     FAILED = "failed", "Failed"
     CANCELED = "canceled", "Canceled"
 
 
+# What counts toward WORKSPACE_MAX_ACTIVE_RUNS: a paused run does not (SPEC §15).
 ACTIVE_STATUSES = (RunStatus.BOOTING, RunStatus.RUNNING)
+# Not ended yet: what may still be canceled, failed, swept and reconciled.
+LIVE_STATUSES = (RunStatus.BOOTING, RunStatus.RUNNING, RunStatus.PAUSED)
+# What has a sandbox that the run uses (running, or frozen while paused).
+SANDBOX_STATUSES = (RunStatus.RUNNING, RunStatus.PAUSED)
 TERMINAL_STATUSES = (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELED)
 
 
@@ -39,6 +45,13 @@ class EndReason(models.TextChoices):
     BOOT_TIMEOUT = "boot_timeout"
     BOOT_ERROR = "boot_error"
     SANDBOX_LOST = "sandbox_lost"
+
+
+class OnIdle(models.TextChoices):
+    """What the sweep does to a run idle past its idle timeout (SPEC §15)."""
+
+    KILL = "kill", "Kill"  # end it: canceled / idle_timeout
+    PAUSE = "pause", "Pause"  # pause its sandbox: the next call resumes it
 
 
 def compute_cost(*, seconds: float, cpu_count: int | None, memory_mb: int | None) -> Decimal:
@@ -100,6 +113,15 @@ class SandboxRun(ConcurrentTransitionMixin, models.Model):
     cpu_count = models.PositiveIntegerField(null=True, blank=True)
     memory_mb = models.PositiveIntegerField(null=True, blank=True)
     cost_usd = models.DecimalField(max_digits=14, decimal_places=6, null=True, blank=True)
+    # SPEC §15: pause instead of kill, and what the sandbox may reach.
+    on_idle = models.CharField(max_length=8, choices=OnIdle.choices, default=OnIdle.KILL)
+    network = models.JSONField(default=dict, blank=True)  # {internet, allow_out, deny_out}
+    paused_at = models.DateTimeField(null=True, blank=True)  # the current pause's start
+    # The run's pauses that ended (resumed, or ended with the run): never billed.
+    paused_for = models.DurationField(default=timedelta(0))
+
+    # How long the pause a resume (or the run's end) just ended lasted: for the trail.
+    last_pause_s: float = 0.0
 
     class Meta:
         ordering = ["-created_at"]
@@ -117,6 +139,10 @@ class SandboxRun(ConcurrentTransitionMixin, models.Model):
             models.Index(
                 fields=["expires_at"], name="run_running_by_expiry", condition=Q(status="running")
             ),
+            # Paused runs still end at their max duration: the sweep finds them by expiry too.
+            models.Index(
+                fields=["expires_at"], name="run_paused_by_expiry", condition=Q(status="paused")
+            ),
         ]  # fmt: skip
         constraints = [
             models.UniqueConstraint(
@@ -133,7 +159,13 @@ class SandboxRun(ConcurrentTransitionMixin, models.Model):
 
     @property
     def is_active(self) -> bool:
+        """Counts toward the workspace's active-run limit (booting or running)."""
         return self.status in ACTIVE_STATUSES
+
+    @property
+    def is_live(self) -> bool:
+        """Not ended: booting, running or paused."""
+        return self.status in LIVE_STATUSES
 
     @property
     def deadline(self) -> datetime:
@@ -146,23 +178,40 @@ class SandboxRun(ConcurrentTransitionMixin, models.Model):
     def sweep_due(self) -> tuple[datetime, str]:
         """When the sweep must end this running run unless activity comes first, and why:
         whichever of the idle and max-duration deadlines comes first. A run whose command
-        job has started is never idle: the job holds it until the max duration."""
+        job has started is never idle: the job holds it until the max duration. A paused
+        run is idle already: only its max duration ends it."""
+        if self.status == RunStatus.PAUSED:
+            return self.deadline, EndReason.MAX_DURATION
+        return self._running_due()
+
+    def _running_due(self) -> tuple[datetime, str]:
         idle_end = self.last_activity_at + timedelta(milliseconds=self.idle_timeout_ms)
         if self.command_started_at is None and idle_end < self.deadline:
             return idle_end, EndReason.IDLE_TIMEOUT
         return self.deadline, EndReason.MAX_DURATION
 
+    def paused_seconds(self, now: datetime | None = None) -> float:
+        """How long the run has been paused, in all: its ended pauses and the current one."""
+        paused = self.paused_for
+        if self.paused_at is not None:
+            end = self.finished_at or now or timezone.now()
+            paused += max(timedelta(0), end - self.paused_at)
+        return paused.total_seconds()
+
     @property
     def sandbox_seconds(self) -> float:
+        """Billed time (SPEC §6, §15): from running to the end, less the time paused."""
         start = self.running_at or (self.created_at if self.sandbox_id else None)
         if start is None or self.finished_at is None:
             return 0.0
-        return max(0.0, (self.finished_at - start).total_seconds())
+        lived = (self.finished_at - start).total_seconds()
+        return max(0.0, lived - self.paused_seconds())
 
     # --- transitions: they change fields only; side effects live in services ------------
 
     def _finish(self, *, reason: str, error: dict[str, str] | None, exit_code: int | None) -> None:
         self.finished_at = timezone.now()
+        self._end_pause(self.finished_at)
         self.end_reason = reason
         if error is not None:
             self.error = error
@@ -185,13 +234,43 @@ class SandboxRun(ConcurrentTransitionMixin, models.Model):
         self.last_activity_at = now
         self.expires_at = self.sweep_due()[0]
 
+    def _end_pause(self, now: datetime) -> None:
+        """Fold the current pause, if any, into `paused_for`."""
+        self.last_pause_s = 0.0
+        if self.paused_at is not None:
+            pause = max(timedelta(0), now - self.paused_at)
+            self.paused_for += pause
+            self.paused_at = None
+            self.last_pause_s = pause.total_seconds()
+
     @fsm_log_by
-    @transition(field=status, source=RunStatus.RUNNING, target=RunStatus.SUCCEEDED)
+    @transition(field=status, source=RunStatus.RUNNING, target=RunStatus.PAUSED)
+    def pause(self, *, by: Actor) -> None:
+        """Its sandbox is paused: billed nothing from now, ended only by its max duration."""
+        self.paused_at = timezone.now()
+        self.expires_at = self.deadline
+        self.sweep_claimed_at = None
+
+    @fsm_log_by
+    @transition(field=status, source=RunStatus.PAUSED, target=RunStatus.RUNNING)
+    def resume(self, *, by: Actor) -> None:
+        """Its sandbox runs again: the call that resumed it is activity, and the sandbox's
+        deadline was set by the resume itself."""
+        now = timezone.now()
+        self._end_pause(now)
+        self.last_activity_at = now
+        self.deadline_pushed_at = now
+        self.expires_at = self._running_due()[0]  # the status changes after this body
+
+    @fsm_log_by
+    @transition(
+        field=status, source=[RunStatus.RUNNING, RunStatus.PAUSED], target=RunStatus.SUCCEEDED
+    )
     def succeed(self, *, exit_code: int | None = None, by: Actor) -> None:
         self._finish(reason=EndReason.COMPLETED, error=None, exit_code=exit_code)
 
     @fsm_log_by
-    @transition(field=status, source=ACTIVE_STATUSES, target=RunStatus.FAILED)
+    @transition(field=status, source=LIVE_STATUSES, target=RunStatus.FAILED)
     def fail(
         self,
         *,
@@ -203,7 +282,7 @@ class SandboxRun(ConcurrentTransitionMixin, models.Model):
         self._finish(reason=reason, error=error, exit_code=exit_code)
 
     @fsm_log_by
-    @transition(field=status, source=ACTIVE_STATUSES, target=RunStatus.CANCELED)
+    @transition(field=status, source=LIVE_STATUSES, target=RunStatus.CANCELED)
     def cancel(self, *, reason: str = EndReason.CANCELED_BY_USER, by: Actor) -> None:
         self._finish(reason=reason, error=None, exit_code=None)
 
@@ -212,15 +291,27 @@ class SandboxRun(ConcurrentTransitionMixin, models.Model):
     def trail_subject(self) -> Subject:
         return Subject("run", self.pk, self.workspace_id, run_id=self.pk, thread_id=self.thread_id)
 
+    def trail_type(self, transition: str, target: str) -> str:
+        """The event a transition records: `run.<target>`, except a resume (`run.resumed`)."""
+        return "run.resumed" if transition == "resume" else f"run.{target}"
+
     def trail_data(self, transition: str) -> dict[str, Any]:
         """What a transition records: how the run stands, never its env or files."""
         if transition == "mark_running":
             return {"sandbox_id": self.sandbox_id}
+        if transition == "pause":
+            return {"sandbox_id": self.sandbox_id}
+        if transition == "resume":
+            return {
+                "sandbox_id": self.sandbox_id,
+                "paused_s": round(self.last_pause_s, 3),
+            }
         return {
             "end_reason": self.end_reason,
             "exit_code": self.exit_code,
             "error": self.error,
             "sandbox_seconds": round(self.sandbox_seconds, 3),
+            "paused_s": round(self.paused_for.total_seconds(), 3),
             "cost_usd": str(self.cost_usd) if self.cost_usd is not None else None,
         }
 

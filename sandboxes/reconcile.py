@@ -23,7 +23,7 @@ from django_fsm import TransitionNotAllowed
 
 from config.exceptions import Conflict
 from sandboxes.backends import SandboxBackend, SandboxInfo, SandboxNotFound, app_tags, get_backend
-from sandboxes.models import TERMINAL_STATUSES, EndReason, RunStatus, SandboxRun
+from sandboxes.models import SANDBOX_STATUSES, TERMINAL_STATUSES, EndReason, SandboxRun
 from sandboxes.services import run_transition
 from sandboxes.sweep import Action, kill_sandbox, sweep_pool
 from workspaces.access import Actor
@@ -57,9 +57,9 @@ class _RunState:
 def sandboxes_reconcile(*, dry_run: bool = False) -> ReconcileReport:
     """Match the backend's sandboxes (only those tagged with this app and DEPLOY_ENV) against
     the runs: kill sandboxes whose run is terminal or unknown (orphans, e.g. of a worker that
-    died between creating a sandbox and saving its id), and fail running runs whose sandbox
-    is gone (sandbox_lost). Booting runs are left to the boot and its timeout: their sandbox
-    id is not saved yet."""
+    died between creating a sandbox and saving its id), and fail running or paused runs whose
+    sandbox is gone (sandbox_lost); a paused run's paused sandbox is neither. Booting runs
+    are left to the boot and its timeout: their sandbox id is not saved yet."""
     report = ReconcileReport()
     backend = get_backend()
     tags = app_tags()
@@ -111,7 +111,7 @@ def _orphans(listed: list[SandboxInfo]) -> list[tuple[SandboxInfo, str]]:
             orphans.append((info, "unknown run"))
         elif run.status in TERMINAL_STATUSES:
             orphans.append((info, f"run {run.status}"))
-        elif run.status == RunStatus.RUNNING and run.sandbox_id != info.sandbox_id:
+        elif run.status in SANDBOX_STATUSES and run.sandbox_id != info.sandbox_id:
             orphans.append((info, "not the run's sandbox"))  # a duplicate the boot never used
     return orphans
 
@@ -128,8 +128,10 @@ def _run_states(run_ids: Iterable[str]) -> dict[str, _RunState]:
 
 
 def _runs_missing_their_sandbox(listed_ids: set[str], listed_at: datetime) -> list[SandboxRun]:
+    # Paused runs too: a paused sandbox is listed like a running one (E2B lists both; local
+    # keeps its frozen sandbox), so a paused run whose sandbox is not listed has lost it.
     running = (
-        SandboxRun.objects.filter(status=RunStatus.RUNNING, running_at__lt=listed_at)
+        SandboxRun.objects.filter(status__in=SANDBOX_STATUSES, running_at__lt=listed_at)
         .exclude(sandbox_id="")
         .only("id", "status", "sandbox_id")
     )
@@ -179,7 +181,7 @@ def _judge_lost(
     error_body = {"code": "sandbox_not_found", "message": "The run's sandbox is gone."}
 
     def fail_if_same_sandbox(current: SandboxRun) -> None:
-        if current.status != RunStatus.RUNNING or current.sandbox_id != run.sandbox_id:
+        if current.status not in SANDBOX_STATUSES or current.sandbox_id != run.sandbox_id:
             raise TransitionNotAllowed(f"the run is {current.status}")
         current.fail(reason=EndReason.SANDBOX_LOST, error=error_body, by=SYSTEM_RECONCILE)
 

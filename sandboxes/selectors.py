@@ -171,8 +171,9 @@ def run_usage(*, workspace: Workspace, start: date, end: date) -> Usage:
 
 
 def _sandbox_time(now: datetime) -> ExpressionWrapper[CombinedExpression]:
-    """How long a run's sandbox has lived: from running (or, for a sandbox that never got
-    that far, from the run's start if it had one) to the run's end, or to now."""
+    """How long a run's sandbox has run (what is billed): from running (or, for a sandbox
+    that never got that far, from the run's start if it had one) to the run's end, or to
+    now, less the time it was paused (its ended pauses, and the current one up to now)."""
     started = Case(
         When(running_at__isnull=False, then=F("running_at")),
         When(~Q(sandbox_id=""), then=F("created_at")),
@@ -180,7 +181,14 @@ def _sandbox_time(now: datetime) -> ExpressionWrapper[CombinedExpression]:
         output_field=DateTimeField(),
     )
     ended = Coalesce(F("finished_at"), Value(now, output_field=DateTimeField()))
-    return ExpressionWrapper(ended - started, output_field=DurationField())
+    pausing = Coalesce(
+        Value(now, output_field=DateTimeField()) - F("paused_at"),
+        Value(timedelta(0), output_field=DurationField()),
+        output_field=DurationField(),
+    )
+    return ExpressionWrapper(
+        ended - started - F("paused_for") - pausing, output_field=DurationField()
+    )
 
 
 def _totals(row: dict[str, Any] | None) -> dict[str, Any]:

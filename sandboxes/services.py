@@ -24,17 +24,37 @@ from django.db.models import Min, Q
 from django.utils import timezone
 from django_fsm import ConcurrentTransition, TransitionNotAllowed
 
-from config.exceptions import Conflict, InvalidInput, LimitExceeded
+from config.exceptions import (
+    AirlockError,
+    Conflict,
+    InvalidInput,
+    LimitExceeded,
+    NotFound,
+    ServiceUnavailable,
+)
 from sandboxes import validation
 from sandboxes.backends import (
     BackendError,
+    NetworkPolicy,
+    SandboxFileNotFound,
+    SandboxNotFound,
+    SandboxPaused,
     TransientBackendError,
+    UnsupportedOption,
     get_backend,
     kill_run_sandboxes,
     run_sandboxes,
     sandbox_tags,
 )
-from sandboxes.models import ACTIVE_STATUSES, DEFAULT_OUTPUT_DIR, EndReason, RunStatus, SandboxRun
+from sandboxes.models import (
+    ACTIVE_STATUSES,
+    DEFAULT_OUTPUT_DIR,
+    LIVE_STATUSES,
+    EndReason,
+    OnIdle,
+    RunStatus,
+    SandboxRun,
+)
 from workspaces import events
 from workspaces.access import Actor
 from workspaces.models import EventType, Workspace
@@ -56,6 +76,8 @@ TRAIL_TEXT_CHARS = 2000
 
 # --- transitions ---------------------------------------------------------------------
 
+SYSTEM_SANDBOX_LOST = Actor.system("sandbox_lost")
+
 
 def run_transition(run_id: Any, change: Callable[[SandboxRun], None]) -> SandboxRun:
     """Apply one transition to the freshest copy under a row lock; a transition the state
@@ -69,6 +91,37 @@ def run_transition(run_id: Any, change: Callable[[SandboxRun], None]) -> Sandbox
     except (TransitionNotAllowed, ConcurrentTransition) as exc:
         current = SandboxRun.objects.filter(pk=run_id).values_list("status", flat=True).first()
         raise Conflict(f"The run is {current}.", code="invalid_state") from exc
+
+
+def as_api_error(exc: BackendError) -> AirlockError:
+    """A backend error as callers see it. Nothing here changes the run's state. A sandbox
+    paused under a call (the sweep paused the idle run as the call came in) is a 409: the
+    next call resumes it."""
+    if isinstance(exc, SandboxFileNotFound):
+        return NotFound("No such file in the sandbox.", code="file_not_found")
+    if isinstance(exc, SandboxNotFound):
+        return Conflict("The sandbox is gone.", code="sandbox_lost")
+    if isinstance(exc, SandboxPaused):
+        return Conflict(
+            "The run was paused during the call; call again to resume it.", code="run_paused"
+        )
+    if isinstance(exc, TransientBackendError):
+        return ServiceUnavailable(f"The sandbox backend is unavailable: {exc}")
+    return InvalidInput(str(exc), code=exc.code)
+
+
+def run_lose_sandbox(*, run: SandboxRun, error: SandboxNotFound) -> None:
+    """The sandbox vanished under a live run: the run fails as sandbox_lost (unless it
+    ended otherwise meanwhile)."""
+    with contextlib.suppress(Conflict):
+        run_transition(
+            run.pk,
+            lambda r: r.fail(
+                reason=EndReason.SANDBOX_LOST,
+                error={"code": error.code, "message": str(error)},
+                by=SYSTEM_SANDBOX_LOST,
+            ),
+        )
 
 
 # What ends with a run, just before its sandbox is killed (its background commands:
@@ -135,6 +188,8 @@ def run_create(
     output_dir: str = DEFAULT_OUTPUT_DIR,
     max_duration_ms: int | None = None,
     idle_timeout_ms: int | None = None,
+    on_idle: str | None = None,
+    network: dict[str, Any] | None = None,
     idempotency_key: str = "",
 ) -> tuple[SandboxRun, bool]:
     """A new booting run (and its start task, on commit), or the run an earlier request with
@@ -153,6 +208,9 @@ def run_create(
         "max_duration_ms": max_duration,
         "idle_timeout_ms": idle,
     }
+    fields["on_idle"] = idle_choice = validation.clean_on_idle(on_idle)
+    fields["network"] = rules = validation.clean_network(network)
+    check_backend_options(idle_choice, rules, explicit_on_idle=bool(on_idle))
     if fields["files"] and not command:
         raise InvalidInput(
             "`files` are written before the run's `command`, and this run has none: upload "
@@ -203,6 +261,8 @@ def _created_data(run: SandboxRun) -> dict[str, Any]:
         "output_dir": run.output_dir,
         "max_duration_ms": run.max_duration_ms,
         "idle_timeout_ms": run.idle_timeout_ms,
+        "on_idle": run.on_idle,
+        "network": run.network,
     }
 
 
@@ -284,6 +344,7 @@ def run_boot(*, run_id: str) -> None:
                 metadata=tags,
                 envs=run.env,
                 timeout_s=provider_timeout_s(run),
+                network=network_policy(run.network),
             )
     except TransientBackendError:
         SandboxRun.objects.filter(pk=run_id).update(boot_claimed_at=None)  # let the retry in
@@ -403,6 +464,124 @@ def run_cancel(
 def workspace_runs_cancel(workspace: Workspace, actor: Actor) -> None:
     """Cancel every active run of a workspace about to be deleted (a workspace delete hook,
     registered in SandboxesConfig.ready)."""
-    for run in SandboxRun.objects.filter(workspace=workspace, status__in=ACTIVE_STATUSES):
+    for run in SandboxRun.objects.filter(workspace=workspace, status__in=LIVE_STATUSES):
         with contextlib.suppress(Conflict):  # it may have ended on its own meanwhile
             run_cancel(run=run, actor=actor)
+
+
+# --- pause and resume (SPEC §15) -----------------------------------------------------
+
+
+SYSTEM_RESUME = Actor.system("resume")
+
+
+def network_policy(network: dict[str, Any]) -> NetworkPolicy:
+    """A run's `network` (validation.clean_network's shape) as the backends take it."""
+    return NetworkPolicy(
+        internet=bool(network.get("internet", False)),
+        allow_out=tuple(network.get("allow_out") or ()),
+        deny_out=tuple(network.get("deny_out") or ()),
+    )
+
+
+def check_backend_options(
+    on_idle: str, network: dict[str, Any], *, explicit_on_idle: bool = True
+) -> None:
+    """What the backend cannot do is refused when the run is created (a 400 naming the
+    backend), never silently ignored: a network it cannot enforce, a pause it cannot make."""
+    backend = get_backend()
+    try:
+        backend.check_network(network_policy(network))
+    except UnsupportedOption as exc:
+        raise InvalidInput(f"network: {exc}.", code=exc.code) from exc
+    if on_idle == OnIdle.PAUSE and not backend.supports_pause:
+        source = "" if explicit_on_idle else " (SANDBOX_DEFAULT_ON_IDLE)"
+        raise InvalidInput(
+            f'on_idle: "pause"{source}: the {backend.name} backend cannot pause sandboxes here.',
+            code=UnsupportedOption.code,
+        )
+
+
+def run_pause(*, run: SandboxRun, actor: Actor) -> SandboxRun:
+    """running → paused: the sandbox is paused (processes, memory and files kept), then the
+    run. Billed nothing while paused, outside the active-run limit, still ended by its max
+    duration. Pausing a paused run is a no-op; a job run (started with `command`) is a 409:
+    its job holds the sandbox until it ends the run."""
+    if run.status == RunStatus.PAUSED:
+        return run
+    if run.status != RunStatus.RUNNING:
+        raise Conflict(f"The run is {run.status}, not running.", code="invalid_state")
+    backend = get_backend()
+    if not backend.supports_pause:
+        raise InvalidInput(
+            f"The {backend.name} backend cannot pause sandboxes here.",
+            code=UnsupportedOption.code,
+        )
+    if run.command:
+        # Its command job holds the sandbox from boot to the run's end (it ends the run).
+        raise Conflict(
+            "A run started with `command` is not paused: its job holds it until it ends.",
+            code="command_running",
+        )
+    _backend_pause(run)
+    return run_transition(run.pk, lambda r: r.pause(by=actor))
+
+
+def _backend_pause(run: SandboxRun) -> None:
+    try:
+        get_backend().pause(run.sandbox_id)
+    except SandboxNotFound as exc:
+        run_lose_sandbox(run=run, error=exc)
+        raise Conflict("The sandbox is gone; the run has failed.", code="sandbox_lost") from exc
+    except BackendError as exc:
+        raise as_api_error(exc) from exc
+
+
+def run_resume(*, run: SandboxRun, actor: Actor) -> SandboxRun:
+    """paused → running: the run first (it counts toward WORKSPACE_MAX_ACTIVE_RUNS again, so
+    a full workspace is a 429), then its sandbox, which then lives for the run's idle
+    timeout. Resuming a running run is a no-op. A sandbox that cannot be resumed leaves the
+    run paused (a transient error) or fails it (sandbox_lost)."""
+    if run.status == RunStatus.RUNNING:
+        return run
+    if run.status != RunStatus.PAUSED:
+        raise Conflict(f"The run is {run.status}, not paused.", code="invalid_state")
+    resumed_here = True
+    try:
+        with transaction.atomic():
+            Workspace.objects.select_for_update().filter(pk=run.workspace_id).first()
+            locked = SandboxRun.objects.select_for_update().get(pk=run.pk)
+            if locked.status == RunStatus.PAUSED:
+                _check_active_limit(locked.workspace)
+            locked.resume(by=actor)
+            locked.save()
+    except (TransitionNotAllowed, ConcurrentTransition) as exc:
+        current = SandboxRun.objects.filter(pk=run.pk).values_list("status", flat=True).first()
+        if current != RunStatus.RUNNING:
+            raise Conflict(f"The run is {current}.", code="invalid_state") from exc
+        # A concurrent call resumed the run first; its sandbox may not be resumed yet, and
+        # resuming a running sandbox changes nothing: this call makes sure too.
+        locked, resumed_here = SandboxRun.objects.get(pk=run.pk), False
+    run = locked
+    try:
+        get_backend().resume(run.sandbox_id, timeout_s=provider_timeout_s(run))
+    except SandboxNotFound as exc:
+        run_lose_sandbox(run=run, error=exc)
+        raise Conflict("The sandbox is gone; the run has failed.", code="sandbox_lost") from exc
+    except BackendError as exc:
+        if resumed_here:  # the sandbox is still paused: so is the run
+            with contextlib.suppress(Conflict):
+                run_transition(run.pk, lambda r: r.pause(by=SYSTEM_RESUME))
+        raise as_api_error(exc) from exc
+    logger.info("run resumed id=%s sandbox=%s", run.pk, run.sandbox_id)
+    return run
+
+
+def run_ensure_running(*, run: SandboxRun, actor: Actor) -> SandboxRun:
+    """What every call that works in the sandbox starts with: a paused run is resumed within
+    the call (SPEC §15); any other state than running is a 409."""
+    if run.status == RunStatus.PAUSED:
+        run = run_resume(run=run, actor=actor)
+    if run.status != RunStatus.RUNNING:
+        raise Conflict(f"The run is {run.status}, not running.", code="invalid_state")
+    return run

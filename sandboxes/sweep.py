@@ -26,13 +26,14 @@ from django_fsm import TransitionNotAllowed
 
 from config.exceptions import Conflict
 from sandboxes.backends import (
+    BackendError,
     SandboxBackend,
     SandboxNotFound,
     get_backend,
     kill_run_sandboxes,
 )
-from sandboxes.models import EndReason, RunStatus, SandboxRun
-from sandboxes.services import run_transition
+from sandboxes.models import SANDBOX_STATUSES, EndReason, OnIdle, RunStatus, SandboxRun
+from sandboxes.services import provider_timeout_s, run_transition
 from workspaces.access import Actor
 
 logger = logging.getLogger(__name__)
@@ -54,7 +55,8 @@ TIME_BUDGET_S = 120.0
 # Only the fields the sweep reads: the rows are never saved (transitions reload their run).
 _SWEEP_FIELDS = (
     "id", "status", "sandbox_id", "created_at", "max_duration_ms", "last_activity_at",
-    "idle_timeout_ms", "command_started_at", "expires_at", "sweep_claimed_at",
+    "idle_timeout_ms", "command_started_at", "expires_at", "sweep_claimed_at", "on_idle",
+    "paused_at",
 )  # fmt: skip
 
 
@@ -89,11 +91,17 @@ class SweepReport:
     killed: int = 0
     failed: int = 0
     errors: int = 0
+    paused: int = 0  # idle runs with on_idle "pause": their sandboxes paused, not killed
     reaped: int = 0  # local sandboxes the backend destroyed because their own timeout passed
     actions: list[Action] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, int]:
-        return {"killed": self.killed, "failed": self.failed, "errors": self.errors}
+        return {
+            "killed": self.killed,
+            "failed": self.failed,
+            "paused": self.paused,
+            "errors": self.errors,
+        }
 
 
 # --- sweep ---------------------------------------------------------------------------
@@ -118,22 +126,26 @@ def sandboxes_sweep(*, dry_run: bool = False) -> SweepReport:
         _fail_stuck_boots(now, backend, pool, report)
         while time.monotonic() - started < TIME_BUDGET_S:
             claimed, seen = _claim_due_runs(now)
-            _end_due_runs(claimed, backend, pool, report)
+            to_pause = [(run, why) for run, why in claimed if _pauses(run, why, backend)]
+            _pause_idle_runs(to_pause, backend, pool, report)
+            to_end = [(run, why) for run, why in claimed if not _pauses(run, why, backend)]
+            _end_due_runs(to_end, backend, pool, report)
             if seen < BATCH_SIZE:
                 break
     logger.info(
-        "sweep: killed=%d failed=%d errors=%d reaped=%d",
-        report.killed, report.failed, report.errors, report.reaped,
+        "sweep: killed=%d failed=%d paused=%d errors=%d reaped=%d",
+        report.killed, report.failed, report.paused, report.errors, report.reaped,
     )  # fmt: skip
     return report
 
 
 def _due_running(now: datetime) -> QuerySet[SandboxRun]:
-    """Running runs past their `expires_at` that no live sweep has claimed: one range scan
-    of the partial index run_running_by_expiry, so the cost follows the runs that are due."""
+    """Running and paused runs past their `expires_at` that no live sweep has claimed: range
+    scans of the partial indexes run_running_by_expiry and run_paused_by_expiry, so the cost
+    follows the runs that are due. (A paused run is due only at its max duration.)"""
     claimable = Q(sweep_claimed_at__isnull=True) | Q(sweep_claimed_at__lt=now - CLAIM_LEASE)
     return (
-        SandboxRun.objects.filter(status=RunStatus.RUNNING, expires_at__lt=now)
+        SandboxRun.objects.filter(status__in=SANDBOX_STATUSES, expires_at__lt=now)
         .filter(claimable)
         .order_by("expires_at")
         .only(*_SWEEP_FIELDS)
@@ -248,6 +260,103 @@ def _ending(reason: str, run: SandboxRun) -> Callable[[SandboxRun], None]:
     return lambda r: r.fail(reason=EndReason.MAX_DURATION, error=error, by=SYSTEM_SWEEP)
 
 
+# --- idle runs that pause instead (SPEC §15) ------------------------------------------
+
+
+def _pauses(run: SandboxRun, reason: str, backend: SandboxBackend | None) -> bool:
+    """Whether the sweep pauses this due run rather than ending it: idle, running, asked to
+    pause, on a backend that can (a run created otherwise was refused at creation)."""
+    return (
+        reason == EndReason.IDLE_TIMEOUT
+        and run.status == RunStatus.RUNNING
+        and run.on_idle == OnIdle.PAUSE
+        and (backend is None or backend.supports_pause)
+    )
+
+
+def _pause_idle_runs(
+    claimed: list[tuple[SandboxRun, str]],
+    backend: SandboxBackend,
+    pool: ThreadPoolExecutor,
+    report: SweepReport,
+) -> None:
+    """Pause the claimed idle runs' sandboxes concurrently, then each run (running → paused,
+    by system:sweep). A sandbox already gone ends its run as a kill would; a failed pause
+    releases the claim for the next sweep."""
+    futures = {pool.submit(backend.pause, run.sandbox_id): run for run, _ in claimed}
+    gone: list[tuple[SandboxRun, str]] = []
+    for future in as_completed(futures):
+        run = futures[future]
+        error = future.exception()
+        if isinstance(error, SandboxNotFound):
+            gone.append((run, EndReason.IDLE_TIMEOUT))
+            continue
+        if error is not None:
+            _release(run)
+            report.errors += 1
+            report.actions.append(
+                Action("error", EndReason.IDLE_TIMEOUT, str(run.pk), run.sandbox_id, str(error))
+            )
+            logger.warning("sweep: pause failed run=%s sandbox=%s: %s", run.pk, run.sandbox_id,
+                           error)  # fmt: skip
+            continue
+        _mark_paused(run, backend, report)
+    _end_killed(gone, report)
+
+
+def _mark_paused(run: SandboxRun, backend: SandboxBackend, report: SweepReport) -> None:
+    """running → paused, unless a call came in since the claim: then the call's sandbox is
+    resumed at once and the run stays running (the call may have seen `run_paused`)."""
+
+    def pause_if_still_idle(current: SandboxRun) -> None:
+        if current.status != RunStatus.RUNNING:
+            raise TransitionNotAllowed(f"the run is {current.status}")
+        if current.last_activity_at > run.last_activity_at:
+            raise _ActiveAgain
+        current.pause(by=SYSTEM_SWEEP)
+
+    try:
+        run_transition(run.pk, pause_if_still_idle)
+    except _ActiveAgain:
+        _release(run)
+        try:
+            backend.resume(run.sandbox_id, timeout_s=provider_timeout_s(run))
+        except SandboxNotFound:
+            pass  # gone: the call that came in finds out, and fails the run sandbox_lost
+        except BackendError as exc:
+            # Left paused under a running run: the next call that finds it so resumes it
+            # (execution.backend_call), or the next sweep finds the run idle and records it.
+            report.errors += 1
+            report.actions.append(
+                Action("error", EndReason.IDLE_TIMEOUT, str(run.pk), run.sandbox_id,
+                       f"active again, but the resume failed: {exc}")
+            )  # fmt: skip
+            logger.warning("sweep: resume failed run=%s: %s", run.pk, exc)
+            return
+        report.actions.append(
+            Action("skipped", EndReason.IDLE_TIMEOUT, str(run.pk), run.sandbox_id, "active again")
+        )
+        return
+    except Conflict as exc:  # ended meanwhile: whoever ended it kills the sandbox
+        report.actions.append(
+            Action("skipped", EndReason.IDLE_TIMEOUT, str(run.pk), run.sandbox_id, exc.detail)
+        )
+        return
+    report.paused += 1
+    report.actions.append(Action("paused", EndReason.IDLE_TIMEOUT, str(run.pk), run.sandbox_id))
+    logger.info("sweep: paused idle run=%s sandbox=%s", run.pk, run.sandbox_id)
+
+
+class _ActiveAgain(Exception):
+    """A call came in between the claim and the pause."""
+
+
+def _release(run: SandboxRun) -> None:
+    SandboxRun.objects.filter(pk=run.pk, sweep_claimed_at=run.sweep_claimed_at).update(
+        sweep_claimed_at=None
+    )
+
+
 def _fail_stuck_boots(
     now: datetime, backend: SandboxBackend, pool: ThreadPoolExecutor, report: SweepReport
 ) -> None:
@@ -292,7 +401,9 @@ def _plan_sweep(now: datetime, report: SweepReport) -> None:
         report.actions.append(Action("would fail", EndReason.BOOT_TIMEOUT, str(run_id)))
     for run in _due_running(now).iterator():
         expires_at, reason = run.sweep_due()
-        if expires_at < now:
+        if expires_at < now and _pauses(run, reason, None):
+            report.actions.append(Action("would pause", reason, str(run.pk), run.sandbox_id))
+        elif expires_at < now:
             verb = "would cancel" if reason == EndReason.IDLE_TIMEOUT else "would fail"
             report.actions.append(Action(f"{verb} and kill", reason, str(run.pk), run.sandbox_id))
 

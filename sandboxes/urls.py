@@ -31,4 +31,6 @@ urlpatterns = [
     path("runs/<uuid:run_id>/files/list/", api.RunFileListView.as_view(), name="run-file-list"),
     path("runs/<uuid:run_id>/complete/", api.RunCompleteView.as_view(), name="run-complete"),
     path("runs/<uuid:run_id>/cancel/", api.RunCancelView.as_view(), name="run-cancel"),
+    path("runs/<uuid:run_id>/pause/", api.RunPauseView.as_view(), name="run-pause"),
+    path("runs/<uuid:run_id>/resume/", api.RunResumeView.as_view(), name="run-resume"),
 ]

@@ -3,6 +3,7 @@ services, the artifact capture and the commands. A refusal is an InvalidInput (a
 
 from __future__ import annotations
 
+import ipaddress
 import posixpath
 import re
 from typing import Any
@@ -82,3 +83,70 @@ def clean_files(files: dict[str, str] | None) -> dict[str, str]:
     if len(files) > MAX_FILES:
         raise InvalidInput(f"files: at most {MAX_FILES} files.", code="too_many")
     return {clean_sandbox_path(path, field="files"): content for path, content in files.items()}
+
+
+# --- SPEC §15: on_idle and network -----------------------------------------------------------
+
+ON_IDLE_CHOICES = ("kill", "pause")
+MAX_NETWORK_RULES = 100
+NETWORK_KEYS = frozenset({"internet", "allow_out", "deny_out"})
+_DOMAIN = re.compile(r"(\*\.)?([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}")
+
+
+def clean_on_idle(on_idle: str | None) -> str:
+    """`kill` or `pause`; SANDBOX_DEFAULT_ON_IDLE when not given."""
+    value = on_idle or settings.SANDBOX_DEFAULT_ON_IDLE
+    if value not in ON_IDLE_CHOICES:
+        raise InvalidInput('on_idle: "kill" or "pause".', code="invalid_choice")
+    return value
+
+
+def clean_network(network: dict[str, Any] | None) -> dict[str, Any]:
+    """`{internet, allow_out, deny_out}` with every key filled in: `internet` from
+    SANDBOX_DEFAULT_INTERNET when not given, each rule an IP address, a CIDR block or a domain
+    name (`*.` for its subdomains), lower-cased, without repeats. Whether the backend can
+    enforce it is the backend's to say (`check_network`)."""
+    network = {} if network is None else network
+    if not isinstance(network, dict):
+        raise InvalidInput("network: an object {internet, allow_out, deny_out}.", code="invalid")
+    unknown = sorted(set(network) - NETWORK_KEYS)
+    if unknown:
+        raise InvalidInput(f"network: unknown key {unknown[0]!r}.", code="invalid")
+    internet = network.get("internet", settings.SANDBOX_DEFAULT_INTERNET)
+    if not isinstance(internet, bool):
+        raise InvalidInput("network.internet: true or false.", code="invalid")
+    return {
+        "internet": internet,
+        "allow_out": _clean_rules(network.get("allow_out"), "allow_out"),
+        "deny_out": _clean_rules(network.get("deny_out"), "deny_out"),
+    }
+
+
+def _clean_rules(rules: Any, field: str) -> list[str]:
+    if rules is None:
+        return []
+    if not isinstance(rules, list):
+        raise InvalidInput(f"network.{field}: a list of CIDRs or domains.", code="invalid")
+    if len(rules) > MAX_NETWORK_RULES:
+        raise InvalidInput(f"network.{field}: at most {MAX_NETWORK_RULES} rules.", code="too_many")
+    cleaned: list[str] = []
+    for rule in rules:
+        if not isinstance(rule, str):
+            raise InvalidInput(f"network.{field}: {rule!r} is not a string.", code="invalid")
+        entry = rule.strip().lower()
+        if not (_is_cidr(entry) or (len(entry) <= 253 and _DOMAIN.fullmatch(entry))):
+            raise InvalidInput(
+                f"network.{field}: {rule!r} is neither an IP address, a CIDR block nor a domain.",
+                code="invalid_network_rule",
+            )
+        if entry not in cleaned:
+            cleaned.append(entry)
+    return cleaned
+
+
+def _is_cidr(entry: str) -> bool:
+    try:
+        ipaddress.ip_network(entry, strict=False)
+    except ValueError:
+        return False
+    return True

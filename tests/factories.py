@@ -67,6 +67,9 @@ def make_run(*, workspace: Workspace, status: str = "booting", **fields: object)
     run = SandboxRun(workspace=workspace, **{**defaults, **fields})
     if status == "running" and "expires_at" not in fields:
         run.expires_at = run.sweep_due()[0]  # as mark_running sets it
+    if status == "paused":  # as pause sets them
+        run.paused_at = fields.get("paused_at", timezone.now())  # type: ignore[assignment]
+        run.expires_at = fields.get("expires_at", run.deadline)  # type: ignore[assignment]
     run.save()
     if status != "booting":
         SandboxRun.objects.filter(pk=run.pk).update(status=status)

@@ -107,7 +107,8 @@ class TrailBackend(BaseBackend):
     """django-fsm-log storage backend: a transition is an event on the trail.
 
     Transitions are called with `by=<Actor>` (`fsm_log_by`); the event's type is
-    `<subject kind>.<target state>`, e.g. `run.running` or `artifact.approved`."""
+    `<subject kind>.<target state>`, e.g. `run.running` or `artifact.approved`, unless the
+    model says otherwise with `trail_type(transition, target)`."""
 
     @staticmethod
     def setup_model(model: Any) -> None:
@@ -132,9 +133,13 @@ class TrailBackend(BaseBackend):
         if not isinstance(instance, TransitionsOnTrail):
             raise TypeError(f"{sender.__name__} does not say what its transitions record")
         subject = instance.trail_subject()
+        # `<kind>.<target>` unless the model names the event itself (a run's resume is
+        # `run.resumed`, though it goes back to running).
+        trail_type = getattr(instance, "trail_type", None)
+        event_type = trail_type(name, target) if trail_type else f"{subject.kind}.{target}"
         record(
             actor=actor,
-            type=f"{subject.kind}.{target}",
+            type=event_type,
             subject=subject,
             data={"transition": name, "from": source, "to": target, **instance.trail_data(name)},
         )

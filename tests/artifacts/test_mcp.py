@@ -214,3 +214,25 @@ def test_a_revoked_key_is_refused_at_once(asgi_server: Any, workspace: Any) -> N
     workspace_services.api_key_revoke(api_key=key, actor=Actor(user=workspace.owner))
     with pytest.raises(Exception):  # noqa: B017, PT011  # the SDK's own error on a 401
         agent.call("sandbox_list_files", run_id=str(make_run(workspace=workspace).pk))
+
+
+def test_an_agent_that_waits_has_its_sandbox_paused_and_its_next_call_resumes_it(
+    asgi_server: Any, task_runner: Any, workspace: Any
+) -> None:
+    from sandboxes import services
+    from sandboxes.models import SandboxRun
+    from workspaces.access import Actor
+
+    agent = Agent(asgi_server.url, make_api_key(workspace=workspace, role="member")[1])
+    error, run = agent.call("sandbox_start", thread_id="t-wait", prompt="wait", on_idle="pause")
+    assert (error, run["status"], run["on_idle"]) == (False, "running", "pause")
+    agent.call("sandbox_exec", run_id=run["id"], command="echo kept > note")
+    # What the sweep does once the run is idle for its idle timeout.
+    services.run_pause(run=SandboxRun.objects.get(pk=run["id"]), actor=Actor.system("sweep"))
+
+    error, result = agent.call("sandbox_exec", run_id=run["id"], command="cat note")
+
+    assert (error, result["stdout"]) == (False, "kept\n")
+    assert SandboxRun.objects.get(pk=run["id"]).status == "running"
+    error, stopped = agent.call("sandbox_stop", run_id=run["id"])
+    assert (error, stopped["status"]) == (False, "succeeded")

@@ -72,7 +72,7 @@ def test_the_boot_timeout_kills_the_sandbox_of_a_crashed_boot(
     SandboxRun.objects.filter(pk=crashed_boot.pk).update(
         created_at=timezone.now() - timedelta(seconds=61)  # as if a minute had passed
     )
-    assert sandboxes_sweep().as_dict() == {"killed": 0, "failed": 1, "errors": 0}
+    assert sandboxes_sweep().as_dict() == {"killed": 0, "failed": 1, "paused": 0, "errors": 0}
 
     crashed_boot.refresh_from_db()
     assert (crashed_boot.status, crashed_boot.end_reason) == ("failed", "boot_timeout")

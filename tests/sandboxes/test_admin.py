@@ -123,3 +123,60 @@ def test_the_run_page_shows_its_command_history(
     assert "built &lt;b&gt;it&lt;/b&gt;" in page  # the output's end, escaped
     assert "hunter2" not in page
     assert 'name="commands-0-command"' not in page  # read-only: no form fields
+
+
+def test_the_pause_and_resume_actions_go_through_the_services(
+    client: Any, reviewer: Any, workspace: Workspace, fake_backend: FakeBackend
+) -> None:
+    running = start_run(workspace=workspace)
+    booting = make_run(workspace=workspace)
+    client.force_login(reviewer)
+
+    paused = client.post(
+        RUNS, {"action": "pause_runs", "_selected_action": [running.pk, booting.pk]}, follow=True
+    )
+
+    assert "1 paused, 1 skipped (not running)." in messages_of(paused)
+    running.refresh_from_db()
+    assert running.status == "paused"
+    assert running.sandbox_id in fake_backend.paused
+    [event] = transitions(running.pk).filter(type="run.paused")
+    assert (event.actor, event.actor_user_id) == ("user:adam", reviewer.pk)
+
+    resumed = client.post(
+        RUNS, {"action": "resume_runs", "_selected_action": [running.pk, booting.pk]}, follow=True
+    )
+
+    assert "1 resumed, 1 skipped (not paused)." in messages_of(resumed)
+    running.refresh_from_db()
+    assert running.status == "running"
+    assert running.sandbox_id not in fake_backend.paused
+    assert transitions(running.pk).filter(type="run.resumed", actor="user:adam").count() == 1
+
+
+def test_a_pause_the_backend_refuses_is_reported_with_why(
+    client: Any, reviewer: Any, workspace: Workspace, fake_backend: FakeBackend
+) -> None:
+    run = start_run(workspace=workspace)
+    fake_backend.supports_pause = False
+    client.force_login(reviewer)
+    response = client.post(
+        RUNS, {"action": "pause_runs", "_selected_action": [run.pk]}, follow=True
+    )
+    [message] = messages_of(response)
+    assert message.startswith(f"0 paused, 0 skipped (not running). 1 refused: {str(run.pk)[:8]}")
+    assert "cannot pause" in message
+
+
+def test_a_run_page_says_how_it_waits_and_what_it_may_reach(
+    client: Any, reviewer: Any, workspace: Workspace, fake_backend: FakeBackend
+) -> None:
+    run = make_run(
+        workspace=workspace, status="paused", on_idle="pause",
+        paused_for=timedelta(minutes=20),
+        network={"internet": False, "allow_out": ["pypi.org"], "deny_out": []},
+    )  # fmt: skip
+    client.force_login(reviewer)
+    page = client.get(f"{RUNS}{run.pk}/change/").content.decode()
+    assert "pauses when idle for 15 min; paused 20 min in all, not billed" in page
+    assert "no internet; allowed: pypi.org" in page

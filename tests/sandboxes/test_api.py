@@ -402,6 +402,7 @@ def test_usage_by_status_and_by_day(
         "by_status": {
             "booting": _totals(1, 0.0, "0.000000"),
             "running": _totals(1, 300.0, "0.000000"),
+            "paused": _totals(0, 0.0, "0.000000"),
             "succeeded": _totals(1, 600.0, "0.500000"),
             "failed": _totals(1, 100.0, "0.250000"),
             "canceled": _totals(1, 200.0, "0.125000"),
@@ -797,3 +798,115 @@ def test_lists_of_runs_do_not_carry_job_output(api: Any, workspace: Any, owner: 
         client_as(api, owner).get(f"/api/v1/workspaces/{workspace.pk}/runs/").json()["results"]
     )
     assert "job" not in listed
+
+
+# --- pause, resume and the network (SPEC §15) ------------------------------------------------
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("action", ["pause", "resume"])
+@pytest.mark.parametrize(
+    ("caller", "status"), table(owner=200, admin=200, member=403, member_key=403, admin_key=200)
+)
+def test_pausing_and_resuming_someone_elses_run(
+    as_caller: Any, caller: str, status: int, action: str, workspace: Any, fake_backend: Any
+) -> None:
+    from tests.sandboxes.fake_backend import start_run
+
+    run = start_run(workspace=workspace)  # started by the owner
+    if action == "resume":
+        SandboxRun.objects.filter(pk=run.pk).update(status="paused", paused_at=run.running_at)
+        fake_backend.pause(run.sandbox_id)
+    response = as_caller(caller).post(f"/api/v1/runs/{run.pk}/{action}/")
+    assert response.status_code == status
+    if status == 200:
+        expected = "paused" if action == "pause" else "running"
+        assert response.json()["status"] == expected
+        assert (run.sandbox_id in fake_backend.paused) == (action == "pause")
+
+
+@pytest.mark.django_db
+def test_a_paused_run_answers_exec_and_shows_how_it_waits(
+    api: Any, owner: Any, workspace: Any, fake_backend: Any
+) -> None:
+    from tests.sandboxes.fake_backend import start_run
+
+    client = client_as(api, owner)
+    run = start_run(workspace=workspace, on_idle="pause")
+    paused = client.post(f"/api/v1/runs/{run.pk}/pause/").json()
+    assert (paused["status"], paused["on_idle"]) == ("paused", "pause")
+    assert paused["paused_at"] is not None
+    assert client.post(f"/api/v1/runs/{run.pk}/pause/").json()["status"] == "paused"
+
+    response = client.post(f"/api/v1/runs/{run.pk}/exec/", {"command": "true"}, format="json")
+
+    assert response.status_code == 200
+    detail = client.get(f"/api/v1/runs/{run.pk}/").json()
+    assert (detail["status"], detail["paused_at"]) == ("running", None)
+    assert client.post(f"/api/v1/runs/{run.pk}/resume/").json()["status"] == "running"
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("status", ["booting", "succeeded"])
+def test_pause_and_resume_of_a_run_that_is_not_running_or_paused_is_a_409(
+    api: Any, owner: Any, workspace: Any, status: str, fake_backend: Any
+) -> None:
+    run = make_run(workspace=workspace, status=status)
+    for action in ("pause", "resume"):
+        response = client_as(api, owner).post(f"/api/v1/runs/{run.pk}/{action}/")
+        assert response.status_code == 409
+        assert response.json()["code"] == "invalid_state"
+
+
+@pytest.mark.django_db
+def test_a_run_is_created_with_its_network_and_on_idle(
+    api: Any, member: Any, workspace: Any, fake_backend: Any
+) -> None:
+    body = {
+        **RUN_BODY,
+        "on_idle": "pause",
+        "network": {"internet": True, "deny_out": ["169.254.169.254/32"]},
+    }
+    response = client_as(api, member).post(
+        f"/api/v1/workspaces/{workspace.pk}/runs/", body, format="json"
+    )
+    assert response.status_code == 201, response.json()
+    assert (response.json()["on_idle"], response.json()["network"]) == (
+        "pause", {"internet": True, "allow_out": [], "deny_out": ["169.254.169.254/32"]},
+    )  # fmt: skip
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"on_idle": "hibernate"},
+        {"network": {"internet": "yes"}},
+        {"network": {"allow_out": ["not a domain!"]}},
+        {"network": {"deny_out": "10.0.0.0/8"}},
+        {"network": {"bandwidth": 10}},
+    ],
+)
+def test_a_bad_on_idle_or_network_is_a_400(
+    api: Any, member: Any, workspace: Any, body: dict[str, Any], fake_backend: Any
+) -> None:
+    response = client_as(api, member).post(
+        f"/api/v1/workspaces/{workspace.pk}/runs/", {**RUN_BODY, **body}, format="json"
+    )
+    assert response.status_code == 400, response.json()
+    assert SandboxRun.objects.count() == 0
+
+
+@pytest.mark.django_db
+def test_a_network_the_local_backend_cannot_give_is_a_400_naming_it(
+    api: Any, member: Any, workspace: Any, local_sandboxes: Any
+) -> None:
+    response = client_as(api, member).post(
+        f"/api/v1/workspaces/{workspace.pk}/runs/",
+        {**RUN_BODY, "network": {"internet": True}},
+        format="json",
+    )
+    assert response.status_code == 400
+    assert response.json()["code"] == "unsupported_by_backend"
+    assert "local backend" in response.json()["detail"]
+    assert SandboxRun.objects.count() == 0

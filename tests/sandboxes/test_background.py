@@ -179,3 +179,30 @@ def test_killing_a_command_whose_run_ended_records_the_runs_end(
     ended = services.run_transition(run.pk, lambda r: r.cancel(by=Actor.system("sweep")))
     killed = background.command_kill(run=ended, command=command, actor=olivia)
     assert (killed.status, (killed.error or {})["code"]) == ("killed", "run_ended")
+
+
+# --- a paused run's background commands (SPEC §15) ----------------------------------------
+
+
+def test_a_paused_runs_commands_are_read_from_their_tails_and_left_running(
+    workspace: Any, olivia: Actor, fake_backend: Any
+) -> None:
+    from tests.sandboxes.fake_backend import start_run
+
+    run = start_run(workspace=workspace)
+    command = background.command_start_background(run=run, actor=olivia, command="sleep 60")
+    paused = services.run_pause(run=run, actor=olivia)
+
+    read = background.command_read(run=paused, command=command)
+    report = background.background_commands_check()
+
+    assert (read.stdout, read.stdout_next) == ("", 0)
+    assert report.as_dict() == {"checked": 1, "finished": 0, "errors": 0}
+    command.refresh_from_db()
+    assert command.status == "running"  # frozen with its sandbox, not ended
+    assert SandboxRun.objects.get(pk=run.pk).status == "paused"  # reading is not activity
+
+    killed = background.command_kill(run=paused, command=command, actor=olivia)
+
+    assert killed.status == "killed"
+    assert SandboxRun.objects.get(pk=run.pk).status == "running"  # killing it resumed the run

@@ -113,7 +113,7 @@ def test_sweep_sandboxes_is_a_dry_run_unless_told_otherwise(
 
     out, _ = run_command("sweep_sandboxes", "--for-real")
     assert f"killed idle_timeout run={run.pk} sandbox={run.sandbox_id}" in out
-    assert "killed 1, failed 0, errors 0" in out
+    assert "killed 1, failed 0, paused 0, errors 0" in out
     assert run_state(run) == ("canceled", "idle_timeout")
 
 

@@ -21,7 +21,7 @@ from config.exceptions import (
     ServiceUnavailable,
     TooLarge,
 )
-from sandboxes import execution
+from sandboxes import background, execution, services
 from sandboxes.backends import CommandResult, CommandTimeout, FileEntry, TransientBackendError
 from sandboxes.backends import base as backend_base
 from sandboxes.models import COMMAND_TAIL_BYTES, Command, CommandKind, CommandStatus, SandboxRun
@@ -57,7 +57,7 @@ MAPPED: dict[type[backend_base.BackendError], tuple[type[AirlockError], int, str
     backend_base.SandboxNotFound: (Conflict, 409, "sandbox_lost"),
     backend_base.SandboxFileNotFound: (NotFound, 404, "file_not_found"),
     backend_base.UnsupportedOption: (InvalidInput, 400, "unsupported_by_backend"),
-    backend_base.SandboxPaused: (InvalidInput, 400, "sandbox_paused"),
+    backend_base.SandboxPaused: (Conflict, 409, "run_paused"),
     backend_base.CommandCanceled: (InvalidInput, 400, "command_canceled"),
     backend_base.CommandNotFound: (InvalidInput, 400, "command_not_found"),
     backend_base.CommandTimeout: (InvalidInput, 400, "command_timeout"),
@@ -453,3 +453,87 @@ def test_a_streamed_exec_yields_the_output_then_the_result_and_forwards_at_most_
     assert [c.text for c in chunks if c.stream == "stderr"] == ["oops"]
     assert isinstance(result, execution.ExecResult) and result.truncated
     assert Command.objects.get(pk=result.command_id).status == "exited"
+
+
+# --- a paused run is resumed within the call (SPEC §15) ------------------------------------
+
+CALLS_THAT_RESUME = [
+    pytest.param(
+        lambda run, actor: execution.run_exec(run=run, actor=actor, command="echo hi"), id="exec"
+    ),
+    pytest.param(
+        lambda run, actor: execution.run_upload_file(
+            run=run, actor=actor, path="/home/user/f", stream=io.BytesIO(b"x")
+        ),
+        id="upload",
+    ),
+    pytest.param(
+        lambda run, actor: list(
+            execution.run_download_file(run=run, path="/home/user/f", actor=actor)
+        ),
+        id="download",
+    ),
+    pytest.param(
+        lambda run, actor: execution.run_list_files(run=run, path="/home/user", actor=actor),
+        id="list",
+    ),
+    pytest.param(
+        lambda run, actor: background.command_start_background(
+            run=run, actor=actor, command="sleep 5"
+        ),
+        id="background command",
+    ),
+]
+
+
+@pytest.mark.parametrize("call", CALLS_THAT_RESUME)
+def test_a_call_on_a_paused_run_resumes_it_within_the_call(
+    run: SandboxRun, mia: Actor, fake_backend: FakeBackend, call: Any
+) -> None:
+    fake_backend.write_file(run.sandbox_id, "/home/user/f", b"x")
+    paused = services.run_pause(run=run, actor=Actor(user=run.created_by))
+
+    call(paused, mia)
+
+    run.refresh_from_db()
+    assert (run.status, run.paused_at) == ("running", None)
+    assert run.sandbox_id not in fake_backend.paused
+    [resumed] = _trail(run, "run.resumed")
+    assert resumed.actor == str(mia)
+
+
+def test_a_call_refused_for_its_input_does_not_resume_the_run(
+    run: SandboxRun, mia: Actor, fake_backend: FakeBackend
+) -> None:
+    paused = services.run_pause(run=run, actor=mia)
+    with pytest.raises(InvalidInput):
+        execution.run_exec(run=paused, actor=mia, command="true", cwd="/etc")
+    with pytest.raises(InvalidInput):
+        execution.run_list_files(run=paused, path="/etc", actor=mia)
+    assert SandboxRun.objects.get(pk=run.pk).status == "paused"
+    assert run.sandbox_id in fake_backend.paused
+
+
+def test_a_sandbox_paused_under_a_call_is_a_409_that_says_to_call_again(
+    run: SandboxRun, mia: Actor, fake_backend: FakeBackend
+) -> None:
+    fake_backend.pause(run.sandbox_id)  # the sweep, as the call comes in
+    with pytest.raises(Conflict, match="call again") as excinfo:
+        execution.run_exec(run=run, actor=mia, command="echo hi")
+    assert excinfo.value.code == "run_paused"
+    assert SandboxRun.objects.get(pk=run.pk).status == "running"  # not failed, not lost
+    assert run.sandbox_id not in fake_backend.paused  # resumed, as the call was activity
+    assert execution.run_exec(run=run, actor=mia, command="echo hi").exit_code == 0
+
+
+def test_a_sandbox_paused_under_a_call_of_a_run_recorded_paused_is_left_to_the_next_call(
+    run: SandboxRun, mia: Actor, fake_backend: FakeBackend
+) -> None:
+    fake_backend.pause(run.sandbox_id)
+    SandboxRun.objects.filter(pk=run.pk).update(status="paused", paused_at=timezone.now())
+    with pytest.raises(Conflict, match="call again"):
+        execution.run_exec(run=run, actor=mia, command="echo hi")  # its copy said running
+    assert run.sandbox_id in fake_backend.paused  # not running unbilled behind a paused run
+    fresh = SandboxRun.objects.get(pk=run.pk)
+    assert execution.run_exec(run=fresh, actor=mia, command="echo hi").exit_code == 0
+    assert SandboxRun.objects.get(pk=run.pk).status == "running"

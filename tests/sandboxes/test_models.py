@@ -37,12 +37,19 @@ ALLOWED = {
     ("running", "succeed"): "succeeded",
     ("running", "fail"): "failed",
     ("running", "cancel"): "canceled",
+    ("running", "pause"): "paused",
+    ("paused", "resume"): "running",
+    ("paused", "succeed"): "succeeded",
+    ("paused", "fail"): "failed",
+    ("paused", "cancel"): "canceled",
 }
 ARGS: dict[str, dict[str, Any]] = {
     "mark_running": {"sandbox_id": "sbx-new", "cpu_count": 2, "memory_mb": 512},
     "succeed": {"exit_code": 0},
     "fail": {"reason": "command_failed", "error": {"code": "x", "message": "y"}},
     "cancel": {},
+    "pause": {},
+    "resume": {},
 }
 CASES = [(status, name) for status in ALL for name in ARGS]
 TESTER = Actor.system("test")
@@ -292,7 +299,7 @@ def test_a_transition_records_how_the_run_stands_and_never_its_env_or_files(
     assert event.data["end_reason"] == "canceled_by_user"
     assert set(event.data) == {
         "transition", "from", "to", "end_reason", "exit_code", "error", "sandbox_seconds",
-        "cost_usd",
+        "paused_s", "cost_usd",
     }  # fmt: skip
     assert "hunter2" not in str(event.data) and "the contents" not in str(event.data)
 
@@ -318,3 +325,32 @@ def test_a_command_is_a_subject_of_its_run_and_thread(workspace: Any) -> None:
         "command", command.pk, workspace.pk, run_id=run.pk, thread_id="thread-c"
     )
     assert (command.status, command.timed_out) == (CommandStatus.RUNNING, False)
+
+
+# --- paused time (SPEC §15) ------------------------------------------------------------------
+
+
+def test_billed_time_leaves_out_the_time_paused() -> None:
+    start = timezone.now()
+    ran = _unsaved_run(
+        created_at=start, running_at=start, sandbox_id="s",
+        finished_at=start + timedelta(seconds=700), paused_for=timedelta(seconds=600),
+    )  # fmt: skip
+    assert (ran.sandbox_seconds, ran.paused_seconds()) == (100, 600)
+    ended_while_paused = _unsaved_run(
+        created_at=start, running_at=start, sandbox_id="s",
+        paused_at=start + timedelta(seconds=30), finished_at=start + timedelta(seconds=90),
+    )  # fmt: skip
+    assert ended_while_paused.sandbox_seconds == 30
+    paused_now = _unsaved_run(
+        created_at=start, running_at=start, sandbox_id="s",
+        paused_at=start + timedelta(seconds=30), paused_for=timedelta(seconds=5),
+    )  # fmt: skip
+    assert paused_now.paused_seconds(start + timedelta(seconds=50)) == 25
+
+
+@pytest.mark.django_db
+def test_a_paused_run_is_due_only_at_its_max_duration(workspace: Any) -> None:
+    run = make_run(workspace=workspace, status="paused", on_idle="pause")
+    assert run.sweep_due() == (run.deadline, EndReason.MAX_DURATION)
+    assert (run.is_active, run.is_live) == (False, True)

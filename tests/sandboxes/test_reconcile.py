@@ -6,6 +6,7 @@ command is in test_commands."""
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import pytest
 
@@ -175,3 +176,51 @@ def test_a_failed_kill_is_counted_and_retried_by_the_next_reconcile(
     assert orphan.sandbox_id in fake_backend.live_ids()
     assert reconcile_sandboxes() == {"killed": 1, "lost": 0, "errors": 0}
     assert fake_backend.live_ids() == set()
+
+
+# --- paused runs (SPEC §15) ------------------------------------------------------------------
+
+
+def test_a_paused_runs_sandbox_is_neither_an_orphan_nor_lost(
+    workspace: Workspace, fake_backend: FakeBackend
+) -> None:
+    run = services.run_pause(run=start_run(workspace=workspace), actor=Actor(user=workspace.owner))
+    duplicate = fake_backend.add(_tags(str(run.pk)))  # one the boot never used
+
+    report = sandboxes_reconcile()
+
+    assert report.as_dict() == {"killed": 1, "lost": 0, "errors": 0}
+    assert [(a.reason, a.sandbox_id) for a in report.actions] == [
+        ("not the run's sandbox", duplicate.sandbox_id)
+    ]
+    assert fake_backend.live_ids() == {run.sandbox_id}
+    assert run.sandbox_id in fake_backend.paused
+    run.refresh_from_db()
+    assert run.status == "paused"
+
+
+def test_a_paused_run_whose_sandbox_is_gone_fails_as_lost(
+    workspace: Workspace, fake_backend: FakeBackend
+) -> None:
+    run = services.run_pause(run=start_run(workspace=workspace), actor=Actor(user=workspace.owner))
+    fake_backend.kill(run.sandbox_id)
+
+    report = sandboxes_reconcile()
+
+    assert report.as_dict() == {"killed": 0, "lost": 1, "errors": 0}
+    run.refresh_from_db()
+    assert (run.status, run.end_reason) == ("failed", "sandbox_lost")
+
+
+def test_on_e2b_a_paused_sandbox_is_listed_and_known(
+    workspace: Workspace, e2b_sandboxes: object, e2b_server: Any
+) -> None:
+    from tests.sandboxes.backends.test_e2b import fake
+
+    run = services.run_pause(run=start_run(workspace=workspace), actor=Actor(user=workspace.owner))
+    assert fake(e2b_server, run.sandbox_id).state == "paused"
+
+    assert sandboxes_reconcile().as_dict() == {"killed": 0, "lost": 0, "errors": 0}
+    run.refresh_from_db()
+    assert run.status == "paused"
+    assert fake(e2b_server, run.sandbox_id).state == "paused"  # not resumed by looking

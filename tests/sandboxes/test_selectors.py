@@ -154,10 +154,10 @@ def test_the_command_history_is_the_runs_oldest_first(workspace: Workspace) -> N
 def test_active_runs_are_the_booting_and_running_runs_of_the_workspace(
     workspace: Workspace, outsider: Any
 ) -> None:
-    for status in ("booting", "running", "succeeded", "failed", "canceled"):
+    for status in ("booting", "running", "paused", "succeeded", "failed", "canceled"):
         make_run(workspace=workspace, status=status)
     make_run(workspace=make_workspace(owner=outsider), status="running")
-    assert selectors.active_run_count(workspace=workspace) == 2
+    assert selectors.active_run_count(workspace=workspace) == 2  # a paused run is not active
 
 
 # --- usage -------------------------------------------------------------------------------
@@ -169,7 +169,7 @@ def test_usage_totals_and_splits_by_status_and_by_day(
     usage = selectors.run_usage(workspace=workspace, start=date(2026, 1, 5), end=date(2026, 1, 7))
     assert (usage.runs, usage.sandbox_seconds, usage.cost_usd) == (5, 1200.0, Decimal("0.875"))
     assert {status: totals.runs for status, totals in usage.by_status.items()} == {
-        "booting": 1, "running": 1, "succeeded": 1, "failed": 1, "canceled": 1,
+        "booting": 1, "running": 1, "paused": 0, "succeeded": 1, "failed": 1, "canceled": 1,
     }  # fmt: skip
     assert usage.by_status["running"].sandbox_seconds == 300.0  # so far, for a running run
     assert usage.by_status["running"].cost_usd == Decimal("0")  # cost comes when it ends
@@ -183,7 +183,9 @@ def test_usage_totals_and_splits_by_status_and_by_day(
 def test_every_status_and_every_day_is_listed_zeros_included(workspace: Workspace) -> None:
     usage = selectors.run_usage(workspace=workspace, start=date(2026, 1, 1), end=date(2026, 1, 3))
     assert (usage.runs, usage.sandbox_seconds, usage.cost_usd) == (0, 0.0, Decimal("0"))
-    assert set(usage.by_status) == {"booting", "running", "succeeded", "failed", "canceled"}
+    assert set(usage.by_status) == {
+        "booting", "running", "paused", "succeeded", "failed", "canceled",
+    }  # fmt: skip
     assert [d.day for d in usage.by_day] == [date(2026, 1, d) for d in (1, 2, 3)]
     assert str(usage.cost_usd) == "0.000000"  # cost_usd's six places, as the API shows them
 
@@ -204,3 +206,23 @@ def test_usage_takes_three_queries_whatever_the_number_of_runs(
 ) -> None:
     with django_assert_num_queries(3):
         selectors.run_usage(workspace=workspace, start=date(2025, 1, 8), end=date(2026, 1, 7))
+
+
+def test_usage_leaves_out_the_time_runs_were_paused(
+    workspace: Workspace, time_machine: Any
+) -> None:
+    time_machine.move_to(NOW, tick=False)
+    start = NOW - timedelta(hours=2)
+    make_run(  # ran 2 h, paused 90 min of it
+        workspace=workspace, status="succeeded", created_at=start, running_at=start,
+        finished_at=NOW, paused_for=timedelta(minutes=90),
+    )  # fmt: skip
+    make_run(  # running for 1 h, of which 20 min in an earlier pause; paused again 10 min ago
+        workspace=workspace, status="paused", created_at=NOW - timedelta(hours=1),
+        running_at=NOW - timedelta(hours=1), paused_for=timedelta(minutes=20),
+        paused_at=NOW - timedelta(minutes=10),
+    )  # fmt: skip
+    usage = selectors.run_usage(workspace=workspace, start=NOW.date(), end=NOW.date())
+    assert usage.by_status["succeeded"].sandbox_seconds == 30 * 60
+    assert usage.by_status["paused"].sandbox_seconds == 30 * 60
+    assert usage.sandbox_seconds == 60 * 60

@@ -16,7 +16,7 @@ import time_machine
 from django.db import connection
 from django.utils import timezone
 
-from config.exceptions import Conflict, InvalidInput, LimitExceeded
+from config.exceptions import Conflict, InvalidInput, LimitExceeded, ServiceUnavailable
 from sandboxes import services
 from sandboxes.backends import (
     BackendError,
@@ -24,7 +24,7 @@ from sandboxes.backends import (
     override_backend,
     sandbox_tags,
 )
-from sandboxes.models import SandboxRun
+from sandboxes.models import SandboxRun, compute_cost
 from tests.conftest import require_service
 from tests.factories import (
     create_run,
@@ -36,6 +36,7 @@ from tests.factories import (
     sandboxes_of,
     transitions,
 )
+from tests.sandboxes.backends.test_e2b import fake
 from tests.sandboxes.conftest import T0
 from tests.sandboxes.fake_backend import FakeBackend, start_run
 from tests.sandboxes.faults import FaultyBackend
@@ -687,3 +688,409 @@ def test_deleting_a_workspace_cancels_its_active_runs_first(
     assert {e.actor for e in transitions(running.pk, booting.pk) if e.type == "run.canceled"} == {
         "user:olivia"
     }
+
+
+# --- on_idle and network (SPEC §15) ------------------------------------------------------------
+
+
+def test_a_run_says_what_happens_when_idle_and_defaults_to_the_setting(
+    workspace: Workspace, settings: Any, fake_backend: FakeBackend
+) -> None:
+    assert create_run(workspace=workspace).on_idle == "kill"
+    assert create_run(workspace=workspace, on_idle="pause").on_idle == "pause"
+    settings.SANDBOX_DEFAULT_ON_IDLE = "pause"
+    assert create_run(workspace=workspace).on_idle == "pause"
+    assert create_run(workspace=workspace, on_idle="kill").on_idle == "kill"
+    with pytest.raises(InvalidInput, match="on_idle"):
+        create_run(workspace=workspace, on_idle="sleep")
+
+
+def test_a_runs_network_is_validated_and_filled_in_from_the_setting(
+    workspace: Workspace, settings: Any, fake_backend: FakeBackend
+) -> None:
+    run = create_run(
+        workspace=workspace,
+        network={"allow_out": ["10.0.0.0/8", "API.Example.com", "api.example.com"]},
+    )
+    assert run.network == {
+        "internet": False,
+        "allow_out": ["10.0.0.0/8", "api.example.com"],
+        "deny_out": [],
+    }
+    settings.SANDBOX_DEFAULT_INTERNET = True
+    assert create_run(workspace=workspace).network["internet"] is True
+    assert create_run(workspace=workspace, network={"internet": False}).network["internet"] is False
+    for bad in (
+        {"deny_out": ["not a host"]},
+        {"allow_out": "10.0.0.0/8"},
+        {"internet": "yes"},
+        {"proxy": "x"},
+        {"allow_out": [7]},
+    ):
+        with pytest.raises(InvalidInput, match="network"):
+            create_run(workspace=workspace, network=bad)
+
+
+def test_a_network_the_local_backend_cannot_enforce_is_a_400_naming_it(
+    workspace: Workspace, settings: Any, tmp_path: Any
+) -> None:
+    from tests.sandboxes.backends.fixtures_local import make_local_backend
+
+    with override_backend(make_local_backend(tmp_path)):
+        assert create_run(workspace=workspace, network={"internet": False}).network
+        for network in ({"internet": True}, {"allow_out": ["10.0.0.1"]}):
+            with pytest.raises(InvalidInput, match="local backend") as excinfo:
+                create_run(workspace=workspace, network=network)
+            assert excinfo.value.code == "unsupported_by_backend"
+        settings.SANDBOX_DEFAULT_INTERNET = True
+        with pytest.raises(InvalidInput, match="local backend"):
+            create_run(workspace=workspace)
+    assert not SandboxRun.objects.filter(network__internet=True).exists()
+
+
+def test_on_idle_pause_on_a_backend_that_cannot_pause_is_a_400_naming_it(
+    workspace: Workspace, settings: Any
+) -> None:
+    backend = FakeBackend()
+    backend.supports_pause = False
+    backend.name = "cannot-pause"
+    with override_backend(backend):
+        with pytest.raises(InvalidInput, match="cannot-pause backend cannot pause"):
+            create_run(workspace=workspace, on_idle="pause")
+        settings.SANDBOX_DEFAULT_ON_IDLE = "pause"
+        with pytest.raises(InvalidInput, match="SANDBOX_DEFAULT_ON_IDLE"):
+            create_run(workspace=workspace)
+
+
+def test_the_boot_gives_the_backend_the_runs_network(
+    workspace: Workspace, fake_backend: FakeBackend
+) -> None:
+    network = {"internet": True, "allow_out": [], "deny_out": ["192.168.0.0/16"]}
+    run = start_run(workspace=workspace, network=network)
+    policy = fake_backend.networks[run.sandbox_id]
+    assert policy is not None
+    assert (policy.internet, policy.allow_out, policy.deny_out) == (True, (), ("192.168.0.0/16",))
+
+
+# --- pause and resume (SPEC §15) ---------------------------------------------------------------
+
+
+def test_pausing_pauses_the_sandbox_then_the_run_on_the_trail_with_the_actor(
+    workspace: Workspace, fake_backend: FakeBackend, clock: Any
+) -> None:
+    run = start_run(workspace=workspace)
+    clock(60)
+    actor = Actor(user=workspace.owner)
+
+    paused = services.run_pause(run=run, actor=actor)
+
+    assert (paused.status, paused.paused_at) == ("paused", T0 + timedelta(seconds=60))
+    assert paused.expires_at == paused.deadline  # only its max duration ends it now
+    assert run.sandbox_id in fake_backend.paused
+    event = transitions(run.pk).last()
+    assert (event.type, event.actor, event.data["from"], event.data["to"]) == (
+        "run.paused", str(actor), "running", "paused",
+    )  # fmt: skip
+    assert services.run_pause(run=paused, actor=actor) is paused  # a no-op when paused
+    assert transitions(run.pk).count() == 2
+
+
+def test_resuming_resumes_the_run_then_its_sandbox_with_the_idle_timeout(
+    workspace: Workspace, fake_backend: FakeBackend, clock: Any, settings: Any
+) -> None:
+    run = start_run(workspace=workspace, idle_timeout_ms=60_000)
+    actor = Actor(user=workspace.owner)
+    run = services.run_pause(run=run, actor=actor)
+    clock(600)
+
+    resumed = services.run_resume(run=run, actor=actor)
+
+    assert (resumed.status, resumed.paused_at) == ("running", None)
+    assert resumed.paused_for == timedelta(seconds=600)
+    assert resumed.last_activity_at == T0 + timedelta(seconds=600)
+    assert resumed.expires_at == T0 + timedelta(seconds=660)
+    assert run.sandbox_id not in fake_backend.paused
+    assert fake_backend.timeouts[run.sandbox_id] == 60 + settings.SANDBOX_KEEPALIVE_MIN_S
+    event = transitions(run.pk).last()
+    assert (event.type, event.actor, event.data["paused_s"]) == ("run.resumed", str(actor), 600.0)
+    assert services.run_resume(run=resumed, actor=actor) is resumed  # a no-op when running
+
+
+@pytest.mark.parametrize("status", ["booting", "succeeded", "failed", "canceled"])
+def test_only_a_running_run_pauses_and_only_a_paused_one_resumes(
+    workspace: Workspace, fake_backend: FakeBackend, status: str
+) -> None:
+    run = make_run(workspace=workspace, status=status)
+    actor = Actor(user=workspace.owner)
+    with pytest.raises(Conflict, match=f"The run is {status}"):
+        services.run_pause(run=run, actor=actor)
+    with pytest.raises(Conflict, match=f"The run is {status}"):
+        services.run_resume(run=run, actor=actor)
+    assert fake_backend.paused == set()
+
+
+def test_a_job_run_is_not_paused(workspace: Workspace, fake_backend: FakeBackend) -> None:
+    run = start_run(workspace=workspace, command="make")  # its job is enqueued, not run here
+    actor = Actor(user=workspace.owner)
+    with pytest.raises(Conflict) as excinfo:
+        services.run_pause(run=run, actor=actor)
+    assert excinfo.value.code == "command_running"
+    assert run_state(run)[0] == "running"
+
+
+def test_a_backend_that_cannot_pause_refuses_with_a_400(workspace: Workspace) -> None:
+    backend = FakeBackend()
+    with override_backend(backend):
+        run = start_run(workspace=workspace)
+        backend.supports_pause = False
+        with pytest.raises(InvalidInput, match="cannot pause"):
+            services.run_pause(run=run, actor=Actor(user=workspace.owner))
+    assert run_state(run)[0] == "running"
+
+
+def test_a_failed_pause_leaves_the_run_running(
+    workspace: Workspace, fake_backend: FakeBackend
+) -> None:
+    run = start_run(workspace=workspace)
+    fake_backend.fail_next("pause", TransientBackendError("busy"))
+    with pytest.raises(ServiceUnavailable):
+        services.run_pause(run=run, actor=Actor(user=workspace.owner))
+    assert run_state(run)[0] == "running"
+
+
+def test_a_failed_resume_leaves_the_run_paused_and_a_gone_sandbox_fails_it(
+    workspace: Workspace, fake_backend: FakeBackend
+) -> None:
+    actor = Actor(user=workspace.owner)
+    run = services.run_pause(run=start_run(workspace=workspace), actor=actor)
+    fake_backend.fail_next("resume", TransientBackendError("busy"))
+    with pytest.raises(ServiceUnavailable):
+        services.run_resume(run=run, actor=actor)
+    assert run_state(run)[0] == "paused"
+
+    fake_backend.kill(run.sandbox_id)
+    with pytest.raises(Conflict, match="gone"):
+        services.run_resume(run=SandboxRun.objects.get(pk=run.pk), actor=actor)
+    run.refresh_from_db()
+    assert (run.status, run.end_reason) == ("failed", "sandbox_lost")
+
+
+def test_paused_time_is_not_billed(
+    workspace: Workspace, fake_backend: FakeBackend, clock: Any
+) -> None:
+    actor = Actor(user=workspace.owner)
+    run = start_run(workspace=workspace)  # T0
+    clock(60)
+    run = services.run_pause(run=run, actor=actor)
+    clock(60 + 3600)  # an hour waiting for review
+    run = services.run_resume(run=run, actor=actor)
+    clock(60 + 3600 + 30)
+    run = services.run_complete(run=run, actor=actor, status="succeeded")
+
+    assert run.sandbox_seconds == 90
+    assert run.cost_usd == compute_cost(seconds=90, cpu_count=run.cpu_count,
+                                        memory_mb=run.memory_mb)  # fmt: skip
+    assert run.cost_usd is not None and run.cost_usd > 0
+    [ended] = [e for e in transitions(run.pk) if e.type == "run.succeeded"]
+    assert (ended.data["sandbox_seconds"], ended.data["paused_s"]) == (90.0, 3600.0)
+
+
+def test_a_run_that_ends_while_paused_is_billed_until_its_pause(
+    workspace: Workspace, fake_backend: FakeBackend, clock: Any
+) -> None:
+    actor = Actor(user=workspace.owner)
+    run = start_run(workspace=workspace)
+    clock(45)
+    run = services.run_pause(run=run, actor=actor)
+    clock(45 + 900)
+    run = services.run_cancel(run=run, actor=actor)
+
+    assert (run.status, run.sandbox_seconds, run.paused_at) == ("canceled", 45, None)
+    assert run.sandbox_id not in fake_backend.live_ids()
+
+
+def test_paused_runs_do_not_count_toward_the_active_limit_but_resuming_does(
+    workspace: Workspace, fake_backend: FakeBackend, settings: Any
+) -> None:
+    settings.WORKSPACE_MAX_ACTIVE_RUNS = 1
+    actor = Actor(user=workspace.owner)
+    paused = services.run_pause(run=start_run(workspace=workspace), actor=actor)
+
+    create_run(workspace=workspace)  # the one active run: the paused one does not count
+
+    with pytest.raises(LimitExceeded):
+        create_run(workspace=workspace)
+    with pytest.raises(LimitExceeded):
+        services.run_resume(run=paused, actor=actor)
+    assert run_state(paused)[0] == "paused"
+    assert paused.sandbox_id in fake_backend.paused
+
+
+def test_a_paused_run_is_ended_by_the_workspace_delete_hook(
+    workspace: Workspace, fake_backend: FakeBackend
+) -> None:
+    actor = Actor(user=workspace.owner)
+    run = services.run_pause(run=start_run(workspace=workspace), actor=actor)
+    services.workspace_runs_cancel(workspace, actor)
+    assert run_state(run)[0] == "canceled"
+    assert run.sandbox_id not in fake_backend.live_ids()
+
+
+# --- through the real SDK against the E2B double -----------------------------------------------
+
+
+def test_on_e2b_pause_then_exec_resumes_within_the_call_and_answers(
+    workspace: Workspace, e2b_sandboxes: Any, e2b_server: Any
+) -> None:
+    from sandboxes import execution
+
+    actor = Actor(user=workspace.owner)
+    run = start_run(workspace=workspace, on_idle="pause")
+    execution.run_exec(run=run, actor=actor, command="sleep 600 & echo $! > child; echo 1 > n")
+    run = services.run_pause(run=run, actor=actor)
+    assert fake(e2b_server, run.sandbox_id).state == "paused"
+    assert e2b_server.state.requests_for("POST", rf"/sandboxes/{run.sandbox_id}/pause")
+
+    result = execution.run_exec(
+        run=run, actor=actor, command='kill -0 "$(cat child)" && echo $(( $(cat n) + 1 ))'
+    )
+
+    assert (result.exit_code, result.stdout) == (0, "2\n")
+    assert fake(e2b_server, run.sandbox_id).state == "running"
+    assert run_state(run)[0] == "running"
+    [resume] = e2b_server.state.requests_for("POST", rf"/v2/sandboxes/{run.sandbox_id}/connect")
+    assert resume.body["timeout"] == services.provider_timeout_s(SandboxRun.objects.get(pk=run.pk))
+    assert [e.type for e in transitions(run.pk)] == ["run.running", "run.paused", "run.resumed"]
+
+
+def test_on_e2b_the_runs_network_reaches_the_create_request(
+    workspace: Workspace, e2b_sandboxes: Any, e2b_server: Any
+) -> None:
+    start_run(workspace=workspace, network={"internet": False, "allow_out": ["api.github.com"],
+                                            "deny_out": []})  # fmt: skip
+    start_run(workspace=workspace, network={"internet": True, "allow_out": [],
+                                            "deny_out": ["10.0.0.0/8"]})  # fmt: skip
+    start_run(workspace=workspace, network={"internet": True, "allow_out": [], "deny_out": []})
+
+    bodies = [r.body for r in e2b_server.state.requests_for("POST", r"/v2/sandboxes")]
+    assert [(b.get("allow_internet_access"), b.get("network")) for b in bodies] == [
+        (None, {"allowOut": ["api.github.com"], "denyOut": ["0.0.0.0/0"]}),
+        (True, {"denyOut": ["10.0.0.0/8"]}),
+        (True, None),
+    ]
+
+
+def test_pause_and_resume_are_delivered_to_webhooks_that_want_them(
+    workspace: Workspace, fake_backend: FakeBackend, settings: Any
+) -> None:
+    from workspaces import webhooks
+    from workspaces.models import WebhookDelivery
+
+    settings.WEBHOOK_ALLOW_PRIVATE = True
+    settings.WEBHOOK_ALLOW_HTTP = True
+    actor = Actor(user=workspace.owner)
+    wanted, _ = webhooks.webhook_create(
+        workspace=workspace, actor=actor, url="http://127.0.0.1:9/hook",
+        event_types=["run.paused", "run.resumed"],
+    )  # fmt: skip
+    run = start_run(workspace=workspace)
+    services.run_resume(run=services.run_pause(run=run, actor=actor), actor=actor)
+
+    delivered = WebhookDelivery.objects.filter(endpoint=wanted).order_by("created_at")
+    assert [d.event.type for d in delivered] == ["run.paused", "run.resumed"]
+    assert {d.event.run_id for d in delivered} == {run.pk}
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_calls_on_a_paused_run_resume_it_once_and_all_go_on() -> None:
+    require_service(connection.vendor == "postgresql", "needs PostgreSQL (DATABASE_URL)")
+    workspace = make_workspace(owner=make_user())
+    backend = FakeBackend()
+    outcomes: list[str] = []
+    with override_backend(backend):
+        actor = Actor(user=workspace.owner)
+        run = services.run_pause(run=start_run(workspace=workspace), actor=actor)
+        barrier = threading.Barrier(4, timeout=10)
+
+        def call() -> None:
+            try:
+                barrier.wait()
+                outcomes.append(services.run_ensure_running(run=run, actor=actor).status)
+            finally:
+                connection.close()
+
+        threads = [threading.Thread(target=call) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+
+    assert outcomes == ["running"] * 4
+    assert run.sandbox_id not in backend.paused
+    assert [e.type for e in transitions(run.pk)] == ["run.running", "run.paused", "run.resumed"]
+
+
+def test_on_e2b_paused_time_is_not_billed(
+    workspace: Workspace, e2b_sandboxes: Any, e2b_server: Any, clock: Any
+) -> None:
+    from sandboxes import execution
+
+    actor = Actor(user=workspace.owner)
+    run = start_run(workspace=workspace, on_idle="pause")  # T0, on frozen time
+    clock(120)
+    run = services.run_pause(run=run, actor=actor)
+    clock(120 + 3600)
+    execution.run_exec(run=run, actor=actor, command="true")  # resumes it
+    clock(120 + 3600 + 60)
+    run = services.run_complete(
+        run=SandboxRun.objects.get(pk=run.pk), actor=actor, status="succeeded"
+    )
+
+    assert (run.sandbox_seconds, run.paused_for) == (180, timedelta(hours=1))
+    assert run.cpu_count and run.cost_usd == compute_cost(
+        seconds=180, cpu_count=run.cpu_count, memory_mb=run.memory_mb
+    )
+    assert fake(e2b_server, run.sandbox_id).alive is False
+
+
+@pytest.mark.bwrap
+def test_on_local_a_paused_run_is_frozen_and_its_next_exec_finds_its_processes_and_memory(
+    local_sandboxes: Any, workspace: Workspace
+) -> None:
+    from sandboxes import execution
+    from sandboxes.backends.local.limits import SandboxCgroups
+
+    actor = Actor(user=workspace.owner)
+    run = start_run(workspace=workspace, on_idle="pause")
+    holder = (
+        "v=$RANDOM$RANDOM$RANDOM; echo $v | sha256sum > digest; "
+        "while [ ! -f ask ]; do sleep 0.05; done; echo $v | sha256sum > after"
+    )
+    execution.run_exec(
+        run=run, actor=actor, command=f"(bash -c '{holder}' </dev/null >/dev/null 2>&1 &)"
+    )
+    execution.run_exec(
+        run=run, actor=actor, command="until [ -s digest ]; do sleep 0.05; done", timeout_s=30
+    )
+
+    paused = services.run_pause(run=run, actor=actor)
+    record = SandboxCgroups.from_json(
+        (local_sandboxes.root / run.sandbox_id / "cgroups.json").read_bytes()
+    )
+    track = record.groups["track"]
+    frozen = (
+        "frozen 1" in track.read("cgroup.events").splitlines()
+        if track.version == 2
+        else track.read("freezer.state").strip() == "FROZEN"
+    )
+    assert frozen
+
+    result = execution.run_exec(
+        run=paused, actor=actor,
+        command="touch ask; until [ -s after ]; do sleep 0.05; done; cmp digest after && echo same",
+        timeout_s=30,
+    )  # fmt: skip
+
+    assert (result.exit_code, result.stdout) == (0, "same\n")
+    assert run_state(run)[0] == "running"

@@ -45,7 +45,7 @@ def test_an_idle_run_is_killed_and_canceled_by_the_sweep(
 
     report = sandboxes_sweep()
 
-    assert report.as_dict() == {"killed": 1, "failed": 0, "errors": 0}
+    assert report.as_dict() == {"killed": 1, "failed": 0, "paused": 0, "errors": 0}
     assert run_state(run) == ("canceled", "idle_timeout")
     assert fake_backend.kills == [run.sandbox_id]
     assert run.sandbox_id not in fake_backend.live_ids()
@@ -58,7 +58,7 @@ def test_a_run_idle_for_exactly_its_timeout_is_not_yet_idle(
 ) -> None:
     run = start_run(workspace=workspace, idle_timeout_ms=60_000)
     clock(60)
-    assert sandboxes_sweep().as_dict() == {"killed": 0, "failed": 0, "errors": 0}
+    assert sandboxes_sweep().as_dict() == {"killed": 0, "failed": 0, "paused": 0, "errors": 0}
     assert run_state(run) == ("running", "")
 
     clock(60.001)
@@ -145,7 +145,7 @@ def test_a_run_past_its_max_duration_is_killed_and_failed_however_active(
     assert sandboxes_sweep().killed == 0  # exactly at the limit is not past it
     clock(120.001)
 
-    assert sandboxes_sweep().as_dict() == {"killed": 1, "failed": 0, "errors": 0}
+    assert sandboxes_sweep().as_dict() == {"killed": 1, "failed": 0, "paused": 0, "errors": 0}
     assert run_state(run) == ("failed", "max_duration")
     assert run.error is not None and run.error["code"] == "max_duration"
     assert fake_backend.kills == [run.sandbox_id]
@@ -166,7 +166,7 @@ def test_a_run_stuck_booting_fails_and_the_sandbox_made_for_it_is_killed(
     clock(301)
     report = sandboxes_sweep()
 
-    assert report.as_dict() == {"killed": 0, "failed": 1, "errors": 0}
+    assert report.as_dict() == {"killed": 0, "failed": 1, "paused": 0, "errors": 0}
     assert run_state(run) == ("failed", "boot_timeout")
     assert run.error is not None and run.error["code"] == "boot_timeout"
     assert fake_backend.live_ids() == {other.sandbox_id}
@@ -214,14 +214,14 @@ def test_a_kill_that_fails_leaves_the_run_for_the_next_sweep(
 
     report = sandboxes_sweep()
 
-    assert report.as_dict() == {"killed": 1, "failed": 0, "errors": 1}
+    assert report.as_dict() == {"killed": 1, "failed": 0, "paused": 0, "errors": 1}
     assert run_state(failing) == ("running", "")
     assert failing.sweep_claimed_at is None  # released: nobody holds it
     assert run_state(healthy) == ("canceled", "idle_timeout")
     assert [a.outcome for a in report.actions if a.run_id == str(failing.pk)] == ["error"]
 
     clock(91)
-    assert sandboxes_sweep().as_dict() == {"killed": 1, "failed": 0, "errors": 0}
+    assert sandboxes_sweep().as_dict() == {"killed": 1, "failed": 0, "paused": 0, "errors": 0}
     assert run_state(failing) == ("canceled", "idle_timeout")
     assert fake_backend.kills.count(failing.sandbox_id) == 2
 
@@ -235,7 +235,7 @@ def test_a_sandbox_that_is_already_gone_counts_as_killed(
     if gone_as == "not_found":
         fake_backend.fail_next_kill(run.sandbox_id, SandboxNotFound("gone"))
     clock(61)
-    assert sandboxes_sweep().as_dict() == {"killed": 1, "failed": 0, "errors": 0}
+    assert sandboxes_sweep().as_dict() == {"killed": 1, "failed": 0, "paused": 0, "errors": 0}
     assert run_state(run) == ("canceled", "idle_timeout")
 
 
@@ -260,7 +260,7 @@ def test_a_run_canceled_while_the_sweep_kills_its_sandbox_stays_canceled_by_the_
     with override_backend(faulty):
         report = sandboxes_sweep()
 
-    assert report.as_dict() == {"killed": 0, "failed": 0, "errors": 0}
+    assert report.as_dict() == {"killed": 0, "failed": 0, "paused": 0, "errors": 0}
     assert [a.outcome for a in report.actions] == ["skipped"]
     assert run_state(run) == ("canceled", "canceled_by_user")
 
@@ -349,7 +349,7 @@ def test_a_dry_run_says_what_it_would_do_and_does_nothing(
             ("would fail", "boot_timeout", str(booting.pk)),
         ]
     )
-    assert report.as_dict() == {"killed": 0, "failed": 0, "errors": 0}
+    assert report.as_dict() == {"killed": 0, "failed": 0, "paused": 0, "errors": 0}
     assert run_state(idle) == ("running", "") and run_state(booting) == ("booting", "")
     assert fake_backend.kills == []
 
@@ -366,3 +366,131 @@ def test_the_sweep_removes_local_sandboxes_past_their_own_timeout(
     assert sandboxes_sweep().reaped == 1
     assert not (local_sandboxes.root / expiring.sandbox_id).exists()
     assert (local_sandboxes.root / lasting.sandbox_id).exists()
+
+
+# --- on_idle "pause" (SPEC §15) --------------------------------------------------------------
+
+
+def test_an_idle_run_that_says_pause_is_paused_not_killed(
+    clock: Any, workspace: Workspace, fake_backend: FakeBackend
+) -> None:
+    run = start_run(workspace=workspace, idle_timeout_ms=60_000, on_idle="pause")
+    clock(61)
+
+    report = sandboxes_sweep()
+
+    assert report.as_dict() == {"killed": 0, "failed": 0, "paused": 1, "errors": 0}
+    assert run_state(run) == ("paused", "")
+    assert fake_backend.kills == []
+    assert run.sandbox_id in fake_backend.paused
+    assert _actors(run)[-1] == ("system:sweep", "paused")
+    run.refresh_from_db()
+    assert (run.paused_at, run.expires_at, run.sweep_claimed_at) == (
+        T0 + timedelta(seconds=61), run.deadline, None,
+    )  # fmt: skip
+    clock(1800)
+    assert sandboxes_sweep().as_dict() == {"killed": 0, "failed": 0, "paused": 0, "errors": 0}
+    assert run_state(run) == ("paused", "")
+
+
+def test_a_paused_run_past_its_max_duration_is_killed_and_ends_max_duration(
+    clock: Any, workspace: Workspace, fake_backend: FakeBackend
+) -> None:
+    run = start_run(
+        workspace=workspace, idle_timeout_ms=60_000, max_duration_ms=600_000, on_idle="pause"
+    )
+    clock(61)
+    sandboxes_sweep()
+    clock(601)
+
+    report = sandboxes_sweep()
+
+    assert report.as_dict() == {"killed": 1, "failed": 0, "paused": 0, "errors": 0}
+    assert run_state(run) == ("failed", "max_duration")
+    assert fake_backend.kills == [run.sandbox_id]
+    run.refresh_from_db()
+    assert run.sandbox_seconds == 61  # billed until its pause
+    assert _actors(run)[-2:] == [("system:sweep", "paused"), ("system:sweep", "failed")]
+
+
+def test_a_failed_pause_leaves_the_run_running_for_the_next_sweep(
+    clock: Any, workspace: Workspace, fake_backend: FakeBackend
+) -> None:
+    run = start_run(workspace=workspace, idle_timeout_ms=60_000, on_idle="pause")
+    fake_backend.fail_next("pause", TransientBackendError("busy"))
+    clock(61)
+
+    report = sandboxes_sweep()
+
+    assert report.as_dict() == {"killed": 0, "failed": 0, "paused": 0, "errors": 1}
+    assert run_state(run) == ("running", "")
+    assert SandboxRun.objects.get(pk=run.pk).sweep_claimed_at is None
+    assert sandboxes_sweep().paused == 1
+
+
+def test_an_idle_run_whose_sandbox_is_gone_when_paused_ends_as_a_kill_would(
+    clock: Any, workspace: Workspace, fake_backend: FakeBackend
+) -> None:
+    run = start_run(workspace=workspace, idle_timeout_ms=60_000, on_idle="pause")
+    fake_backend.kill(run.sandbox_id)
+    clock(61)
+
+    report = sandboxes_sweep()
+
+    assert (report.killed, report.paused) == (1, 0)
+    assert run_state(run) == ("canceled", "idle_timeout")
+
+
+@pytest.mark.django_db(transaction=True)  # the pause runs on a pool thread's own connection
+def test_a_call_that_came_in_while_the_sweep_paused_keeps_the_run_running(
+    clock: Any, workspace: Workspace, fake_backend: FakeBackend
+) -> None:
+    run = start_run(workspace=workspace, idle_timeout_ms=60_000, on_idle="pause")
+    clock(61)
+    pause = fake_backend.pause
+
+    def pause_as_a_call_comes_in(sandbox_id: str) -> None:
+        pause(sandbox_id)
+        SandboxRun.objects.filter(pk=run.pk).update(last_activity_at=T0 + timedelta(seconds=61))
+
+    fake_backend.pause = pause_as_a_call_comes_in  # type: ignore[method-assign]
+    report = sandboxes_sweep()
+
+    assert report.paused == 0
+    assert [a.detail for a in report.actions] == ["active again"]
+    assert run_state(run) == ("running", "")
+    assert run.sandbox_id not in fake_backend.paused  # resumed at once
+
+
+def test_a_dry_run_says_it_would_pause(
+    clock: Any, workspace: Workspace, fake_backend: FakeBackend
+) -> None:
+    run = start_run(workspace=workspace, idle_timeout_ms=60_000, on_idle="pause")
+    clock(61)
+    report = sandboxes_sweep(dry_run=True)
+    assert [str(a) for a in report.actions] == [
+        f"would pause idle_timeout run={run.pk} sandbox={run.sandbox_id}"
+    ]
+    assert run_state(run) == ("running", "")
+
+
+def test_on_e2b_a_paused_run_past_its_max_duration_ends_max_duration(
+    workspace: Workspace, e2b_sandboxes: Any, e2b_server: Any, time_machine: Any
+) -> None:
+    from tests.sandboxes.backends.test_e2b import fake
+
+    run = start_run(
+        workspace=workspace, idle_timeout_ms=60_000, max_duration_ms=600_000, on_idle="pause"
+    )
+    start = run.created_at
+    time_machine.move_to(start + timedelta(seconds=61), tick=False)
+    assert sandboxes_sweep().paused == 1
+    assert fake(e2b_server, run.sandbox_id).state == "paused"
+    time_machine.move_to(start + timedelta(seconds=601), tick=False)
+
+    report = sandboxes_sweep()
+
+    assert (report.killed, report.errors) == (1, 0)
+    assert run_state(run) == ("failed", "max_duration")
+    assert e2b_server.state.requests_for("DELETE", rf"/sandboxes/{run.sandbox_id}")
+    assert run.sandbox_id not in {s.sandbox_id for s in e2b_server.state.live_sandboxes()}

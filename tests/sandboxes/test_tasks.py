@@ -89,7 +89,7 @@ def test_the_sweep_task_returns_the_counts(
 ) -> None:
     start_run(workspace=workspace, idle_timeout_ms=60_000)
     clock(61)
-    assert sweep_sandboxes() == {"killed": 1, "failed": 0, "errors": 0}
+    assert sweep_sandboxes() == {"killed": 1, "failed": 0, "paused": 0, "errors": 0}
 
 
 @pytest.mark.django_db

@@ -26,7 +26,8 @@ class Command(BaseCommand):
             self.stdout.write(f"dry run: {len(report.actions)} to do; --for-real does it")
             return
         self.stdout.write(
-            f"killed {report.killed}, failed {report.failed}, errors {report.errors}, "
+            f"killed {report.killed}, failed {report.failed}, paused {report.paused}, "
+            f"errors {report.errors}, "
             f"expired local sandboxes removed {report.reaped}"
         )
         if report.errors:

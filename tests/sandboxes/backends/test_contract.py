@@ -8,6 +8,7 @@ test module. Pause is asserted where ``supports_pause`` says the backend has it.
 from __future__ import annotations
 
 import io
+import shlex
 import threading
 import time
 import uuid
@@ -522,6 +523,35 @@ def test_pause_and_resume_keep_processes_and_files(backend: SandboxBackend, sand
     assert read_all(backend, sandbox, f"{HOME}/site/index.html") == b"kept"
     backend.resume(sandbox, timeout_s=120)  # a running sandbox: nothing happens
     assert backend.run(sandbox, "echo running", timeout_s=30).stdout == "running\n"
+
+
+def test_pause_and_resume_keep_a_processs_memory(backend: SandboxBackend, sandbox: str) -> None:
+    """A background process holds a value only in its memory (a shell variable it never
+    wrote down) and keeps counting; after pause and resume it is the same process with the
+    same value, and it goes on from where it was."""
+    if not backend.supports_pause:
+        pytest.skip(f"the {backend.name} backend cannot pause here")
+    holder = (
+        "v=$(od -An -N8 -tx8 /dev/urandom | tr -d ' '); n=0; echo $$ > pid; "
+        "echo $v | sha256sum > digest; "
+        "while [ ! -f ask ]; do n=$((n + 1)); sleep 0.05; done; "
+        "echo $v | sha256sum > after; echo $n > count"
+    )
+    background = f"(bash -c {shlex.quote(holder)} </dev/null >/dev/null 2>&1 &)"
+    backend.run(sandbox, background, timeout_s=30)
+    wait = "for _ in $(seq 200); do [ -s {0} ] && exit 0; sleep 0.05; done; exit 1"
+    assert backend.run(sandbox, wait.format("digest"), timeout_s=30).exit_code == 0
+    pid = backend.run(sandbox, "cat pid", timeout_s=30).stdout
+
+    backend.pause(sandbox)
+    backend.resume(sandbox, timeout_s=120)
+    backend.run(sandbox, "touch ask", timeout_s=30)
+
+    assert backend.run(sandbox, wait.format("count"), timeout_s=30).exit_code == 0
+    assert backend.run(sandbox, "cat pid", timeout_s=30).stdout == pid
+    before = read_all(backend, sandbox, f"{HOME}/digest")
+    assert read_all(backend, sandbox, f"{HOME}/after") == before  # the value in its memory
+    assert int(read_all(backend, sandbox, f"{HOME}/count")) > 0
 
 
 # -- E2B semantics (SPEC §14/§15), written for every backend ---------------------------------

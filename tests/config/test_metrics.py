@@ -86,6 +86,23 @@ def test_the_token_scrapes_and_only_reads(metrics_on: Any) -> None:
     assert value(samples, "airlock_run_boot_seconds_count") == 0
 
 
+@pytest.mark.django_db
+def test_a_scraper_that_asks_for_openmetrics_gets_it(metrics_on: Any) -> None:
+    from prometheus_client.openmetrics.parser import (
+        text_string_to_metric_families as openmetrics_families,
+    )
+
+    response = Client().get(
+        "/metrics",
+        HTTP_AUTHORIZATION=f"Bearer {TOKEN}",
+        HTTP_ACCEPT="application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
+    )
+    assert response["Content-Type"].startswith("application/openmetrics-text; version=1.0.0")
+    families = {f.name: f for f in openmetrics_families(response.content.decode())}
+    assert families["airlock_maintenance"].type == "counter"
+    assert families["airlock_run_boot_seconds"].type == "histogram"
+
+
 # --- after real activity ------------------------------------------------------------------
 
 

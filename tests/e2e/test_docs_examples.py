@@ -20,9 +20,19 @@ from django.core.management import call_command
 from artifacts.models import Artifact, ReviewPolicy
 from sandboxes.models import SandboxRun
 from tests.test_readme import Example, runnable
+from workspaces import stream
 from workspaces.models import Membership, WebhookEndpoint, Workspace
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+
+@pytest.fixture
+def _stream_connections_released(asgi_server: Any) -> Any:
+    """The event stream's read threads keep their database connections between requests (by
+    design): closed before the test database goes."""
+    yield
+    stream.release_connections()
+
 
 # curl as the examples call it, made strict: an HTTP error status is a failure; a stream that
 # never ends by itself (the trail's event stream) is read for 3 s.
@@ -72,6 +82,7 @@ def _run(script: str, cwd: Path, name: str) -> str:
     return done.stdout
 
 
+@pytest.mark.usefixtures("_stream_connections_released")
 def test_every_shell_example_runs_against_a_live_server(
     asgi_server: Any,
     local_sandboxes: Any,

@@ -10,14 +10,16 @@ STAMP := $(VENV)/.installed
 setup: system-packages $(STAMP)
 
 # Debian packages the project needs (bubblewrap, libseccomp2 and e2fsprogs for local sandboxes:
-# the jail, its seccomp filter, its disk image; chromium for the admin browser tests,
-# python3-venv). Installed only when running as root on Debian/Ubuntu.
+# the jail, its seccomp filter, its disk image; chromium for the admin browser tests; curl, jq
+# and unzip, which the documented examples use and their test runs; python3-venv). Installed
+# only when running as root on Debian/Ubuntu.
 system-packages:
 	@missing=""; \
 	command -v bwrap >/dev/null || missing="$$missing bubblewrap"; \
 	PATH="$$PATH:/usr/sbin:/sbin" ldconfig -p 2>/dev/null | grep -q 'libseccomp\.so\.2' || missing="$$missing libseccomp2"; \
 	PATH="$$PATH:/usr/sbin:/sbin" command -v mkfs.ext4 >/dev/null || missing="$$missing e2fsprogs"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	for tool in curl jq unzip; do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
 	$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \

@@ -142,10 +142,27 @@ class BulkReview:
 
 
 def artifacts_review(
-    *, artifacts: Iterable[Artifact], actor: Actor, decision: str, comment: str = ""
+    *,
+    artifacts: Iterable[Artifact],
+    actor: Actor,
+    decision: str,
+    comment: str = "",
+    dry_run: bool = False,
 ) -> BulkReview:
     """artifact_review over many artifacts (admin bulk actions, the review command): each
-    one on its own, so one refusal does not stop the others."""
+    one on its own, so one refusal does not stop the others. A dry run decides in a
+    transaction it rolls back: the very checks, nothing kept (nor sent: on-commit work is
+    dropped with it)."""
+    if dry_run:
+        artifacts = list(artifacts)
+        with transaction.atomic():
+            outcome = artifacts_review(
+                artifacts=artifacts, actor=actor, decision=decision, comment=comment
+            )
+            transaction.set_rollback(True)
+        for artifact in artifacts:
+            artifact.refresh_from_db()
+        return outcome
     outcome = BulkReview()
     for artifact in artifacts:
         try:

@@ -24,6 +24,7 @@ from config.env import (
     env_list,
     env_str,
 )
+from config.logs import logging_config
 
 # Lets Django's generic classes take type parameters at runtime (ModelAdmin[Model], …).
 django_stubs_ext.monkeypatch()
@@ -328,11 +329,10 @@ SERVER_EMAIL = DEFAULT_FROM_EMAIL
 SITE_URL = env_str("SITE_URL", "http://127.0.0.1:8000").rstrip("/")
 
 # --- Logging ------------------------------------------------------------------------------
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
-    "loggers": {"django.db.backends": {"level": "INFO"}},
-}
+LOG_FORMAT = env_choice("LOG_FORMAT", ("plain", "json"), "plain")
+LOGGING = logging_config(log_format=LOG_FORMAT, level=env_str("LOG_LEVEL", "INFO"))
+
+# --- Metrics ------------------------------------------------------------------------------
+# GET /metrics answers (Prometheus text format) only to `Authorization: Bearer <this>`;
+# unset, it is a 404 for everyone.
+METRICS_TOKEN = env_str("METRICS_TOKEN", "")

@@ -384,3 +384,22 @@ class Command(models.Model):
         return Subject(
             "command", self.pk, self.workspace_id, run_id=self.run_id, thread_id=self.run.thread_id
         )
+
+
+class MaintenanceCount(models.Model):
+    """A running total of what the periodic sweep or reconcile did (passes, kills, failures,
+    errors), added to by every pass in whatever worker ran it: what /metrics exposes as
+    counters, the same whichever process is scraped (sandboxes/maintenance.py)."""
+
+    task = models.CharField(max_length=32)  # sweep, reconcile
+    outcome = models.CharField(max_length=32)  # passes, or a field of the pass's report
+    total = models.PositiveBigIntegerField(default=0)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["task", "outcome"], name="maintenance_count_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.task} {self.outcome}: {self.total}"

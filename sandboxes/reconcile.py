@@ -22,6 +22,7 @@ from django.utils import timezone
 from django_fsm import TransitionNotAllowed
 
 from config.exceptions import Conflict
+from sandboxes import maintenance
 from sandboxes.backends import SandboxBackend, SandboxInfo, SandboxNotFound, app_tags, get_backend
 from sandboxes.models import SANDBOX_STATUSES, TERMINAL_STATUSES, EndReason, SandboxRun
 from sandboxes.services import run_transition
@@ -94,6 +95,8 @@ def sandboxes_reconcile(*, dry_run: bool = False) -> ReconcileReport:
             else:
                 _judge_lost(future, checks[future], dry_run, report)
     logger.info("reconcile: killed=%d lost=%d errors=%d", report.killed, report.lost, report.errors)
+    if not dry_run:
+        maintenance.pass_count("reconcile", report)
     return report
 
 

@@ -25,6 +25,7 @@ from django.utils import timezone
 from django_fsm import TransitionNotAllowed
 
 from config.exceptions import Conflict
+from sandboxes import maintenance
 from sandboxes.backends import (
     BackendError,
     SandboxBackend,
@@ -136,6 +137,7 @@ def sandboxes_sweep(*, dry_run: bool = False) -> SweepReport:
         "sweep: killed=%d failed=%d paused=%d errors=%d reaped=%d",
         report.killed, report.failed, report.paused, report.errors, report.reaped,
     )  # fmt: skip
+    maintenance.pass_count("sweep", report)
     return report
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import re
@@ -43,6 +44,23 @@ def workspace_get(
     )
     assert workspace is not None
     return workspace, role
+
+
+def workspace_find(*, reference: str) -> Workspace:
+    """An operator's lookup (management commands: shell access, every workspace): the
+    workspace whose id or exact name is `reference`. NotFound when none is, or when the name
+    is shared (then the error lists the ids to choose from)."""
+    with contextlib.suppress(ValueError):
+        workspace = Workspace.objects.select_related("owner").filter(pk=uuid.UUID(reference))
+        if found := workspace.first():
+            return found
+    named = list(Workspace.objects.select_related("owner").filter(name=reference)[:10])
+    if len(named) == 1:
+        return named[0]
+    if named:
+        ids = ", ".join(str(w.pk) for w in named)
+        raise NotFound(f"{len(named)} workspaces are named {reference!r}: give an id ({ids}).")
+    raise NotFound(f"No workspace {reference!r} (neither an id nor an exact name).")
 
 
 def membership_list(*, workspace: Workspace) -> QuerySet[Membership]:

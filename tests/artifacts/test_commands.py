@@ -15,6 +15,7 @@ from sandboxes.models import SandboxRun
 from tests.artifacts.conftest import make_artifact, review_state
 from tests.conftest import run_command
 from tests.factories import make_run, make_workspace, transitions
+from workspaces.models import Event
 
 
 def review(*args: str) -> tuple[str, str]:
@@ -50,15 +51,34 @@ def test_list_shows_the_pending_queue_oldest_first(run: SandboxRun, outsider: An
     out, _ = review("list", "--workspace", str(run.workspace_id), "--limit", "1")
     assert out.splitlines() == [out.splitlines()[0], "2 pending, 1 shown"]
     assert str(older.pk) in out
+    assert review("list", "--workspace", run.workspace.name, "--limit", "1")[0] == out
+    with pytest.raises(CommandError, match="No workspace 'Nowhere'"):
+        review("list", "--workspace", "Nowhere")
+
+
+@pytest.mark.django_db
+def test_a_decision_is_a_dry_run_unless_told_otherwise(run: SandboxRun, admin_user: Any) -> None:
+    first, decided = make_artifact(run), make_artifact(run, state="approved")
+    before = Event.objects.count()
+
+    out, _ = review("approve", str(first.pk), "--as", "adam")
+    assert f"{first.pk}: would be approved" in out
+    assert "dry run: nothing decided; --for-real does it" in out
+    errors = failing("reject", str(first.pk), str(decided.pk), "--as", "adam", "--comment", "x")
+    assert "already approved" in errors and "1 of 2 not rejected." in errors
+
+    assert review_state(first) == "pending"
+    assert not first.approvals.exists()
+    assert Event.objects.count() == before  # nothing on the trail, nothing sent
 
 
 @pytest.mark.django_db
 def test_approve_and_reject_as_a_reviewer(run: SandboxRun, admin_user: Any) -> None:
     first, second = make_artifact(run), make_artifact(run)
 
-    out, _ = review("approve", str(first.pk), "--as", "adam")
+    out, _ = review("approve", str(first.pk), "--as", "adam", "--for-real")
     assert f"{first.pk}: approved" in out
-    out, _ = review("reject", str(second.pk), "--as", "adam", "--comment", "no thanks")
+    out, _ = review("reject", str(second.pk), "--as", "adam", "--comment", "no", "--for-real")
     assert f"{second.pk}: rejected" in out
 
     assert (review_state(first), review_state(second)) == ("approved", "rejected")
@@ -73,7 +93,8 @@ def test_one_failure_does_not_stop_the_others_and_the_command_fails(
     decided = make_artifact(run, state="rejected")
     missing = "00000000-0000-0000-0000-000000000000"
 
-    errors = failing("approve", str(decided.pk), "nope", str(good.pk), missing, "--as", "adam")
+    args = ["approve", str(decided.pk), "nope", str(good.pk), missing, "--as", "adam"]
+    errors = failing(*args, "--for-real")
 
     assert "3 of 4 not approved." in errors
     assert "already rejected" in errors
@@ -115,7 +136,8 @@ def test_the_service_rules_apply(
     out, err = StringIO(), StringIO()
     with pytest.raises(CommandError):
         call_command(
-            "review", "approve", str(artifact.pk), "--as", username, stdout=out, stderr=err
-        )
+            "review", "approve", str(artifact.pk), "--as", username, "--for-real",
+            stdout=out, stderr=err,
+        )  # fmt: skip
     assert error in err.getvalue()
     assert review_state(artifact) == "pending"

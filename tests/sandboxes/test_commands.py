@@ -4,17 +4,18 @@ the services, dry runs where they are destructive, clear errors."""
 from __future__ import annotations
 
 import uuid
+from io import StringIO
 from typing import Any
 
 import pytest
-from django.core.management import CommandError
+from django.core.management import CommandError, call_command
 
 from sandboxes.backends import TransientBackendError, app_tags
 from sandboxes.models import SandboxRun
 from tests.conftest import run_command
-from tests.factories import make_run, run_state
+from tests.factories import make_run, make_workspace, run_state
 from tests.sandboxes.fake_backend import FakeBackend, start_run
-from workspaces.models import Workspace
+from workspaces.models import Event, Workspace
 
 
 def _call(*args: str) -> str:
@@ -64,14 +65,93 @@ def test_list_runs_filters(workspace: Any) -> None:
 
 
 @pytest.mark.django_db
-def test_cancel_run_dry_run_changes_nothing_then_cancels(workspace: Any) -> None:
+def test_cancel_run_is_a_dry_run_unless_told_otherwise(workspace: Any) -> None:
     run = make_run(workspace=workspace)
-    assert "would cancel" in _call("cancel_run", str(run.pk), "--dry-run")
-    run.refresh_from_db()
-    assert run.status == "booting"
-    assert "canceled" in _call("cancel_run", str(run.pk))
-    run.refresh_from_db()
-    assert (run.status, run.end_reason) == ("canceled", "canceled_by_user")
+    out = _call("cancel_run", str(run.pk))
+    assert f"would cancel {run.pk}  booting" in out
+    assert "dry run: nothing changed; --for-real does it" in out
+    assert _call("cancel_run", str(run.pk), "--dry-run") == out
+    assert run_state(run) == ("booting", "")
+    assert not Event.objects.filter(type="run.canceled").exists()
+
+    assert f"canceled {run.pk}  canceled" in _call("cancel_run", str(run.pk), "--for-real")
+    assert run_state(run) == ("canceled", "canceled_by_user")
+    assert "already canceled, nothing to do" in _call("cancel_run", str(run.pk))
+
+
+@pytest.mark.django_db
+def test_cancel_run_says_which_runs_cannot_be_canceled(workspace: Any) -> None:
+    ended = make_run(workspace=workspace, status="succeeded")
+    active = make_run(workspace=workspace, status="running")
+    for mode in ([], ["--for-real"]):
+        out, err = StringIO(), StringIO()
+        with pytest.raises(CommandError, match="1 of 2 cannot be canceled"):
+            call_command("cancel_run", str(ended.pk), str(active.pk), *mode, stdout=out, stderr=err)
+        assert str(ended.pk) in err.getvalue() and "succeeded" in err.getvalue()
+    assert run_state(active) == ("canceled", "canceled_by_user")
+
+
+def test_cancel_run_refuses_both_modes_at_once() -> None:
+    with pytest.raises(CommandError, match="not allowed with argument"):
+        _call("cancel_run", str(uuid.uuid4()), "--for-real", "--dry-run")
+
+
+# --- a workspace by id or by name ------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_list_runs_takes_a_workspace_by_id_or_exact_name(workspace: Any, outsider: Any) -> None:
+    mine = make_run(workspace=workspace)
+    other = make_run(workspace=make_workspace(owner=outsider, name="Demo workspace"))
+    for reference in ("Demo workspace", str(other.workspace_id)):
+        out = _call("list_runs", "--workspace", reference)
+        assert str(other.pk) in out and str(mine.pk) not in out
+    with pytest.raises(CommandError, match=r"^No workspace 'Demo' \(neither an id nor"):
+        _call("list_runs", "--workspace", "Demo")
+    with pytest.raises(CommandError, match="No workspace '00000000-0000-0000-0000-000000000000'"):
+        _call("list_runs", "--workspace", "00000000-0000-0000-0000-000000000000")
+
+
+@pytest.mark.django_db
+def test_a_name_two_workspaces_share_asks_for_an_id(workspace: Any, outsider: Any) -> None:
+    twin = make_workspace(owner=outsider, name=workspace.name)
+    with pytest.raises(CommandError, match="2 workspaces are named 'Lab': give an id") as error:
+        _call("start_run", "Lab", "--prompt", "p")
+    assert str(workspace.pk) in str(error.value) and str(twin.pk) in str(error.value)
+    assert not SandboxRun.objects.exists()
+
+
+@pytest.mark.django_db
+def test_start_run_takes_the_workspace_by_name(workspace: Any) -> None:
+    out = _call("start_run", "Lab", "--prompt", "hello")
+    assert out.strip() == f"started {SandboxRun.objects.get(workspace=workspace).pk}"
+
+
+# --- start_run --wait against a worker -------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_start_run_wait_prints_the_jobs_output(workspace: Any, task_runner: Any) -> None:
+    job = "echo the answer is 42; echo careful >&2"
+    out, err = run_command("start_run", "Lab", "--prompt", "p", "--command", job, "--wait")
+    run = SandboxRun.objects.get()
+    assert out.splitlines() == [f"started {run.pk}", f"{run.pk}  succeeded  completed  exit 0",
+                                "the answer is 42"]  # fmt: skip
+    assert err == "careful\n"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_start_run_wait_prints_a_failed_jobs_output_then_fails(
+    workspace: Any, task_runner: Any
+) -> None:
+    out, err = StringIO(), StringIO()
+    with pytest.raises(CommandError, match="run failed"):
+        call_command(
+            "start_run", str(workspace.pk), "--prompt", "p", "--command",
+            "echo no such file >&2; exit 3", "--wait", stdout=out, stderr=err,
+        )  # fmt: skip
+    assert "failed  command_failed  exit 3" in out.getvalue()
+    assert err.getvalue() == "no such file\n"
 
 
 # --- sandbox_check ---------------------------------------------------------------------------

@@ -23,9 +23,16 @@ def test_create_api_key_prints_the_secret_once(workspace: Any) -> None:
 
 @pytest.mark.django_db
 def test_create_api_key_refuses_an_unknown_workspace(db: Any) -> None:
-    with pytest.raises(CommandError, match="No workspace"):
-        run_command("create_api_key", "00000000-0000-0000-0000-000000000000", "--name", "ci")
+    for reference in ("00000000-0000-0000-0000-000000000000", "Nowhere"):
+        with pytest.raises(CommandError, match=f"^No workspace '{reference}'"):
+            run_command("create_api_key", reference, "--name", "ci")
     assert not ApiKey.objects.exists()
+
+
+@pytest.mark.django_db
+def test_create_api_key_takes_the_workspace_by_name(workspace: Any) -> None:
+    run_command("create_api_key", "Lab", "--name", "ci")
+    assert ApiKey.objects.get(name="ci").workspace == workspace
 
 
 @pytest.mark.django_db

@@ -1,7 +1,8 @@
 """`manage.py review list | approve <id>… --as <user> | reject <id>… --as <user> --comment …`
 
 Thin over artifacts.review: the decision is checked and logged exactly as in the API and the
-admin (role, self-review, final states), acting as the named user."""
+admin (role, self-review, final states), acting as the named user. approve and reject only
+say what they would do (the same checks, rolled back) unless given --for-real."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from django.utils.timesince import timesince
 from artifacts import review, selectors
 from artifacts.models import Artifact
 from workspaces.access import Actor
+from workspaces.management.operator import WORKSPACE_HELP, add_for_real, workspace_arg
 
 VERBS = {"approve": "approved", "reject": "rejected"}
 
@@ -27,7 +29,7 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         actions = parser.add_subparsers(dest="action", required=True, metavar="list|approve|reject")
         listing = actions.add_parser("list", help="Pending artifacts, oldest first.")
-        listing.add_argument("--workspace", type=uuid.UUID, help="Only this workspace.")
+        listing.add_argument("--workspace", help=f"Only this workspace ({WORKSPACE_HELP}).")
         listing.add_argument("--limit", type=int, default=100)
         for verb in VERBS:
             decide = actions.add_parser(verb, help=f"{verb.capitalize()} artifacts.")
@@ -38,6 +40,7 @@ class Command(BaseCommand):
             decide.add_argument(
                 "--comment", default="", help="Why; required to reject." if verb == "reject" else ""
             )
+            add_for_real(decide, f"{verb} them (else: only say what would happen)")
 
     def handle(self, *args: Any, action: str, **options: Any) -> None:
         if action == "list":
@@ -48,11 +51,13 @@ class Command(BaseCommand):
                 ids=options["artifact_ids"],
                 username=options["username"],
                 comment=options["comment"],
+                for_real=options["for_real"],
             )
 
-    def _list(self, *, workspace: uuid.UUID | None, limit: int) -> None:
+    def _list(self, *, workspace: str | None, limit: int) -> None:
         # An operator's view across every workspace: this command runs with shell access.
-        queue = selectors.review_queue(workspace_ids=[workspace] if workspace else None)
+        ids = [workspace_arg(workspace).pk] if workspace else None
+        queue = selectors.review_queue(workspace_ids=ids)
         total = queue.count()
         now = timezone.now()
         for artifact in queue[: max(limit, 0)]:
@@ -64,7 +69,9 @@ class Command(BaseCommand):
             )
         self.stdout.write(f"{total} pending" + (f", {limit} shown" if total > limit else "."))
 
-    def _decide(self, *, decision: str, ids: list[str], username: str, comment: str) -> None:
+    def _decide(
+        self, *, decision: str, ids: list[str], username: str, comment: str, for_real: bool
+    ) -> None:
         user = get_user_model().objects.filter(username=username, is_active=True).first()
         if user is None:
             raise CommandError(f"No user named {username!r}.")
@@ -75,14 +82,21 @@ class Command(BaseCommand):
         for raw_id, why in missing:
             self.stderr.write(f"{raw_id}: {why}")
         outcome = review.artifacts_review(
-            artifacts=artifacts, actor=actor, decision=decision, comment=comment
+            artifacts=artifacts,
+            actor=actor,
+            decision=decision,
+            comment=comment,
+            dry_run=not for_real,
         )
+        done = VERBS[decision] if for_real else f"would be {VERBS[decision]}"
         for artifact in outcome.done:
-            self.stdout.write(f"{artifact.pk}: {VERBS[decision]} ({artifact.title!r})")
+            self.stdout.write(f"{artifact.pk}: {done} ({artifact.title!r})")
         for artifact in outcome.already_decided:
             self.stderr.write(f"{artifact.pk}: already {artifact.review_state}")
         for artifact, why in outcome.refused:
             self.stderr.write(f"{artifact.pk}: {why}")
+        if not for_real:
+            self.stdout.write("dry run: nothing decided; --for-real does it")
         failures = len(missing) + len(outcome.already_decided) + len(outcome.refused)
         if failures:
             raise CommandError(f"{failures} of {len(ids)} not {VERBS[decision]}.")

@@ -5,13 +5,14 @@ from typing import Any
 from django.core.management.base import BaseCommand
 
 from sandboxes.models import RunStatus, SandboxRun
+from workspaces.management.operator import WORKSPACE_HELP, workspace_arg
 
 
 class Command(BaseCommand):
     help = "List runs, newest first."
 
     def add_arguments(self, parser: Any) -> None:
-        parser.add_argument("--workspace", help="workspace id")
+        parser.add_argument("--workspace", help=WORKSPACE_HELP)
         parser.add_argument("--status", choices=RunStatus.values)
         parser.add_argument("--thread")
         parser.add_argument("--limit", type=int, default=50)
@@ -19,7 +20,7 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **o: Any) -> None:
         runs = SandboxRun.objects.select_related("workspace").order_by("-created_at")
         if o["workspace"]:
-            runs = runs.filter(workspace_id=o["workspace"])
+            runs = runs.filter(workspace=workspace_arg(o["workspace"]))
         if o["status"]:
             runs = runs.filter(status=o["status"])
         if o["thread"]:

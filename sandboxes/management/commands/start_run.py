@@ -3,21 +3,23 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
 from config.exceptions import AirlockError
-from sandboxes import services
+from sandboxes import selectors, services
 from sandboxes.management.commands._common import actor_for, describe
-from sandboxes.models import ACTIVE_STATUSES, RunStatus, SandboxRun
-from workspaces.models import Workspace
+from sandboxes.models import ACTIVE_STATUSES, CommandKind, RunStatus, SandboxRun
+from workspaces.management.operator import WORKSPACE_HELP, workspace_arg
 
 
 class Command(BaseCommand):
-    help = "Start a sandbox run (a worker boots it); with --wait, print its final status."
+    help = (
+        "Start a sandbox run (a worker boots it); with --wait, wait for it to end (a job) or "
+        "to be running (interactive) and print its status and the job's output."
+    )
 
     def add_arguments(self, parser: Any) -> None:
-        parser.add_argument("workspace", help="workspace id")
+        parser.add_argument("workspace", help=WORKSPACE_HELP)
         parser.add_argument("--prompt", required=True, help="the task, shown to reviewers")
         parser.add_argument("--command", default="", help="a job to run; the run ends with it")
         parser.add_argument("--thread", default="cli", help="agent thread id")
@@ -29,10 +31,7 @@ class Command(BaseCommand):
         parser.add_argument("--wait-timeout", type=float, default=600.0, help="seconds")
 
     def handle(self, *args: Any, **o: Any) -> None:
-        try:
-            workspace = Workspace.objects.select_related("owner").get(pk=o["workspace"])
-        except (Workspace.DoesNotExist, ValidationError) as exc:
-            raise CommandError(f"No workspace {o['workspace']!r}.") from exc
+        workspace = workspace_arg(o["workspace"])
         actor = actor_for(o["username"], default_user=workspace.owner)
         try:
             run, _ = services.run_create(
@@ -52,8 +51,21 @@ class Command(BaseCommand):
             return
         run = self._wait(run, o["wait_timeout"], until_ended=bool(o["command"]))
         self.stdout.write(describe(run))
+        self._job_output(run)
         if run.status in (RunStatus.FAILED, RunStatus.CANCELED):
             raise CommandError(f"run {run.status}")
+
+    def _job_output(self, run: SandboxRun) -> None:
+        """The job's stdout to stdout and its stderr to stderr, as the command record keeps
+        them (each stream's last 64 KiB, the run's log artifact holds the rest)."""
+        job = selectors.command_list(run=run).filter(kind=CommandKind.JOB).last()
+        if job is None:
+            return
+        for stream, text in ((self.stdout, job.stdout_tail), (self.stderr, job.stderr_tail)):
+            if text:
+                stream.write(text, ending="" if text.endswith("\n") else "\n")
+        if job.truncated:
+            self.stderr.write("(output truncated: the run's log artifact holds what the job kept)")
 
     def _wait(self, run: SandboxRun, timeout: float, *, until_ended: bool) -> SandboxRun:
         """Until the run ends (a job) or is running (interactive): a worker must be up."""

@@ -3,20 +3,20 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib.auth import get_user_model
-from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
 from config.exceptions import AirlockError
 from workspaces import services
 from workspaces.access import Actor
-from workspaces.models import ApiKeyRole, Workspace
+from workspaces.management.operator import WORKSPACE_HELP, workspace_arg
+from workspaces.models import ApiKeyRole
 
 
 class Command(BaseCommand):
     help = "Create a workspace API key and print its secret (shown this once)."
 
     def add_arguments(self, parser: Any) -> None:
-        parser.add_argument("workspace", help="workspace id")
+        parser.add_argument("workspace", help=WORKSPACE_HELP)
         parser.add_argument("--name", required=True)
         parser.add_argument("--role", choices=ApiKeyRole.values, default=ApiKeyRole.MEMBER)
         parser.add_argument("--as", dest="username", help="creator (default: the owner)")
@@ -24,10 +24,7 @@ class Command(BaseCommand):
     def handle(
         self, *args: Any, workspace: str, name: str, role: str, username: str | None, **options: Any
     ) -> None:
-        try:
-            ws = Workspace.objects.select_related("owner").get(pk=workspace)
-        except (Workspace.DoesNotExist, ValidationError) as exc:
-            raise CommandError(f"No workspace {workspace!r}.") from exc
+        ws = workspace_arg(workspace)
         user = ws.owner
         if username:
             named = get_user_model().objects.filter(username=username).first()

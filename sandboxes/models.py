@@ -39,6 +39,7 @@ class EndReason(models.TextChoices):
     BOOT_TIMEOUT = "boot_timeout"
     BOOT_ERROR = "boot_error"
     SANDBOX_LOST = "sandbox_lost"
+    WORKER_LOST = "worker_lost"  # the command job's worker died: its lease lapsed
 
 
 def compute_cost(*, seconds: float, cpu_count: int | None, memory_mb: int | None) -> Decimal:
@@ -81,6 +82,9 @@ class SandboxRun(ConcurrentTransitionMixin, models.Model):
     status = FSMField(default=RunStatus.BOOTING, choices=RunStatus.choices, protected=True)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     boot_claimed_at = models.DateTimeField(null=True, blank=True)
+    # The start outbox: when the start task was last sent (set with the row, sent on commit);
+    # null when sending failed. The sweep sends it again when null or overdue and unclaimed.
+    start_enqueued_at = models.DateTimeField(null=True, blank=True, default=timezone.now)
     running_at = models.DateTimeField(null=True, blank=True)
     command_started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -273,6 +277,9 @@ class Command(models.Model):
     stdout_tail = models.TextField(blank=True)
     stderr_tail = models.TextField(blank=True)
     truncated = models.BooleanField(default=False)  # output was cut (by the limit or the tail)
+    # The command job's lease, renewed by its worker's heartbeat (with its output so far): a
+    # job whose lease lapsed lost its worker, and the sweep fails its run as worker_lost.
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
     error = models.JSONField(null=True, blank=True)
 
     class Meta:

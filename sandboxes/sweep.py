@@ -32,7 +32,12 @@ from sandboxes.backends import (
     kill_run_sandboxes,
 )
 from sandboxes.models import EndReason, RunStatus, SandboxRun
-from sandboxes.services import run_transition
+from sandboxes.services import (
+    fail_boot_timeout,
+    run_start_resend,
+    run_transition,
+    runs_start_unclaimed,
+)
 from workspaces.access import Actor
 
 logger = logging.getLogger(__name__)
@@ -90,6 +95,7 @@ class SweepReport:
     failed: int = 0
     errors: int = 0
     reaped: int = 0  # local sandboxes the backend destroyed because their own timeout passed
+    resent: int = 0  # booting runs whose start task was sent again (never sent, or lost)
     actions: list[Action] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, int]:
@@ -116,14 +122,15 @@ def sandboxes_sweep(*, dry_run: bool = False) -> SweepReport:
     started = time.monotonic()
     with sweep_pool() as pool:
         _fail_stuck_boots(now, backend, pool, report)
+        _resend_unclaimed_starts(now, report)
         while time.monotonic() - started < TIME_BUDGET_S:
             claimed, seen = _claim_due_runs(now)
             _end_due_runs(claimed, backend, pool, report)
             if seen < BATCH_SIZE:
                 break
     logger.info(
-        "sweep: killed=%d failed=%d errors=%d reaped=%d",
-        report.killed, report.failed, report.errors, report.reaped,
+        "sweep: killed=%d failed=%d errors=%d reaped=%d resent=%d",
+        report.killed, report.failed, report.errors, report.reaped, report.resent,
     )  # fmt: skip
     return report
 
@@ -254,15 +261,9 @@ def _fail_stuck_boots(
     """Booting past the boot timeout → failed / boot_timeout. The transition comes first:
     a boot still under way then loses its race to mark the run running and kills what it
     made; whatever it made before is found by the run_id tag and killed here."""
-    boot_error = {
-        "code": "boot_timeout",
-        "message": f"The sandbox did not start within {settings.SANDBOX_BOOT_TIMEOUT_S} s.",
-    }
 
     def fail_if_booting(run: SandboxRun) -> None:
-        if run.status != RunStatus.BOOTING:  # it started meanwhile: no longer a boot timeout
-            raise TransitionNotAllowed(f"the run is {run.status}")
-        run.fail(reason=EndReason.BOOT_TIMEOUT, error=boot_error, by=SYSTEM_SWEEP)
+        fail_boot_timeout(run, SYSTEM_SWEEP)
 
     while True:
         run_ids = list(_stuck_booting(now).values_list("pk", flat=True)[:BATCH_SIZE])
@@ -286,8 +287,20 @@ def _fail_stuck_boots(
             return
 
 
+def _resend_unclaimed_starts(now: datetime, report: SweepReport) -> None:
+    """The start outbox's sender of last resort: booting runs whose start task was never
+    sent (the broker was down when they were created) or was lost get it sent again. The
+    boot's own claim makes a start that arrives twice boot once."""
+    for run in runs_start_unclaimed(now):
+        if run_start_resend(run=run, now=now):
+            report.resent += 1
+            report.actions.append(Action("resent start", "unclaimed", str(run.pk)))
+
+
 def _plan_sweep(now: datetime, report: SweepReport) -> None:
     """What a sweep would do now, without claiming, killing or changing anything."""
+    for run in runs_start_unclaimed(now):
+        report.actions.append(Action("would resend start", "unclaimed", str(run.pk)))
     for run_id in _stuck_booting(now).values_list("pk", flat=True):
         report.actions.append(Action("would fail", EndReason.BOOT_TIMEOUT, str(run_id)))
     for run in _due_running(now).iterator():

@@ -72,6 +72,45 @@ def celery_broker_env(tmp_path_factory: Any) -> dict[str, str]:
     return {"CELERY_BROKER_URL": "filesystem://localhost/", "CELERY_FILESYSTEM_DIR": str(base)}
 
 
+def _reset_broker_pools() -> None:
+    """Forget the Celery app's pooled broker connections: the next send connects to the
+    broker_url configured now (what Celery does itself after a fork)."""
+    from config.celery import app
+
+    app._pool = None  # type: ignore[attr-defined]  # Celery's own, not in its stubs
+    app.amqp._producer_pool = None  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def broker_down() -> Any:
+    """The test process's Celery app sends to a broker on a port nobody listens on, until the
+    test calls the fixture's result (the broker "comes back"), or it ends."""
+    import socket
+
+    from config.celery import app
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # free, and nobody listens once the socket is closed
+    # Sends go to broker_write_url, and Celery lets the environment win over its settings.
+    saved = os.environ.get("CELERY_BROKER_WRITE_URL")
+    options = app.conf.broker_transport_options
+    os.environ["CELERY_BROKER_WRITE_URL"] = f"redis://127.0.0.1:{port}/0"
+    app.conf.broker_transport_options = {}
+    _reset_broker_pools()
+
+    def back() -> None:
+        if saved is None:
+            os.environ.pop("CELERY_BROKER_WRITE_URL", None)
+        else:
+            os.environ["CELERY_BROKER_WRITE_URL"] = saved
+        app.conf.broker_transport_options = options
+        _reset_broker_pools()
+
+    yield back
+    back()
+
+
 @pytest.fixture(autouse=True)
 def media(settings: Any, tmp_path: Any) -> Any:
     """Artifacts are stored under the test's own directory, never var/media."""

@@ -687,3 +687,58 @@ def test_deleting_a_workspace_cancels_its_active_runs_first(
     assert {e.actor for e in transitions(running.pk, booting.pk) if e.type == "run.canceled"} == {
         "user:olivia"
     }
+
+
+# --- the start outbox ------------------------------------------------------------------------
+
+
+def test_a_broker_that_cannot_take_the_start_leaves_an_accepted_run_for_the_sweep(
+    workspace: Workspace, broker_down: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    with django_capture_on_commit_callbacks(execute=True):
+        run = create_run(workspace=workspace)  # no exception: the run is committed
+
+    run.refresh_from_db()
+    assert (run.status, run.start_enqueued_at, run.boot_claimed_at) == ("booting", None, None)
+    assert services.runs_start_unclaimed(timezone.now()) == [run]  # the next sweep sends it
+    assert SandboxRun.objects.count() == 1
+
+
+def test_a_sent_start_is_sent_again_only_once_overdue_and_unclaimed(
+    workspace: Workspace, django_capture_on_commit_callbacks: Any
+) -> None:
+    with django_capture_on_commit_callbacks(execute=True):
+        run = create_run(workspace=workspace)
+    run.refresh_from_db()
+    assert run.start_enqueued_at is not None
+    sent_at = run.start_enqueued_at
+    assert services.runs_start_unclaimed(sent_at + services.start_overdue_after()) == []
+
+    later = sent_at + services.start_overdue_after() + timedelta(seconds=1)
+    [overdue] = services.runs_start_unclaimed(later)
+    assert services.run_start_resend(run=overdue, now=later)
+    assert not services.run_start_resend(run=overdue, now=later)  # a second sweep: no
+    run.refresh_from_db()
+    assert run.start_enqueued_at == later
+
+    SandboxRun.objects.filter(pk=run.pk).update(boot_claimed_at=later)  # a worker took it
+    assert services.runs_start_unclaimed(later + timedelta(hours=1)) == []
+
+
+def test_a_start_that_arrives_after_the_boot_timeout_boots_nothing(
+    workspace: Workspace, fake_backend: FakeBackend, settings: Any
+) -> None:
+    settings.SANDBOX_BOOT_TIMEOUT_S = 300
+    run = create_run(workspace=workspace)
+    SandboxRun.objects.filter(pk=run.pk).update(
+        created_at=timezone.now() - timedelta(seconds=301)  # its worker was down meanwhile
+    )
+
+    services.run_boot(run_id=str(run.pk))
+
+    assert run_state(run) == ("failed", "boot_timeout")
+    assert fake_backend.live_ids() == set()
+    [event] = transitions(run.pk)
+    assert event.actor == "system:start_sandbox_run"
+    assert event.data["error"]["code"] == "boot_timeout"
+    assert services.runs_start_unclaimed(timezone.now()) == []

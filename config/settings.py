@@ -275,6 +275,10 @@ SANDBOX_RECONCILE_INTERVAL_S = env_int("SANDBOX_RECONCILE_INTERVAL_S", 300, min_
 # and the end of their run are noticed when nobody reads them.
 SANDBOX_COMMAND_CHECK_INTERVAL_S = env_int("SANDBOX_COMMAND_CHECK_INTERVAL_S", 10, min_value=1)
 SANDBOX_SWEEP_CONCURRENCY = env_int("SANDBOX_SWEEP_CONCURRENCY", 16, min_value=1)
+# The command job's lease, renewed every third of it by its worker: a job whose lease lapsed
+# lost its worker, and the next sweep fails its run worker_lost. At most the sweep interval,
+# so a dead worker's job is found within two sweep intervals.
+SANDBOX_JOB_LEASE_S = env_int("SANDBOX_JOB_LEASE_S", 30, min_value=3)
 SANDBOX_KEEPALIVE_MIN_S = env_int("SANDBOX_KEEPALIVE_MIN_S", 30, min_value=0)
 # E2B's published per-second prices: per vCPU, and per GiB of memory.
 SANDBOX_PRICE_VCPU_S = env_decimal("SANDBOX_PRICE_VCPU_S", Decimal("0.000014"))

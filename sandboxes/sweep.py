@@ -31,6 +31,7 @@ from sandboxes.backends import (
     get_backend,
     kill_run_sandboxes,
 )
+from sandboxes.execution import job_lose_worker, jobs_with_lapsed_lease
 from sandboxes.models import EndReason, RunStatus, SandboxRun
 from sandboxes.services import (
     fail_boot_timeout,
@@ -123,6 +124,7 @@ def sandboxes_sweep(*, dry_run: bool = False) -> SweepReport:
     with sweep_pool() as pool:
         _fail_stuck_boots(now, backend, pool, report)
         _resend_unclaimed_starts(now, report)
+        _end_jobs_of_lost_workers(now, report)
         while time.monotonic() - started < TIME_BUDGET_S:
             claimed, seen = _claim_due_runs(now)
             _end_due_runs(claimed, backend, pool, report)
@@ -297,10 +299,28 @@ def _resend_unclaimed_starts(now: datetime, report: SweepReport) -> None:
             report.actions.append(Action("resent start", "unclaimed", str(run.pk)))
 
 
+def _end_jobs_of_lost_workers(now: datetime, report: SweepReport) -> None:
+    """Command jobs whose lease lapsed: their worker died. The run fails worker_lost, with
+    the output the job's last renewal stored kept as its log artifact, and its sandbox is
+    killed (counted as killed)."""
+    for command in jobs_with_lapsed_lease(now):
+        run = job_lose_worker(command=command, actor=SYSTEM_SWEEP, now=now)
+        if run is not None:
+            report.killed += 1
+            report.actions.append(
+                Action("killed", EndReason.WORKER_LOST, str(run.pk), run.sandbox_id)
+            )
+
+
 def _plan_sweep(now: datetime, report: SweepReport) -> None:
     """What a sweep would do now, without claiming, killing or changing anything."""
     for run in runs_start_unclaimed(now):
         report.actions.append(Action("would resend start", "unclaimed", str(run.pk)))
+    for command in jobs_with_lapsed_lease(now):
+        report.actions.append(
+            Action("would fail and kill", EndReason.WORKER_LOST, str(command.run_id),
+                   command.run.sandbox_id)
+        )  # fmt: skip
     for run_id in _stuck_booting(now).values_list("pk", flat=True):
         report.actions.append(Action("would fail", EndReason.BOOT_TIMEOUT, str(run_id)))
     for run in _due_running(now).iterator():

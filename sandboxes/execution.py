@@ -91,24 +91,34 @@ def backend_call(run: SandboxRun, call: Callable[[], T]) -> T:
     except (CommandTimeout, CommandCanceled):
         raise
     except SandboxNotFound as exc:
-        run_lose_sandbox(run=run, error=exc)
+        if run_lose_sandbox(run=run, error=exc) == EndReason.MAX_DURATION:
+            raise Conflict(
+                "The run reached its max duration; it has failed.", code="max_duration"
+            ) from exc
         raise Conflict("The sandbox is gone; the run has failed.", code="sandbox_lost") from exc
     except BackendError as exc:
         raise as_api_error(exc) from exc
 
 
-def run_lose_sandbox(*, run: SandboxRun, error: SandboxNotFound) -> None:
-    """The sandbox vanished under a running run: the run fails as sandbox_lost (unless it
-    ended otherwise meanwhile)."""
+def run_lose_sandbox(*, run: SandboxRun, error: SandboxNotFound) -> str:
+    """The sandbox vanished under a running run: the run fails (unless it ended otherwise
+    meanwhile) as max_duration when its deadline has come — a sandbox ends at its own
+    deadline, which is the run's, and a call arriving just then finds it gone — and as
+    sandbox_lost otherwise. Returns the end reason."""
+    if run.remaining_s() <= 0:
+        reason = EndReason.MAX_DURATION
+        failure = {
+            "code": "max_duration",
+            "message": f"The run passed its max duration of {run.max_duration_ms / 1000:g} s.",
+        }
+    else:
+        reason = EndReason.SANDBOX_LOST
+        failure = {"code": error.code, "message": str(error)}
     with contextlib.suppress(Conflict):
         services.run_transition(
-            run.pk,
-            lambda r: r.fail(
-                reason=EndReason.SANDBOX_LOST,
-                error={"code": error.code, "message": str(error)},
-                by=SYSTEM_SANDBOX_LOST,
-            ),
+            run.pk, lambda r: r.fail(reason=reason, error=failure, by=SYSTEM_SANDBOX_LOST)
         )
+    return reason
 
 
 def require_running(run: SandboxRun) -> None:

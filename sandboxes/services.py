@@ -488,7 +488,15 @@ def run_cancel(
     made). Canceling a canceled run is a no-op; a run that ended otherwise is a 409."""
     if run.status == RunStatus.CANCELED:
         return run
-    run = run_transition(run.pk, lambda r: r.cancel(reason=reason, by=actor))
+    try:
+        run = run_transition(run.pk, lambda r: r.cancel(reason=reason, by=actor))
+    except Conflict:
+        # Lost a race: a concurrent cancel that won leaves nothing to do (and kills the
+        # sandbox itself); any other end is the 409.
+        current = SandboxRun.objects.get(pk=run.pk)
+        if current.status == RunStatus.CANCELED:
+            return current
+        raise
     kill_sandbox_quietly(run)
     return run
 

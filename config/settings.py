@@ -16,6 +16,7 @@ import django_stubs_ext
 
 from config.env import (
     env_bool,
+    env_cache,
     env_choice,
     env_db,
     env_decimal,
@@ -150,6 +151,11 @@ MEDIA_ROOT = VAR_DIR / "media"
 
 # Transitions are events on the trail (workspaces.events): one row, written by one helper.
 DJANGO_FSM_LOG_STORAGE_METHOD = "workspaces.events.TrailBackend"
+
+# The cache every process shares: the login throttle (AUTH_THROTTLE_RATE) counts here, so a
+# limit holds across web processes. A file cache under var/ by default (one machine: web,
+# worker and beat see the same files); Redis in production (`redis://redis:6379/1`).
+CACHES = {"default": env_cache("CACHE_URL", f"filecache://{VAR_DIR / 'cache'}")}
 
 # --- Limits -------------------------------------------------------------------------------
 API_MAX_BODY_BYTES = env_int("API_MAX_BODY_BYTES", 1024 * 1024, min_value=1024)

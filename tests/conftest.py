@@ -126,6 +126,21 @@ def media(settings: Any, tmp_path: Any) -> Any:
 
 
 @pytest.fixture(autouse=True)
+def _own_cache(settings: Any) -> None:
+    """Each test starts with an empty cache of its own (throttle counts included): the
+    configured one (CACHE_URL, a file cache by default) is shared by every process on the
+    machine, parallel test runs too. tests/config/test_cache.py tests the shared one."""
+    import uuid
+
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.locmem.LocMemCache",
+            "LOCATION": f"test-{uuid.uuid4()}",
+        }
+    }
+
+
+@pytest.fixture(autouse=True)
 def _fast_password_hashing(settings: Any) -> None:
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 

@@ -31,16 +31,6 @@ HOSTILE_BODIES = ["[]", '"text"', "123", "null", "{", '{"a": 1}', "[" * 1000 + "
 SKIPPED = {("get", "/api/v1/workspaces/{workspace_id}/events/stream/")}
 
 
-@pytest.fixture(autouse=True)
-def _fresh_throttles() -> Any:
-    """The login throttle counts in the cache: each test starts with none of its calls."""
-    from django.core.cache import cache
-
-    cache.clear()
-    yield
-    cache.clear()
-
-
 @pytest.fixture(scope="module")
 def schema() -> dict[str, Any]:
     generated = SchemaGenerator().get_schema(request=None, public=True)

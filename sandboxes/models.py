@@ -82,7 +82,8 @@ class SandboxRun(ConcurrentTransitionMixin, models.Model):
     status = FSMField(default=RunStatus.BOOTING, choices=RunStatus.choices, protected=True)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     boot_claimed_at = models.DateTimeField(null=True, blank=True)
-    # The start outbox: when the start task was last sent (set with the row, sent on commit);
+    # The outbox of the run's next task: when it was last sent — the start task while booting
+    # (set with the row, sent on commit), the command job once running (set by mark_running);
     # null when sending failed. The sweep sends it again when null or overdue and unclaimed.
     start_enqueued_at = models.DateTimeField(null=True, blank=True, default=timezone.now)
     running_at = models.DateTimeField(null=True, blank=True)
@@ -188,6 +189,7 @@ class SandboxRun(ConcurrentTransitionMixin, models.Model):
         self.running_at = now
         self.last_activity_at = now
         self.expires_at = self.sweep_due()[0]
+        self.start_enqueued_at = now  # the command job, if any, is sent on commit
 
     @fsm_log_by
     @transition(field=status, source=RunStatus.RUNNING, target=RunStatus.SUCCEEDED)

@@ -295,11 +295,50 @@ def run_start_resend(*, run: SandboxRun, now: datetime) -> bool:
     return bool(claimed) and _enqueue_start(run)
 
 
-def _enqueue_command_job(run: SandboxRun) -> None:
+def _enqueue_command_job(run: SandboxRun) -> bool:
+    """Send a running run's command job; like the start, a broker that cannot take it
+    clears start_enqueued_at for the sweep to send it, and nothing is raised."""
     limit = math.ceil(run.remaining_s())
-    current_app.send_task(
-        COMMAND_JOB_TASK, args=(str(run.pk),), soft_time_limit=limit + 60, time_limit=limit + 120
+    try:
+        current_app.send_task(
+            COMMAND_JOB_TASK,
+            args=(str(run.pk),),
+            soft_time_limit=limit + 60,
+            time_limit=limit + 120,
+            retry=True,
+            retry_policy=START_RETRY_POLICY,
+        )
+    except Exception as exc:  # as in _enqueue_start
+        logger.warning("job of run %s not enqueued (%s); the sweep will send it", run.pk, exc)
+        SandboxRun.objects.filter(
+            pk=run.pk, status=RunStatus.RUNNING, command_started_at__isnull=True
+        ).update(start_enqueued_at=None)
+        return False
+    return True
+
+
+def runs_job_unclaimed(now: datetime) -> list[SandboxRun]:
+    """Running runs with a command whose job no worker has claimed, and whose job was never
+    sent (the broker was down when they started) or is overdue."""
+    return list(
+        SandboxRun.objects.filter(status=RunStatus.RUNNING, command_started_at__isnull=True)
+        .exclude(command="")
+        .filter(
+            Q(start_enqueued_at__isnull=True) | Q(start_enqueued_at__lt=now - start_overdue_after())
+        )
+        .order_by("running_at")[:1000]
     )
+
+
+def run_job_resend(*, run: SandboxRun, now: datetime) -> bool:
+    """Send a running run's command job again (the sweep), claimed like run_start_resend."""
+    claimed = SandboxRun.objects.filter(
+        pk=run.pk,
+        status=RunStatus.RUNNING,
+        command_started_at__isnull=True,
+        start_enqueued_at=run.start_enqueued_at,
+    ).update(start_enqueued_at=now)
+    return bool(claimed) and _enqueue_command_job(run)
 
 
 # --- boot (start_sandbox_run) --------------------------------------------------------

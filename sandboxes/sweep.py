@@ -35,8 +35,10 @@ from sandboxes.execution import job_lose_worker, jobs_with_lapsed_lease
 from sandboxes.models import EndReason, RunStatus, SandboxRun
 from sandboxes.services import (
     fail_boot_timeout,
+    run_job_resend,
     run_start_resend,
     run_transition,
+    runs_job_unclaimed,
     runs_start_unclaimed,
 )
 from workspaces.access import Actor
@@ -96,7 +98,7 @@ class SweepReport:
     failed: int = 0
     errors: int = 0
     reaped: int = 0  # local sandboxes the backend destroyed because their own timeout passed
-    resent: int = 0  # booting runs whose start task was sent again (never sent, or lost)
+    resent: int = 0  # start tasks and command jobs sent again (never sent, or lost)
     actions: list[Action] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, int]:
@@ -297,6 +299,10 @@ def _resend_unclaimed_starts(now: datetime, report: SweepReport) -> None:
         if run_start_resend(run=run, now=now):
             report.resent += 1
             report.actions.append(Action("resent start", "unclaimed", str(run.pk)))
+    for run in runs_job_unclaimed(now):
+        if run_job_resend(run=run, now=now):
+            report.resent += 1
+            report.actions.append(Action("resent command job", "unclaimed", str(run.pk)))
 
 
 def _end_jobs_of_lost_workers(now: datetime, report: SweepReport) -> None:
@@ -316,6 +322,8 @@ def _plan_sweep(now: datetime, report: SweepReport) -> None:
     """What a sweep would do now, without claiming, killing or changing anything."""
     for run in runs_start_unclaimed(now):
         report.actions.append(Action("would resend start", "unclaimed", str(run.pk)))
+    for run in runs_job_unclaimed(now):
+        report.actions.append(Action("would resend command job", "unclaimed", str(run.pk)))
     for command in jobs_with_lapsed_lease(now):
         report.actions.append(
             Action("would fail and kill", EndReason.WORKER_LOST, str(command.run_id),

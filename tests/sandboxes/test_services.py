@@ -742,3 +742,29 @@ def test_a_start_that_arrives_after_the_boot_timeout_boots_nothing(
     assert event.actor == "system:start_sandbox_run"
     assert event.data["error"]["code"] == "boot_timeout"
     assert services.runs_start_unclaimed(timezone.now()) == []
+
+
+def test_a_command_job_the_broker_could_not_take_is_sent_by_the_sweep(
+    workspace: Workspace,
+    fake_backend: FakeBackend,
+    broker_down: Any,
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    run = create_run(workspace=workspace, command="make")
+    with django_capture_on_commit_callbacks(execute=True):
+        services.run_boot(run_id=str(run.pk))  # running; its job's send fails on commit
+
+    run.refresh_from_db()
+    assert (run.status, run.start_enqueued_at, run.command_started_at) == ("running", None, None)
+    now = timezone.now()
+    assert services.runs_job_unclaimed(now) == [run]
+
+    broker_down()  # back
+    assert services.run_job_resend(run=run, now=now)
+    run.refresh_from_db()
+    assert run.start_enqueued_at == now
+    assert services.runs_job_unclaimed(now) == []
+    later = now + services.start_overdue_after() + timedelta(seconds=1)
+    assert services.runs_job_unclaimed(later) == [run]  # still unclaimed: overdue again
+    SandboxRun.objects.filter(pk=run.pk).update(command_started_at=later)  # a worker took it
+    assert services.runs_job_unclaimed(later + timedelta(hours=1)) == []

@@ -9,7 +9,8 @@ tables of broadcast queues in place, which a reader can see empty.
 
 Here every file appears whole or not at all: it is written under a name no reader looks at
 and renamed into place (rename is atomic within a folder). A consumer takes a message by
-renaming it into the broker's own `processing/` folder, so exactly one consumer gets it. A
+renaming it into the broker's own `processing/` folder, so exactly one consumer gets it (one
+that dies holding it gives it back: the next consumer to start queues it again). A
 message that cannot be read or decoded anyway (a disk full at write time, a file an operator
 dropped there) is moved to `bad/` and logged, and the consumer goes on with the next one.
 
@@ -36,6 +37,9 @@ logger = logging.getLogger(__name__)
 
 # Files being written start with this: no reader takes a name without a queue suffix.
 _PARTIAL_PREFIX = ".partial-"
+# A message taken this long ago and still in processing/ lost its consumer (see
+# Channel._recover_orphans).
+ORPHAN_AFTER_S = 60
 
 
 def write_atomically(folder: str | Path, name: str, data: bytes) -> Path:
@@ -66,6 +70,9 @@ class Channel(filesystem.Channel):
             raise ChannelError(f"Cannot add {name!r} to {self.data_folder_out}") from exc
 
     def _get(self, queue: str, timeout: float | None = None) -> Any:
+        if not getattr(self, "_recovered", False):
+            self._recovered = True
+            self._recover_orphans()
         suffix = f"{queue}.msg"
         for name in sorted(os.listdir(self.data_folder_in)):
             if name.partition(".")[2] != suffix:
@@ -92,6 +99,24 @@ class Channel(filesystem.Channel):
         except FileNotFoundError:
             return None
         return taken
+
+    def _recover_orphans(self) -> None:
+        """Messages a consumer took and died before reading (between two system calls) go
+        back to the queue. A live consumer holds a taken file for microseconds; the rename
+        that took it set its ctime, so one taken ORPHAN_AFTER_S ago is nobody's."""
+        processing = self.processing_folder
+        if not processing.is_dir():
+            return
+        cutoff = time_ns() - ORPHAN_AFTER_S * 1_000_000_000
+        for taken in processing.iterdir():
+            try:
+                if taken.stat().st_ctime_ns >= cutoff:
+                    continue
+                original = taken.name.split("-", 1)[1]
+                os.rename(taken, Path(self.data_folder_in) / original)
+            except (OSError, IndexError):
+                continue  # taken back by another consumer meanwhile, or not ours
+            logger.warning("broker: a message taken by a consumer that died is queued again")
 
     def _done(self, taken: Path) -> None:
         if self.store_processed:

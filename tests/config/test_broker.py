@@ -141,3 +141,48 @@ def test_a_message_being_written_is_not_seen(tmp_path: Path) -> None:
             ".partial-0123", "00000000000000000002_x.other.msg",
         ]  # fmt: skip
         q.close()
+
+
+def _orphan(root: Path, queue_name: str) -> Path:
+    """A message a consumer took (renamed into processing/) and died before reading. (Each
+    test its own queue name: kombu keeps the queues a process bound in one state for every
+    folder, and would not bind the same name again in a new one.)"""
+    import os
+
+    with _connection(root, "config.broker:Transport") as conn:
+        q = conn.SimpleQueue(queue_name)
+        q.put({"id": "orphan"})
+        q.close()
+    (name,) = os.listdir(root / "queue")
+    (root / "processing").mkdir()
+    taken = root / "processing" / f"0123abcd-{name}"
+    os.rename(root / "queue" / name, taken)
+    return taken
+
+
+def test_a_message_whose_consumer_died_holding_it_is_queued_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from config import broker
+
+    _options(tmp_path)
+    orphan = _orphan(tmp_path, "orphaned")
+    monkeypatch.setattr(broker, "ORPHAN_AFTER_S", 0)  # as if it was taken long ago
+
+    with _connection(tmp_path, "config.broker:Transport") as conn:
+        q = conn.SimpleQueue("orphaned")
+        assert q.get(timeout=1).payload == {"id": "orphan"}
+        q.close()
+    assert not orphan.exists()
+
+
+def test_a_message_a_live_consumer_just_took_is_left_to_it(tmp_path: Path) -> None:
+    _options(tmp_path)
+    taken = _orphan(tmp_path, "taken")  # taken a moment ago: its consumer is reading it
+
+    with _connection(tmp_path, "config.broker:Transport") as conn:
+        q = conn.SimpleQueue("taken")
+        with pytest.raises(queue.Empty):
+            q.get(timeout=0.2)
+        q.close()
+    assert taken.exists()

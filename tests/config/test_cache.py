@@ -48,7 +48,7 @@ def _redis_url() -> str:
 
 @pytest.mark.e2e
 @pytest.mark.django_db(transaction=True)
-@pytest.mark.parametrize("cache", ["default", "redis"])
+@pytest.mark.parametrize("cache", ["default", pytest.param("redis", marks=pytest.mark.redis)])
 def test_the_login_throttle_holds_across_two_processes(cache: str, tmp_path: Path) -> None:
     from tests.e2e.conftest import _database_url
 

@@ -36,11 +36,12 @@ $(STAMP): requirements-dev.lock pyproject.toml
 	$(BIN)/pip install --quiet --require-hashes --no-deps -r requirements-dev.lock
 	touch $(STAMP)
 
-# web, worker, beat, and `ready`, which creates the demo user, workspace and key and prints
-# them once the web server answers. One Ctrl-C stops them all.
+# web (uvicorn on HOST:PORT, default 127.0.0.1:8000), worker, beat, and `ready`, which creates
+# the demo user, workspace and key and prints them (and var/demo.txt) once the web server
+# answers. A process that dies is restarted (config/stack.py). One Ctrl-C stops them all.
 run: setup
 	$(BIN)/python manage.py migrate --noinput
-	$(BIN)/honcho start -f Procfile
+	$(BIN)/python -m config.stack
 
 test: setup
 	$(BIN)/pytest $(PYTEST_ARGS)

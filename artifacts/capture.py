@@ -16,7 +16,7 @@ from artifacts.models import Artifact, ArtifactType
 from config.exceptions import AirlockError, Conflict, InvalidInput, NotFound
 from sandboxes import execution, validation
 from sandboxes.backends import BackendError, CommandResult, FileEntry, get_backend
-from sandboxes.models import SandboxRun
+from sandboxes.models import Command, SandboxRun
 from workspaces import events
 from workspaces.access import Actor
 from workspaces.models import EventType
@@ -214,11 +214,28 @@ def capture_run_outputs(
     return summary
 
 
-def _log_text(run: SandboxRun, result: CommandResult) -> bytes:
+def capture_lost_job_log(run: SandboxRun, command: Command, actor: Actor) -> None:
+    """A job whose worker died (the sweep's worker_lost): what output its lease's last
+    renewal stored becomes the run's log artifact, pending review like any other."""
+    kept = CommandResult(
+        exit_code=-1,
+        stdout=command.stdout_tail,
+        stderr=command.stderr_tail,
+        truncated=command.truncated,
+        duration_ms=command.duration_ms or 0,
+    )
+    note = "the worker running it died; the output up to its last heartbeat"
+    try:
+        _capture_log(run=run, result=kept, actor=actor, note=note)
+    except AirlockError as exc:
+        logger.warning("log of lost job not captured run=%s: %s", run.pk, exc.detail)
+
+
+def _log_text(run: SandboxRun, result: CommandResult, note: str = "") -> bytes:
+    ended = note or f"exit code {result.exit_code}"
     lines = [
         f"$ {run.command}",
-        f"# exit code {result.exit_code}, {result.duration_ms} ms"
-        + (", output truncated" if result.truncated else ""),
+        f"# {ended}, {result.duration_ms} ms" + (", output truncated" if result.truncated else ""),
         "# --- stdout ---",
         result.stdout,
         "# --- stderr ---",
@@ -227,8 +244,10 @@ def _log_text(run: SandboxRun, result: CommandResult) -> bytes:
     return "\n".join(lines).encode("utf-8", "replace")
 
 
-def _capture_log(*, run: SandboxRun, result: CommandResult, actor: Actor) -> Artifact:
-    data = _log_text(run, result)
+def _capture_log(
+    *, run: SandboxRun, result: CommandResult, actor: Actor, note: str = ""
+) -> Artifact:
+    data = _log_text(run, result, note)
     chunks = (data[i : i + 64 * 1024] for i in range(0, len(data), 64 * 1024))
     scanner = risk.SignalScanner(name=LOG_NAME)
     stored = storage.store(

@@ -22,8 +22,15 @@ from sandboxes.backends import (
     SandboxNotFound,
     get_backend,
 )
-from sandboxes.backends.base import SANDBOX_HOME
-from sandboxes.models import CommandKind, CommandStatus, EndReason, RunStatus, SandboxRun
+from sandboxes.backends.base import SANDBOX_HOME, OutputCallback
+from sandboxes.models import (
+    Command,
+    CommandKind,
+    CommandStatus,
+    EndReason,
+    RunStatus,
+    SandboxRun,
+)
 from workspaces.access import Actor
 
 logger = logging.getLogger(__name__)
@@ -56,7 +63,14 @@ def run_execute_command(*, run_id: str) -> None:
     row = execution.command_start(
         run=run, actor=SYSTEM_JOB, kind=CommandKind.JOB, command=run.command, cwd=SANDBOX_HOME
     )
-    result, outcome = _run_command(run)
+    with execution.CommandLease(row) as lease:
+        result, outcome = _run_command(run, on_output=lease.output)
+    if lease.lost or not Command.objects.filter(pk=row.pk, status=CommandStatus.RUNNING).exists():
+        # The sweep took the job as lost (its lease lapsed while this worker was stalled):
+        # the run has ended as worker_lost, with the output so far as its log.
+        logger.warning("command job ended after its lease lapsed run=%s", run_id)
+        services.kill_sandbox_quietly(run)
+        return
     execution.command_finish(
         command=row,
         actor=SYSTEM_JOB,
@@ -102,7 +116,9 @@ def _claim(run_id: str) -> SandboxRun | None:
     return run
 
 
-def _run_command(run: SandboxRun) -> tuple[CommandResult | None, _Outcome]:
+def _run_command(
+    run: SandboxRun, *, on_output: OutputCallback | None = None
+) -> tuple[CommandResult | None, _Outcome]:
     """Write the run's files, run its command; what it printed and how the run ends."""
     backend = get_backend()
     try:
@@ -113,6 +129,7 @@ def _run_command(run: SandboxRun) -> tuple[CommandResult | None, _Outcome]:
             run.command,
             timeout_s=max(1.0, run.remaining_s()),
             cwd=SANDBOX_HOME,
+            on_output=on_output,
             max_output_bytes=settings.EXEC_MAX_OUTPUT_BYTES,
         )
     except CommandTimeout as exc:

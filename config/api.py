@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import AsyncIterator, Iterable
 from typing import Any, ClassVar
 
@@ -13,7 +14,7 @@ from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import RequestDataTooBig
 from django.core.handlers.asgi import ASGIRequest
 from django.http import Http404, HttpRequest, JsonResponse
-from rest_framework import exceptions, pagination, parsers, serializers, status
+from rest_framework import exceptions, metadata, pagination, parsers, serializers, status
 from rest_framework.response import Response
 
 from config.exceptions import AirlockError, InvalidInput, LimitExceeded
@@ -41,14 +42,51 @@ class LimitedJSONParser(parsers.JSONParser):
             raise PayloadTooLarge(f"Request body is larger than {limit} bytes.")
         if not body:
             return {}
+        _check_depth(body)
         try:
             return json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
         except (ValueError, UnicodeDecodeError) as exc:
             raise exceptions.ParseError(f"Malformed JSON: {exc}") from exc
+        except RecursionError as exc:  # deeper than the interpreter goes: never a 500
+            raise exceptions.ParseError(f"JSON nested deeper than {MAX_JSON_DEPTH}.") from exc
 
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
+
+
+# No body this API takes nests nearly this deep; Python's parser and everything that walks
+# the result afterwards (validation, the trail's JSON) recurse, and ~1,000 levels overflow.
+MAX_JSON_DEPTH = 64
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_JSON_BRACKET = re.compile(rb"[\[\]{}]")
+
+
+def _check_depth(body: bytes) -> None:
+    """400 for a body nested deeper than MAX_JSON_DEPTH. Costs two counts (C speed) unless
+    the body has that many brackets at all; then the brackets outside strings are walked."""
+    if body.count(b"[") + body.count(b"{") <= MAX_JSON_DEPTH:
+        return
+    depth = 0
+    for bracket in _JSON_BRACKET.findall(_JSON_STRING.sub(b"", body)):
+        depth += 1 if bracket in (b"[", b"{") else -1
+        if depth > MAX_JSON_DEPTH:
+            raise exceptions.ParseError(f"JSON nested deeper than {MAX_JSON_DEPTH}.")
+
+
+class Metadata(metadata.SimpleMetadata):
+    """What OPTIONS answers on every route: its name, description, and the media types it
+    renders and parses. Not DRF's `actions` (a form description built from the view's
+    serializer): views here declare their input serializers per method, and the OpenAPI
+    schema (/api/v1/schema/) is the description of every route."""
+
+    def determine_metadata(self, request: Any, view: Any) -> dict[str, Any]:
+        return {
+            "name": view.get_view_name(),
+            "description": view.get_view_description(),
+            "renders": [renderer.media_type for renderer in view.renderer_classes],
+            "parses": [parser.media_type for parser in view.parser_classes],
+        }
 
 
 def _not_a_string(field: serializers.Field[Any, Any, Any, Any], value: Any) -> bool:

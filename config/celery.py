@@ -4,6 +4,11 @@ import os
 from typing import Any
 
 from celery import Celery
+from kombu.transport import TRANSPORT_ALIASES
+
+# `filesystem://`, the embedded broker, is kombu's filesystem transport made safe for several
+# processes (config/broker.py): registered before any connection is made.
+TRANSPORT_ALIASES["filesystem"] = "config.broker:Transport"
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 

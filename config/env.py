@@ -129,3 +129,29 @@ def env_email(name: str, default: str) -> dict[str, Any]:
 
     config = _parse(name, None, parse, secret=True)
     return config if config is not None else dict(environ.Env.email_url_config(default))
+
+
+_CACHE_BACKENDS = {
+    "django.core.cache.backends.redis.RedisCache",
+    "django.core.cache.backends.filebased.FileBasedCache",
+    "django.core.cache.backends.db.DatabaseCache",
+    "django.core.cache.backends.locmem.LocMemCache",
+    "django.core.cache.backends.dummy.DummyCache",
+}
+
+
+def env_cache(name: str, default: str) -> dict[str, Any]:
+    """django-environ's cache URL: `redis://host:6379/1` (Django's own Redis cache),
+    `filecache:///path`, `dbcache://table`, `locmemcache://`, `dummycache://`."""
+
+    def parse(raw: str) -> dict[str, Any]:
+        try:
+            config = dict(environ.Env.cache_url_config(raw))
+        except (KeyError, ValueError, ImproperlyConfigured):
+            config = {}
+        if config.get("BACKEND") not in _CACHE_BACKENDS:
+            raise ValueError("expected a redis://, rediss://, filecache://, dbcache:// URL")
+        return config
+
+    config = _parse(name, None, parse, secret=True)
+    return config if config is not None else dict(environ.Env.cache_url_config(default))

@@ -16,6 +16,7 @@ import django_stubs_ext
 
 from config.env import (
     env_bool,
+    env_cache,
     env_choice,
     env_db,
     env_decimal,
@@ -153,6 +154,11 @@ MEDIA_ROOT = VAR_DIR / "media"
 # Transitions are events on the trail (workspaces.events): one row, written by one helper.
 DJANGO_FSM_LOG_STORAGE_METHOD = "workspaces.events.TrailBackend"
 
+# The cache every process shares: the login throttle (AUTH_THROTTLE_RATE) counts here, so a
+# limit holds across web processes. A file cache under var/ by default (one machine: web,
+# worker and beat see the same files); Redis in production (`redis://redis:6379/1`).
+CACHES = {"default": env_cache("CACHE_URL", f"filecache://{VAR_DIR / 'cache'}")}
+
 # --- Limits -------------------------------------------------------------------------------
 API_MAX_BODY_BYTES = env_int("API_MAX_BODY_BYTES", 1024 * 1024, min_value=1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = API_MAX_BODY_BYTES
@@ -183,6 +189,7 @@ REST_FRAMEWORK = {
     "PAGE_SIZE": 50,
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     "EXCEPTION_HANDLER": "config.api.exception_handler",
+    "DEFAULT_METADATA_CLASS": "config.api.Metadata",  # OPTIONS
     "DEFAULT_SCHEMA_CLASS": "config.schema.AutoSchema",
     "DEFAULT_THROTTLE_RATES": {"auth": env_str("AUTH_THROTTLE_RATE", "30/min")},
 }
@@ -281,6 +288,10 @@ SANDBOX_RECONCILE_INTERVAL_S = env_int("SANDBOX_RECONCILE_INTERVAL_S", 300, min_
 # and the end of their run are noticed when nobody reads them.
 SANDBOX_COMMAND_CHECK_INTERVAL_S = env_int("SANDBOX_COMMAND_CHECK_INTERVAL_S", 10, min_value=1)
 SANDBOX_SWEEP_CONCURRENCY = env_int("SANDBOX_SWEEP_CONCURRENCY", 16, min_value=1)
+# The command job's lease, renewed every third of it by its worker: a job whose lease lapsed
+# lost its worker, and the next sweep fails its run worker_lost. At most the sweep interval,
+# so a dead worker's job is found within two sweep intervals.
+SANDBOX_JOB_LEASE_S = env_int("SANDBOX_JOB_LEASE_S", 30, min_value=3)
 SANDBOX_KEEPALIVE_MIN_S = env_int("SANDBOX_KEEPALIVE_MIN_S", 30, min_value=0)
 # E2B's published per-second prices: per vCPU, and per GiB of memory.
 SANDBOX_PRICE_VCPU_S = env_decimal("SANDBOX_PRICE_VCPU_S", Decimal("0.000014"))

@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any, BinaryIO, Protocol, TypeVar
 
 from django.conf import settings
@@ -48,6 +49,7 @@ from sandboxes.models import (
     Command,
     CommandKind,
     CommandStatus,
+    EndReason,
     RunStatus,
     SandboxRun,
 )
@@ -79,7 +81,10 @@ def backend_call(run: SandboxRun, call: Callable[[], T]) -> T:
     except (CommandTimeout, CommandCanceled):
         raise
     except SandboxNotFound as exc:
-        run_lose_sandbox(run=run, error=exc)
+        if run_lose_sandbox(run=run, error=exc) == EndReason.MAX_DURATION:
+            raise Conflict(
+                "The run reached its max duration; it has failed.", code="max_duration"
+            ) from exc
         raise Conflict("The sandbox is gone; the run has failed.", code="sandbox_lost") from exc
     except SandboxPaused as exc:
         _resume_under_running_run(run)
@@ -201,12 +206,24 @@ def command_finish(
         else int((command.ended_at - command.started_at).total_seconds() * 1000)
     )
     command.error = error
+    _record_end(command, actor)
+    return command
+
+
+def _record_end(
+    command: Command, actor: Actor, *, lease_lapsed_before: datetime | None = None
+) -> bool:
+    """Save a command's end (set on `command`) if it still runs — and, with
+    `lease_lapsed_before`, only if its lease lapsed before then — with `command.finished`."""
     fields = ["stdout_tail", "stderr_tail", "truncated", "status", "exit_code", "ended_at",
               "duration_ms", "error", "stdout_bytes", "stderr_bytes"]  # fmt: skip
+    still_running = Command.objects.filter(pk=command.pk, status=CommandStatus.RUNNING)
+    if lease_lapsed_before is not None:
+        still_running = still_running.filter(lease_expires_at__lt=lease_lapsed_before)
+    status = CommandStatus(command.status)
+    exit_code = command.exit_code
     with transaction.atomic():
-        updated = Command.objects.filter(pk=command.pk, status=CommandStatus.RUNNING).update(
-            **{name: getattr(command, name) for name in fields}
-        )
+        updated = still_running.update(**{name: getattr(command, name) for name in fields})
         if updated:
             events.record(
                 actor=actor,
@@ -221,7 +238,137 @@ def command_finish(
                     "truncated": command.truncated,
                 },
             )
-    return command
+    return bool(updated)
+
+
+# --- the command job's lease -----------------------------------------------------------
+
+WORKER_LOST_ERROR = {
+    "code": "worker_lost",
+    "message": "The worker running the command stopped renewing its lease (it died).",
+}
+
+
+def job_lease() -> timedelta:
+    return timedelta(seconds=settings.SANDBOX_JOB_LEASE_S)
+
+
+class CommandLease:
+    """The command job's hold on its command, while the command runs: a thread renews the
+    row's `lease_expires_at` every third of SANDBOX_JOB_LEASE_S, and stores the output so far
+    as the row's tails (what is kept if the worker dies). A lease that lapsed — the worker
+    was killed, its host went away — is the sweep's sign to end the job (`job_lose_worker`).
+
+    `output` is the backend's on_output callback. `lost` is set when a renewal finds the
+    command no longer running: the sweep has ended it."""
+
+    def __init__(self, command: Command):
+        self.command = command
+        self.lost = False
+        self._streams: dict[str, list[str]] = {"stdout": [], "stderr": []}
+        self._sizes = {"stdout": 0, "stderr": 0}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._renew_until_stopped, name=f"lease-{command.pk}", daemon=True
+        )
+
+    def __enter__(self) -> CommandLease:
+        self.renew()  # on the caller's connection: the lease exists before the command runs
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def output(self, stream: OutputStream, text: str) -> None:
+        with self._lock:
+            chunks = self._streams[stream]
+            chunks.append(text)
+            self._sizes[stream] += len(text)
+            # Keep about twice the tail: enough to cut the last COMMAND_TAIL_BYTES from.
+            while len(chunks) > 1 and self._sizes[stream] - len(chunks[0]) > COMMAND_TAIL_BYTES:
+                self._sizes[stream] -= len(chunks.pop(0))
+
+    def renew(self) -> bool:
+        with self._lock:
+            stdout, cut_out = tail("".join(self._streams["stdout"]))
+            stderr, cut_err = tail("".join(self._streams["stderr"]))
+        renewed = Command.objects.filter(pk=self.command.pk, status=CommandStatus.RUNNING).update(
+            lease_expires_at=timezone.now() + job_lease(),
+            stdout_tail=stdout,
+            stderr_tail=stderr,
+            truncated=cut_out or cut_err,
+        )
+        if not renewed:
+            self.lost = True
+        return bool(renewed)
+
+    def _renew_until_stopped(self) -> None:
+        interval = settings.SANDBOX_JOB_LEASE_S / 3
+        try:
+            while not self._stop.wait(interval):
+                try:
+                    if not self.renew():
+                        return
+                except Exception:  # a database hiccup: the next renewal may get through
+                    logger.exception("lease renewal failed command=%s", self.command.pk)
+        finally:
+            connections.close_all()  # this thread's own connection
+
+
+def jobs_with_lapsed_lease(now: datetime) -> list[Command]:
+    """Command jobs still running whose worker stopped renewing their lease."""
+    return list(
+        Command.objects.filter(
+            kind=CommandKind.JOB,
+            status=CommandStatus.RUNNING,
+            lease_expires_at__lt=now,
+            run__status=RunStatus.RUNNING,
+        )
+        .select_related("run")
+        .order_by("lease_expires_at")[:1000]
+    )
+
+
+# What a lost job's end also does (artifacts keeps the output there was as the log artifact:
+# registered in ArtifactsConfig.ready, as sandboxes never imports artifacts).
+_worker_lost_hooks: list[Callable[[SandboxRun, Command, Actor], None]] = []
+
+
+def on_worker_lost(hook: Callable[[SandboxRun, Command, Actor], None]) -> None:
+    _worker_lost_hooks.append(hook)
+
+
+def job_lose_worker(*, command: Command, actor: Actor, now: datetime) -> SandboxRun | None:
+    """End a command job whose lease lapsed before `now`: the command failed (worker_lost,
+    with the output its last renewal stored), the run failed worker_lost, the hooks (its log
+    artifact), then the sandbox killed. None when the job renewed its lease or ended
+    meanwhile: the claim is the conditional end of the command row."""
+    command.status = CommandStatus.FAILED
+    command.ended_at = timezone.now()
+    command.duration_ms = int((command.ended_at - command.started_at).total_seconds() * 1000)
+    command.error = WORKER_LOST_ERROR
+    command.stdout_bytes = len(command.stdout_tail.encode("utf-8", "replace"))
+    command.stderr_bytes = len(command.stderr_tail.encode("utf-8", "replace"))
+    if not _record_end(command, actor, lease_lapsed_before=now):
+        return None
+    try:
+        run = services.run_transition(
+            command.run_id,
+            lambda r: r.fail(reason=EndReason.WORKER_LOST, error=WORKER_LOST_ERROR, by=actor),
+        )
+    except Conflict:
+        return None  # it ended otherwise meanwhile
+    for hook in _worker_lost_hooks:
+        try:
+            hook(run, command, actor)
+        except Exception:  # the kill matters more than the log
+            logger.exception("worker lost hook %s failed run=%s", hook, run.pk)
+    services.kill_sandbox_quietly(run)
+    logger.warning("job lost its worker run=%s command=%s", run.pk, command.pk)
+    return run
 
 
 # --- exec ----------------------------------------------------------------------------

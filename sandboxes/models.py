@@ -45,6 +45,7 @@ class EndReason(models.TextChoices):
     BOOT_TIMEOUT = "boot_timeout"
     BOOT_ERROR = "boot_error"
     SANDBOX_LOST = "sandbox_lost"
+    WORKER_LOST = "worker_lost"  # the command job's worker died: its lease lapsed
 
 
 class OnIdle(models.TextChoices):
@@ -94,6 +95,10 @@ class SandboxRun(ConcurrentTransitionMixin, models.Model):
     status = FSMField(default=RunStatus.BOOTING, choices=RunStatus.choices, protected=True)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     boot_claimed_at = models.DateTimeField(null=True, blank=True)
+    # The outbox of the run's next task: when it was last sent — the start task while booting
+    # (set with the row, sent on commit), the command job once running (set by mark_running);
+    # null when sending failed. The sweep sends it again when null or overdue and unclaimed.
+    start_enqueued_at = models.DateTimeField(null=True, blank=True, default=timezone.now)
     running_at = models.DateTimeField(null=True, blank=True)
     command_started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -233,6 +238,7 @@ class SandboxRun(ConcurrentTransitionMixin, models.Model):
         self.running_at = now
         self.last_activity_at = now
         self.expires_at = self.sweep_due()[0]
+        self.start_enqueued_at = now  # the command job, if any, is sent on commit
 
     def _end_pause(self, now: datetime) -> None:
         """Fold the current pause, if any, into `paused_for`."""
@@ -364,6 +370,9 @@ class Command(models.Model):
     stdout_tail = models.TextField(blank=True)
     stderr_tail = models.TextField(blank=True)
     truncated = models.BooleanField(default=False)  # output was cut (by the limit or the tail)
+    # The command job's lease, renewed by its worker's heartbeat (with its output so far): a
+    # job whose lease lapsed lost its worker, and the sweep fails its run as worker_lost.
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
     error = models.JSONField(null=True, blank=True)
 
     class Meta:

@@ -14,7 +14,7 @@ import json
 import logging
 import math
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from celery import current_app
@@ -110,18 +110,25 @@ def as_api_error(exc: BackendError) -> AirlockError:
     return InvalidInput(str(exc), code=exc.code)
 
 
-def run_lose_sandbox(*, run: SandboxRun, error: SandboxNotFound) -> None:
-    """The sandbox vanished under a live run: the run fails as sandbox_lost (unless it
-    ended otherwise meanwhile)."""
+def run_lose_sandbox(*, run: SandboxRun, error: SandboxNotFound) -> str:
+    """The sandbox vanished under a live run: the run fails (unless it ended otherwise
+    meanwhile) as max_duration when its deadline has come — a sandbox ends at its own
+    deadline, which is the run's, and a call arriving just then finds it gone — and as
+    sandbox_lost otherwise. Returns the end reason."""
+    if run.remaining_s() <= 0:
+        reason = EndReason.MAX_DURATION
+        failure = {
+            "code": "max_duration",
+            "message": f"The run passed its max duration of {run.max_duration_ms / 1000:g} s.",
+        }
+    else:
+        reason = EndReason.SANDBOX_LOST
+        failure = {"code": error.code, "message": str(error)}
     with contextlib.suppress(Conflict):
         run_transition(
-            run.pk,
-            lambda r: r.fail(
-                reason=EndReason.SANDBOX_LOST,
-                error={"code": error.code, "message": str(error)},
-                by=SYSTEM_SANDBOX_LOST,
-            ),
+            run.pk, lambda r: r.fail(reason=reason, error=failure, by=SYSTEM_SANDBOX_LOST)
         )
+    return reason
 
 
 # What ends with a run, just before its sandbox is killed (its background commands:
@@ -239,6 +246,10 @@ def run_create(
             events.record(
                 actor=actor, type=EventType.RUN_CREATED, subject=run, data=_created_data(run)
             )
+            # The run row is the outbox: committed with start_enqueued_at set, and sent after
+            # the commit. A send that fails clears it (the next sweep sends it), one that never
+            # happened (the process died) is sent again once it is overdue
+            # (`runs_start_unclaimed`): never lost, never a second run.
             transaction.on_commit(lambda: _enqueue_start(run))
     except IntegrityError:
         existing = _run_for_idempotency_key(workspace, idempotency_key, fingerprint)
@@ -295,15 +306,106 @@ def _check_active_limit(workspace: Workspace) -> None:
     )
 
 
-def _enqueue_start(run: SandboxRun) -> None:
-    current_app.send_task(START_TASK, args=(str(run.pk),))
+# How a start is sent: a broker that is down costs the request about a second, not the
+# default's retries, and the run is accepted anyway (the sweep sends its start later).
+START_RETRY_POLICY = {"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2}
 
 
-def _enqueue_command_job(run: SandboxRun) -> None:
-    limit = math.ceil(run.remaining_s())
-    current_app.send_task(
-        COMMAND_JOB_TASK, args=(str(run.pk),), soft_time_limit=limit + 60, time_limit=limit + 120
+def _enqueue_start(run: SandboxRun) -> bool:
+    """Send the run's start task; False (and start_enqueued_at cleared, so that the next sweep
+    sends it) when the broker cannot take it. Never raises: the run is committed already."""
+    try:
+        current_app.send_task(
+            START_TASK, args=(str(run.pk),), retry=True, retry_policy=START_RETRY_POLICY
+        )
+    except Exception as exc:  # kombu's OperationalError, a socket error, a timeout …
+        logger.warning("start of run %s not enqueued (%s); the sweep will send it", run.pk, exc)
+        SandboxRun.objects.filter(pk=run.pk, status=RunStatus.BOOTING).update(
+            start_enqueued_at=None
+        )
+        return False
+    return True
+
+
+def start_overdue_after() -> timedelta:
+    """How long a sent start may wait unclaimed before the sweep sends it again: a message
+    lost with a process that died. Longer than a queue backlog usually is (a start sent again
+    while the first still waits is a no-op, but it lengthens the queue)."""
+    return timedelta(seconds=max(60, 2 * settings.SANDBOX_SWEEP_INTERVAL_S))
+
+
+def runs_start_unclaimed(now: datetime) -> list[SandboxRun]:
+    """Booting runs no worker has claimed whose start was never sent (the broker was down)
+    or is overdue, within the boot timeout (past it, the sweep fails them)."""
+    boot_deadline = now - timedelta(seconds=settings.SANDBOX_BOOT_TIMEOUT_S)
+    return list(
+        SandboxRun.objects.filter(
+            status=RunStatus.BOOTING, boot_claimed_at__isnull=True, created_at__gte=boot_deadline
+        )
+        .filter(
+            Q(start_enqueued_at__isnull=True) | Q(start_enqueued_at__lt=now - start_overdue_after())
+        )
+        .order_by("created_at")
+        .only("id", "status", "created_at", "start_enqueued_at")[:1000]
     )
+
+
+def run_start_resend(*, run: SandboxRun, now: datetime) -> bool:
+    """Send a booting run's start again (the sweep): claimed first with a conditional update,
+    so overlapping sweeps send it once."""
+    claimed = SandboxRun.objects.filter(
+        pk=run.pk,
+        status=RunStatus.BOOTING,
+        boot_claimed_at__isnull=True,
+        start_enqueued_at=run.start_enqueued_at,
+    ).update(start_enqueued_at=now)
+    return bool(claimed) and _enqueue_start(run)
+
+
+def _enqueue_command_job(run: SandboxRun) -> bool:
+    """Send a running run's command job; like the start, a broker that cannot take it
+    clears start_enqueued_at for the sweep to send it, and nothing is raised."""
+    limit = math.ceil(run.remaining_s())
+    try:
+        current_app.send_task(
+            COMMAND_JOB_TASK,
+            args=(str(run.pk),),
+            soft_time_limit=limit + 60,
+            time_limit=limit + 120,
+            retry=True,
+            retry_policy=START_RETRY_POLICY,
+        )
+    except Exception as exc:  # as in _enqueue_start
+        logger.warning("job of run %s not enqueued (%s); the sweep will send it", run.pk, exc)
+        SandboxRun.objects.filter(
+            pk=run.pk, status=RunStatus.RUNNING, command_started_at__isnull=True
+        ).update(start_enqueued_at=None)
+        return False
+    return True
+
+
+def runs_job_unclaimed(now: datetime) -> list[SandboxRun]:
+    """Running runs with a command whose job no worker has claimed, and whose job was never
+    sent (the broker was down when they started) or is overdue."""
+    return list(
+        SandboxRun.objects.filter(status=RunStatus.RUNNING, command_started_at__isnull=True)
+        .exclude(command="")
+        .filter(
+            Q(start_enqueued_at__isnull=True) | Q(start_enqueued_at__lt=now - start_overdue_after())
+        )
+        .order_by("running_at")[:1000]
+    )
+
+
+def run_job_resend(*, run: SandboxRun, now: datetime) -> bool:
+    """Send a running run's command job again (the sweep), claimed like run_start_resend."""
+    claimed = SandboxRun.objects.filter(
+        pk=run.pk,
+        status=RunStatus.RUNNING,
+        command_started_at__isnull=True,
+        start_enqueued_at=run.start_enqueued_at,
+    ).update(start_enqueued_at=now)
+    return bool(claimed) and _enqueue_command_job(run)
 
 
 # --- boot (start_sandbox_run) --------------------------------------------------------
@@ -320,12 +422,22 @@ def run_boot(*, run_id: str) -> None:
     Idempotent: a claim on the row lets one delivery boot at a time, and a sandbox that an
     earlier, crashed attempt created is found by its run_id tag and adopted, never doubled."""
     now = timezone.now()
+    boot_deadline = now - timedelta(seconds=settings.SANDBOX_BOOT_TIMEOUT_S)
     claimed = (
-        SandboxRun.objects.filter(pk=run_id, status=RunStatus.BOOTING)
+        SandboxRun.objects.filter(
+            pk=run_id, status=RunStatus.BOOTING, created_at__gte=boot_deadline
+        )
         .filter(Q(boot_claimed_at__isnull=True) | Q(boot_claimed_at__lt=now - boot_lease()))
         .update(boot_claimed_at=now)
     )
     if not claimed:
+        if SandboxRun.objects.filter(
+            pk=run_id, status=RunStatus.BOOTING, created_at__lt=boot_deadline
+        ).exists():
+            # A start that arrives after the boot timeout (its worker was down) boots nothing:
+            # the run fails as the sweep would have failed it.
+            run_fail_boot_timeout(run_id=run_id, by=SYSTEM_START)
+            return
         logger.info("boot skipped run=%s: not booting, or another worker is booting it", run_id)
         return
     run = SandboxRun.objects.get(pk=run_id)
@@ -374,6 +486,33 @@ def run_boot(*, run_id: str) -> None:
     logger.info("run running id=%s sandbox=%s", run.pk, run.sandbox_id)
     if run.command:
         transaction.on_commit(lambda: _enqueue_command_job(run))
+
+
+def boot_timeout_error() -> dict[str, str]:
+    return {
+        "code": "boot_timeout",
+        "message": f"The sandbox did not start within {settings.SANDBOX_BOOT_TIMEOUT_S} s.",
+    }
+
+
+def fail_boot_timeout(run: SandboxRun, by: Actor) -> None:
+    """The transition of a run still booting past the boot timeout (the sweep's and a late
+    start task's)."""
+    if run.status != RunStatus.BOOTING:  # it started meanwhile: no longer a boot timeout
+        raise TransitionNotAllowed(f"the run is {run.status}")
+    run.fail(reason=EndReason.BOOT_TIMEOUT, error=boot_timeout_error(), by=by)
+
+
+def run_fail_boot_timeout(*, run_id: str, by: Actor) -> None:
+    try:
+        run_transition(run_id, lambda r: fail_boot_timeout(r, by))
+    except Conflict:
+        return
+    logger.warning("boot timed out run=%s: its start came after the boot timeout", run_id)
+    try:
+        kill_run_sandboxes(get_backend(), str(run_id))
+    except BackendError as exc:
+        logger.warning("cleanup after boot timeout run=%s: %s (reconcile will)", run_id, exc)
 
 
 def run_fail_boot(*, run_id: str, error: Exception) -> None:
@@ -456,7 +595,15 @@ def run_cancel(
     made). Canceling a canceled run is a no-op; a run that ended otherwise is a 409."""
     if run.status == RunStatus.CANCELED:
         return run
-    run = run_transition(run.pk, lambda r: r.cancel(reason=reason, by=actor))
+    try:
+        run = run_transition(run.pk, lambda r: r.cancel(reason=reason, by=actor))
+    except Conflict:
+        # Lost a race: a concurrent cancel that won leaves nothing to do (and kills the
+        # sandbox itself); any other end is the 409.
+        current = SandboxRun.objects.get(pk=run.pk)
+        if current.status == RunStatus.CANCELED:
+            return current
+        raise
     kill_sandbox_quietly(run)
     return run
 

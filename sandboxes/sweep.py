@@ -33,8 +33,17 @@ from sandboxes.backends import (
     get_backend,
     kill_run_sandboxes,
 )
+from sandboxes.execution import job_lose_worker, jobs_with_lapsed_lease
 from sandboxes.models import SANDBOX_STATUSES, EndReason, OnIdle, RunStatus, SandboxRun
-from sandboxes.services import provider_timeout_s, run_transition
+from sandboxes.services import (
+    fail_boot_timeout,
+    provider_timeout_s,
+    run_job_resend,
+    run_start_resend,
+    run_transition,
+    runs_job_unclaimed,
+    runs_start_unclaimed,
+)
 from workspaces.access import Actor
 
 logger = logging.getLogger(__name__)
@@ -94,6 +103,7 @@ class SweepReport:
     errors: int = 0
     paused: int = 0  # idle runs with on_idle "pause": their sandboxes paused, not killed
     reaped: int = 0  # local sandboxes the backend destroyed because their own timeout passed
+    resent: int = 0  # start tasks and command jobs sent again (never sent, or lost)
     actions: list[Action] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, int]:
@@ -125,6 +135,8 @@ def sandboxes_sweep(*, dry_run: bool = False) -> SweepReport:
     started = time.monotonic()
     with sweep_pool() as pool:
         _fail_stuck_boots(now, backend, pool, report)
+        _resend_unclaimed_starts(now, report)
+        _end_jobs_of_lost_workers(now, report)
         while time.monotonic() - started < TIME_BUDGET_S:
             claimed, seen = _claim_due_runs(now)
             to_pause = [(run, why) for run, why in claimed if _pauses(run, why, backend)]
@@ -134,8 +146,8 @@ def sandboxes_sweep(*, dry_run: bool = False) -> SweepReport:
             if seen < BATCH_SIZE:
                 break
     logger.info(
-        "sweep: killed=%d failed=%d paused=%d errors=%d reaped=%d",
-        report.killed, report.failed, report.paused, report.errors, report.reaped,
+        "sweep: killed=%d failed=%d paused=%d errors=%d reaped=%d resent=%d",
+        report.killed, report.failed, report.paused, report.errors, report.reaped, report.resent,
     )  # fmt: skip
     maintenance.pass_count("sweep", report)
     return report
@@ -365,15 +377,9 @@ def _fail_stuck_boots(
     """Booting past the boot timeout → failed / boot_timeout. The transition comes first:
     a boot still under way then loses its race to mark the run running and kills what it
     made; whatever it made before is found by the run_id tag and killed here."""
-    boot_error = {
-        "code": "boot_timeout",
-        "message": f"The sandbox did not start within {settings.SANDBOX_BOOT_TIMEOUT_S} s.",
-    }
 
     def fail_if_booting(run: SandboxRun) -> None:
-        if run.status != RunStatus.BOOTING:  # it started meanwhile: no longer a boot timeout
-            raise TransitionNotAllowed(f"the run is {run.status}")
-        run.fail(reason=EndReason.BOOT_TIMEOUT, error=boot_error, by=SYSTEM_SWEEP)
+        fail_boot_timeout(run, SYSTEM_SWEEP)
 
     while True:
         run_ids = list(_stuck_booting(now).values_list("pk", flat=True)[:BATCH_SIZE])
@@ -397,8 +403,44 @@ def _fail_stuck_boots(
             return
 
 
+def _resend_unclaimed_starts(now: datetime, report: SweepReport) -> None:
+    """The start outbox's sender of last resort: booting runs whose start task was never
+    sent (the broker was down when they were created) or was lost get it sent again. The
+    boot's own claim makes a start that arrives twice boot once."""
+    for run in runs_start_unclaimed(now):
+        if run_start_resend(run=run, now=now):
+            report.resent += 1
+            report.actions.append(Action("resent start", "unclaimed", str(run.pk)))
+    for run in runs_job_unclaimed(now):
+        if run_job_resend(run=run, now=now):
+            report.resent += 1
+            report.actions.append(Action("resent command job", "unclaimed", str(run.pk)))
+
+
+def _end_jobs_of_lost_workers(now: datetime, report: SweepReport) -> None:
+    """Command jobs whose lease lapsed: their worker died. The run fails worker_lost, with
+    the output the job's last renewal stored kept as its log artifact, and its sandbox is
+    killed (counted as killed)."""
+    for command in jobs_with_lapsed_lease(now):
+        run = job_lose_worker(command=command, actor=SYSTEM_SWEEP, now=now)
+        if run is not None:
+            report.killed += 1
+            report.actions.append(
+                Action("killed", EndReason.WORKER_LOST, str(run.pk), run.sandbox_id)
+            )
+
+
 def _plan_sweep(now: datetime, report: SweepReport) -> None:
     """What a sweep would do now, without claiming, killing or changing anything."""
+    for run in runs_start_unclaimed(now):
+        report.actions.append(Action("would resend start", "unclaimed", str(run.pk)))
+    for run in runs_job_unclaimed(now):
+        report.actions.append(Action("would resend command job", "unclaimed", str(run.pk)))
+    for command in jobs_with_lapsed_lease(now):
+        report.actions.append(
+            Action("would fail and kill", EndReason.WORKER_LOST, str(command.run_id),
+                   command.run.sandbox_id)
+        )  # fmt: skip
     for run_id in _stuck_booting(now).values_list("pk", flat=True):
         report.actions.append(Action("would fail", EndReason.BOOT_TIMEOUT, str(run_id)))
     for run in _due_running(now).iterator():

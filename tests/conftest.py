@@ -72,6 +72,45 @@ def celery_broker_env(tmp_path_factory: Any) -> dict[str, str]:
     return {"CELERY_BROKER_URL": "filesystem://localhost/", "CELERY_FILESYSTEM_DIR": str(base)}
 
 
+def _reset_broker_pools() -> None:
+    """Forget the Celery app's pooled broker connections: the next send connects to the
+    broker_url configured now (what Celery does itself after a fork)."""
+    from config.celery import app
+
+    app._pool = None  # type: ignore[attr-defined]  # Celery's own, not in its stubs
+    app.amqp._producer_pool = None  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def broker_down() -> Any:
+    """The test process's Celery app sends to a broker on a port nobody listens on, until the
+    test calls the fixture's result (the broker "comes back"), or it ends."""
+    import socket
+
+    from config.celery import app
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # free, and nobody listens once the socket is closed
+    # Sends go to broker_write_url, and Celery lets the environment win over its settings.
+    saved = os.environ.get("CELERY_BROKER_WRITE_URL")
+    options = app.conf.broker_transport_options
+    os.environ["CELERY_BROKER_WRITE_URL"] = f"redis://127.0.0.1:{port}/0"
+    app.conf.broker_transport_options = {}
+    _reset_broker_pools()
+
+    def back() -> None:
+        if saved is None:
+            os.environ.pop("CELERY_BROKER_WRITE_URL", None)
+        else:
+            os.environ["CELERY_BROKER_WRITE_URL"] = saved
+        app.conf.broker_transport_options = options
+        _reset_broker_pools()
+
+    yield back
+    back()
+
+
 @pytest.fixture(autouse=True)
 def media(settings: Any, tmp_path: Any) -> Any:
     """Artifacts are stored under the test's own directory, never var/media."""
@@ -84,6 +123,21 @@ def media(settings: Any, tmp_path: Any) -> Any:
         },
     }
     return root
+
+
+@pytest.fixture(autouse=True)
+def _own_cache(settings: Any) -> None:
+    """Each test starts with an empty cache of its own (throttle counts included): the
+    configured one (CACHE_URL, a file cache by default) is shared by every process on the
+    machine, parallel test runs too. tests/config/test_cache.py tests the shared one."""
+    import uuid
+
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.locmem.LocMemCache",
+            "LOCATION": f"test-{uuid.uuid4()}",
+        }
+    }
 
 
 @pytest.fixture(autouse=True)

@@ -10,7 +10,8 @@ import pytest
 
 from sandboxes.models import Command, SandboxRun
 from tests.conftest import assert_error, client_as, live_backends, table
-from tests.factories import make_run
+from tests.factories import make_run, transitions
+from tests.sandboxes.fake_backend import start_run
 from workspaces.selectors import api_key_find
 
 RUN_BODY = {"thread_id": "t-1", "prompt": "say hi"}
@@ -126,6 +127,41 @@ def test_cancel_kills_the_sandbox_and_is_idempotent(
     assert local_sandboxes.list_sandboxes({}) == []
     again = client.post(f"/api/v1/runs/{sandbox_run.pk}/cancel/")
     assert (again.status_code, again.json()["status"]) == (200, "canceled")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_twenty_concurrent_cancels_of_one_run_all_answer_200(
+    owner: Any, workspace: Any, fake_backend: Any
+) -> None:
+    import threading
+
+    from django.db import connections
+    from rest_framework.test import APIClient
+
+    run = start_run(workspace=workspace)
+    answers: list[tuple[int, str]] = []
+    barrier = threading.Barrier(20)
+
+    def cancel() -> None:
+        client = APIClient()
+        client.force_authenticate(owner)
+        try:
+            barrier.wait()
+            response = client.post(f"/api/v1/runs/{run.pk}/cancel/")
+            answers.append((response.status_code, response.json()["status"]))
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=cancel) for _ in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert answers == [(200, "canceled")] * 20
+    assert fake_backend.kills == [run.sandbox_id]  # killed once, by the cancel that won
+    [ended] = [e for e in transitions(run.pk) if e.data["to"] == "canceled"]
+    assert ended.actor == f"user:{owner.username}"
 
 
 @pytest.mark.django_db

@@ -167,6 +167,41 @@ def test_a_command_that_timed_out_is_a_result_not_an_error(
     assert run.status == "running"
 
 
+def test_exec_on_a_sandbox_gone_at_the_runs_deadline_fails_the_run_as_max_duration(
+    run: SandboxRun, fake_backend: FakeBackend, mia: Actor
+) -> None:
+    fake_backend.kill(run.sandbox_id)  # the sandbox's own deadline, which is the run's
+    SandboxRun.objects.filter(pk=run.pk).update(
+        created_at=timezone.now() - timedelta(milliseconds=run.max_duration_ms + 10)
+    )
+    run.refresh_from_db()
+
+    with pytest.raises(Conflict) as raised:
+        execution.run_exec(run=run, actor=mia, command="true")
+
+    assert raised.value.code == "max_duration"
+    run.refresh_from_db()
+    assert (run.status, run.end_reason) == ("failed", "max_duration")
+    assert run.error is not None and run.error["code"] == "max_duration"
+
+
+@pytest.mark.bwrap
+def test_exec_as_a_local_sandbox_expires_with_its_run_ends_it_max_duration(
+    local_sandboxes: Any, workspace: Workspace, mia: Actor
+) -> None:
+    import time
+
+    run = start_run(workspace=workspace, max_duration_ms=2000)
+    execution.run_exec(run=run, actor=mia, command="true")  # busy until the end
+    time.sleep(max(0.0, run.remaining_s()) + 1.2)  # the sandbox's own timeout passes
+
+    with pytest.raises(Conflict) as raised:
+        execution.run_exec(run=run, actor=mia, command="true")
+
+    assert raised.value.code == "max_duration"
+    assert (run.__class__.objects.get(pk=run.pk).end_reason) == "max_duration"
+
+
 def test_exec_on_a_vanished_sandbox_fails_the_run_as_sandbox_lost(
     run: SandboxRun, fake_backend: FakeBackend, mia: Actor
 ) -> None:

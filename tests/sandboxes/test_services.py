@@ -1094,3 +1094,84 @@ def test_on_local_a_paused_run_is_frozen_and_its_next_exec_finds_its_processes_a
 
     assert (result.exit_code, result.stdout) == (0, "same\n")
     assert run_state(run)[0] == "running"
+
+
+# --- the start outbox ------------------------------------------------------------------------
+
+
+def test_a_broker_that_cannot_take_the_start_leaves_an_accepted_run_for_the_sweep(
+    workspace: Workspace, broker_down: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    with django_capture_on_commit_callbacks(execute=True):
+        run = create_run(workspace=workspace)  # no exception: the run is committed
+
+    run.refresh_from_db()
+    assert (run.status, run.start_enqueued_at, run.boot_claimed_at) == ("booting", None, None)
+    assert services.runs_start_unclaimed(timezone.now()) == [run]  # the next sweep sends it
+    assert SandboxRun.objects.count() == 1
+
+
+def test_a_sent_start_is_sent_again_only_once_overdue_and_unclaimed(
+    workspace: Workspace, django_capture_on_commit_callbacks: Any
+) -> None:
+    with django_capture_on_commit_callbacks(execute=True):
+        run = create_run(workspace=workspace)
+    run.refresh_from_db()
+    assert run.start_enqueued_at is not None
+    sent_at = run.start_enqueued_at
+    assert services.runs_start_unclaimed(sent_at + services.start_overdue_after()) == []
+
+    later = sent_at + services.start_overdue_after() + timedelta(seconds=1)
+    [overdue] = services.runs_start_unclaimed(later)
+    assert services.run_start_resend(run=overdue, now=later)
+    assert not services.run_start_resend(run=overdue, now=later)  # a second sweep: no
+    run.refresh_from_db()
+    assert run.start_enqueued_at == later
+
+    SandboxRun.objects.filter(pk=run.pk).update(boot_claimed_at=later)  # a worker took it
+    assert services.runs_start_unclaimed(later + timedelta(hours=1)) == []
+
+
+def test_a_start_that_arrives_after_the_boot_timeout_boots_nothing(
+    workspace: Workspace, fake_backend: FakeBackend, settings: Any
+) -> None:
+    settings.SANDBOX_BOOT_TIMEOUT_S = 300
+    run = create_run(workspace=workspace)
+    SandboxRun.objects.filter(pk=run.pk).update(
+        created_at=timezone.now() - timedelta(seconds=301)  # its worker was down meanwhile
+    )
+
+    services.run_boot(run_id=str(run.pk))
+
+    assert run_state(run) == ("failed", "boot_timeout")
+    assert fake_backend.live_ids() == set()
+    [event] = transitions(run.pk)
+    assert event.actor == "system:start_sandbox_run"
+    assert event.data["error"]["code"] == "boot_timeout"
+    assert services.runs_start_unclaimed(timezone.now()) == []
+
+
+def test_a_command_job_the_broker_could_not_take_is_sent_by_the_sweep(
+    workspace: Workspace,
+    fake_backend: FakeBackend,
+    broker_down: Any,
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    run = create_run(workspace=workspace, command="make")
+    with django_capture_on_commit_callbacks(execute=True):
+        services.run_boot(run_id=str(run.pk))  # running; its job's send fails on commit
+
+    run.refresh_from_db()
+    assert (run.status, run.start_enqueued_at, run.command_started_at) == ("running", None, None)
+    now = timezone.now()
+    assert services.runs_job_unclaimed(now) == [run]
+
+    broker_down()  # back
+    assert services.run_job_resend(run=run, now=now)
+    run.refresh_from_db()
+    assert run.start_enqueued_at == now
+    assert services.runs_job_unclaimed(now) == []
+    later = now + services.start_overdue_after() + timedelta(seconds=1)
+    assert services.runs_job_unclaimed(later) == [run]  # still unclaimed: overdue again
+    SandboxRun.objects.filter(pk=run.pk).update(command_started_at=later)  # a worker took it
+    assert services.runs_job_unclaimed(later + timedelta(hours=1)) == []

@@ -13,10 +13,11 @@ from typing import Any
 
 import pytest
 from django.db import connection
+from django.utils import timezone
 
 from sandboxes import services, sweep
 from sandboxes.backends import SandboxNotFound, TransientBackendError, app_tags, override_backend
-from sandboxes.models import SandboxRun
+from sandboxes.models import Command, SandboxRun
 from sandboxes.sweep import SweepReport, sandboxes_sweep
 from tests.conftest import require_service
 from tests.factories import create_run, make_run, make_user, make_workspace, run_state, transitions
@@ -494,3 +495,56 @@ def test_on_e2b_a_paused_run_past_its_max_duration_ends_max_duration(
     assert run_state(run) == ("failed", "max_duration")
     assert e2b_server.state.requests_for("DELETE", rf"/sandboxes/{run.sandbox_id}")
     assert run.sandbox_id not in {s.sandbox_id for s in e2b_server.state.live_sandboxes()}
+
+
+# --- command jobs whose worker died ------------------------------------------------------------
+
+
+def _job(run: SandboxRun, lease_expires_at: Any) -> Command:
+    SandboxRun.objects.filter(pk=run.pk).update(command_started_at=timezone.now())
+    return Command.objects.create(
+        run=run, workspace_id=run.workspace_id, kind="job", command=run.command,
+        cwd="/home/user", actor="system:execute_run_command", lease_expires_at=lease_expires_at,
+    )  # fmt: skip
+
+
+def test_a_job_whose_lease_lapsed_is_failed_worker_lost_and_its_sandbox_killed(
+    workspace: Workspace, fake_backend: FakeBackend
+) -> None:
+    run = start_run(workspace=workspace, command="sleep 600")
+    job = _job(run, timezone.now() - timedelta(seconds=1))
+
+    report = sandboxes_sweep()
+
+    assert report.as_dict() == {"killed": 1, "failed": 0, "errors": 0}
+    assert run_state(run) == ("failed", "worker_lost")
+    assert fake_backend.kills == [run.sandbox_id]
+    job.refresh_from_db()
+    assert (job.status, (job.error or {}).get("code")) == ("failed", "worker_lost")
+    assert _actors(run)[-1] == ("system:sweep", "failed")
+    assert sandboxes_sweep().as_dict() == {"killed": 0, "failed": 0, "errors": 0}
+
+
+def test_a_job_whose_lease_holds_is_left_alone(
+    workspace: Workspace, fake_backend: FakeBackend
+) -> None:
+    run = start_run(workspace=workspace, command="sleep 600")
+    _job(run, timezone.now() + timedelta(seconds=30))
+
+    assert sandboxes_sweep().as_dict() == {"killed": 0, "failed": 0, "errors": 0}
+    assert run_state(run) == ("running", "")
+    assert fake_backend.kills == []
+
+
+def test_a_dry_run_names_a_lost_job_and_ends_nothing(
+    workspace: Workspace, fake_backend: FakeBackend
+) -> None:
+    run = start_run(workspace=workspace, command="sleep 600")
+    _job(run, timezone.now() - timedelta(seconds=1))
+
+    report = sandboxes_sweep(dry_run=True)
+
+    assert [(a.outcome, a.reason, a.run_id) for a in report.actions] == [
+        ("would fail and kill", "worker_lost", str(run.pk))
+    ]
+    assert run_state(run) == ("running", "")

@@ -44,6 +44,16 @@ def test_bootstrap_demo_is_idempotent(settings: Any, tmp_path: Any) -> None:
 
 
 @pytest.mark.django_db
+def test_bootstrap_demo_keeps_what_it_prints_in_var_demo_txt(settings: Any, tmp_path: Any) -> None:
+    settings.VAR_DIR = tmp_path
+    out, _ = run_command("bootstrap_demo", "--base-url", "http://127.0.0.1:9123")
+    demo = tmp_path / "demo.txt"
+    assert demo.read_text() == out.lstrip("\n")
+    assert "curl -s -X POST http://127.0.0.1:9123/api/v1/workspaces/" in out
+    assert demo.stat().st_mode & 0o777 == 0o600  # it holds the passwords and the key
+
+
+@pytest.mark.django_db
 def test_bootstrap_demo_makes_a_reviewer_who_can_decide_the_demo_keys_runs(
     settings: Any, tmp_path: Any
 ) -> None:

@@ -3,7 +3,8 @@ idempotently. The demo key acts for the demo user, so the demo user cannot revie
 starts (self-review): the reviewer — staff, admin of the demo workspace, nothing more — does.
 
 The generated password and key are kept in var/demo_credentials.json (mode 600) so every
-`make run` prints the same working credentials; nothing else stores a secret in clear."""
+`make run` prints the same working credentials; what it prints is also written to
+var/demo.txt (mode 600); nothing else stores a secret in clear."""
 
 from __future__ import annotations
 
@@ -117,6 +118,7 @@ class Command(BaseCommand):
 
     def _print(self, c: dict[str, str], base_url: str) -> None:
         api = f"{base_url}/api/v1"
+        demo_file = Path(settings.VAR_DIR) / "demo.txt"
         key = f"-H 'Authorization: Bearer {c['api_key']}'"
         demo_run = json.dumps(
             {
@@ -125,8 +127,7 @@ class Command(BaseCommand):
                 "command": "mkdir -p artifacts && echo 42 > artifacts/answer.txt",
             }
         )
-        self.stdout.write(
-            f"""
+        banner = f"""
 Airlock is running.
 
   Admin:        {base_url}/admin/
@@ -158,5 +159,10 @@ The loop, as an agent and a reviewer go through it:
    "approved", and the agent can read the file:
 
   curl -s {api}/artifacts/<artifact id>/content/ {key}
+
+(This is also in {demo_file}.)
 """
-        )
+        # Kept beside the credentials (same mode): `make run`'s output scrolls away.
+        demo_file.write_text(banner.lstrip("\n"))
+        demo_file.chmod(0o600)
+        self.stdout.write(banner)

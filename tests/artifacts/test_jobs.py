@@ -136,7 +136,7 @@ def test_a_lost_job_keeps_the_output_of_its_last_heartbeat_as_the_log(
     )  # fmt: skip
     SandboxRun.objects.filter(pk=run.pk).update(command_started_at=timezone.now())
 
-    assert sandboxes_sweep().as_dict() == {"killed": 1, "failed": 0, "errors": 0}
+    assert sandboxes_sweep().as_dict() == {"killed": 1, "failed": 0, "paused": 0, "errors": 0}
 
     run.refresh_from_db()
     assert (run.status, run.end_reason) == ("failed", "worker_lost")

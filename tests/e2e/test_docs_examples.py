@@ -153,6 +153,9 @@ def test_every_shell_example_runs_against_a_live_server(
     assert (work / "report.md").read_bytes() == b"# Report\nAll good.\n"  # its download
     assert SandboxRun.objects.get(thread_id="t-1").status == "succeeded"
     assert SandboxRun.objects.get(thread_id="t-2").status == "canceled"
+    waited = SandboxRun.objects.get(thread_id="t-wait")  # paused, resumed by an exec, canceled
+    assert (waited.status, waited.on_idle) == ("canceled", "pause")
+    assert waited.paused_for.total_seconds() > 0
     # The streams said what they should.
     assert "event: exit" in api and '"exit_code": 0' in api
     assert "retry: 1000" in api

@@ -49,7 +49,7 @@ def test_a_sigkilled_job_worker_ends_its_run_worker_lost(
     wait_for(lapsed, 4 * LEASE_S, what="the lease to lapse")
     report = sandboxes_sweep()  # what beat runs every SANDBOX_SWEEP_INTERVAL_S
 
-    assert report.as_dict() == {"killed": 1, "failed": 0, "errors": 0}
+    assert report.as_dict() == {"killed": 1, "failed": 0, "paused": 0, "errors": 0}
     run.refresh_from_db()
     assert (run.status, run.end_reason) == ("failed", "worker_lost")
     assert local_sandboxes.list_sandboxes({"run_id": str(run.pk)}) == []  # the sandbox is gone

@@ -516,13 +516,13 @@ def test_a_job_whose_lease_lapsed_is_failed_worker_lost_and_its_sandbox_killed(
 
     report = sandboxes_sweep()
 
-    assert report.as_dict() == {"killed": 1, "failed": 0, "errors": 0}
+    assert report.as_dict() == {"killed": 1, "failed": 0, "paused": 0, "errors": 0}
     assert run_state(run) == ("failed", "worker_lost")
     assert fake_backend.kills == [run.sandbox_id]
     job.refresh_from_db()
     assert (job.status, (job.error or {}).get("code")) == ("failed", "worker_lost")
     assert _actors(run)[-1] == ("system:sweep", "failed")
-    assert sandboxes_sweep().as_dict() == {"killed": 0, "failed": 0, "errors": 0}
+    assert sandboxes_sweep().as_dict() == {"killed": 0, "failed": 0, "paused": 0, "errors": 0}
 
 
 def test_a_job_whose_lease_holds_is_left_alone(
@@ -531,7 +531,7 @@ def test_a_job_whose_lease_holds_is_left_alone(
     run = start_run(workspace=workspace, command="sleep 600")
     _job(run, timezone.now() + timedelta(seconds=30))
 
-    assert sandboxes_sweep().as_dict() == {"killed": 0, "failed": 0, "errors": 0}
+    assert sandboxes_sweep().as_dict() == {"killed": 0, "failed": 0, "paused": 0, "errors": 0}
     assert run_state(run) == ("running", "")
     assert fake_backend.kills == []
 

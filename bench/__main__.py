@@ -10,30 +10,16 @@ PostgreSQL's `airlock_bench` (created if missing), else a SQLite file under var/
 
 from __future__ import annotations
 
-import contextlib
 import os
-import platform
 import subprocess
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+from bench.common import machine
+
 ROOT = Path(__file__).resolve().parents[1]
 MODULES = ["runs", "artifacts", "sweep", "agent", "loop", "local", "review"]
-
-
-def _machine() -> str:
-    cpu = "unknown CPU"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    memory = "?"
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        kib = int(Path("/proc/meminfo").read_text().split()[1])
-        memory = f"{kib / 1024 / 1024:.0f} GiB"
-    return f"{cpu}, {os.cpu_count()} cores, {memory} memory, {platform.platform()}"
 
 
 def _database_url() -> str:
@@ -72,7 +58,7 @@ def main(argv: list[str]) -> None:
         sections.append(done.stdout.strip())
     header = (
         "# Benchmarks\n\n"
-        f"Written by `make bench` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, on {_machine()}.\n"
+        f"Written by `make bench` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, on {machine()}.\n"
         "Each section says which database and broker it used. Targets are from the issues; "
         "none is asserted in tests.\n"
     )

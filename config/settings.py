@@ -165,6 +165,10 @@ ARTIFACT_LARGE_BYTES = env_int("ARTIFACT_LARGE_BYTES", 5 * 1024 * 1024, min_valu
 ARTIFACT_EXPIRY_INTERVAL_S = env_int("ARTIFACT_EXPIRY_INTERVAL_S", 300, min_value=1)
 
 # --- API ----------------------------------------------------------------------------------
+# How long authentication may reuse an API key it looked up (workspaces/keycache.py; 0: look
+# it up on every request). Revoking a key, deleting it or deactivating its creator forgets it
+# at once; more than one web process needs a shared cache for that (CACHES).
+API_KEY_CACHE_S = env_int("API_KEY_CACHE_S", 60, min_value=0)
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "workspaces.authentication.ApiKeyAuthentication",

@@ -35,8 +35,9 @@ RUN_LIST_RELATED = ("workspace", "created_by", "api_key")
 
 
 def run_list(*, actor: Actor, workspace: Workspace | None = None) -> QuerySet[SandboxRun]:
-    """Runs of one workspace, or of every workspace the actor belongs to."""
-    queryset = SandboxRun.objects.select_related(*RUN_LIST_RELATED)
+    """Runs of one workspace, or of every workspace the actor belongs to (their own columns:
+    a list needs no related rows)."""
+    queryset = SandboxRun.objects.all()
     if workspace is not None:
         return queryset.filter(workspace=workspace)
     visible = access.visible_workspaces(actor)

@@ -59,7 +59,11 @@ def test_beat_expires_pending_artifacts_at_its_interval(settings: Any) -> None:
 def worker_fixup() -> Iterator[DjangoWorkerFixup]:
     """Celery's Django fixup as a worker installs it, removed again after the test."""
     fixup = DjangoWorkerFixup(app).install()
+    max_age = connection.settings_dict["CONN_MAX_AGE"]
+    connection.settings_dict["CONN_MAX_AGE"] = 60  # as configured (other tests may change it)
+    connection.close()
     yield fixup
+    connection.settings_dict["CONN_MAX_AGE"] = max_age
     signals.task_prerun.disconnect(fixup.on_task_prerun)
     signals.task_postrun.disconnect(fixup.on_task_postrun)
     signals.worker_process_init.disconnect(fixup.on_worker_process_init)
@@ -83,7 +87,6 @@ def _task_ran() -> None:
 def test_a_worker_keeps_its_database_connection_from_task_to_task(
     worker_fixup: DjangoWorkerFixup,
 ) -> None:
-    connection.close()
     connection.ensure_connection()
     opened = connection.connection
     for _ in range(5):

@@ -15,8 +15,10 @@ from typing import Any
 
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
+from django.core.paginator import Paginator
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.utils.functional import cached_property
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
@@ -137,6 +139,36 @@ class AdministeredWorkspaceFilter(admin.SimpleListFilter):
             return queryset.filter(**{f"{self.field_path}__id": value})
         except (ValueError, ValidationError):
             return queryset.none()
+
+
+class BoundedCountPaginator(Paginator[Any]):
+    """A changelist paginator that counts at most COUNT_LIMIT rows: counting a million runs
+    on every page load cost more than the page. Past the limit the list says "more than" it
+    and links the pages up to it; a filter or a search narrows the rest."""
+
+    COUNT_LIMIT = 10_000
+
+    @cached_property
+    def count(self) -> int:
+        rows: Any = self.object_list
+        return int(rows.order_by()[: self.COUNT_LIMIT + 1].count())
+
+    @property
+    def capped(self) -> bool:
+        return self.count > self.COUNT_LIMIT
+
+    @property
+    def limit_text(self) -> str:
+        return f"{self.COUNT_LIMIT:,}"
+
+
+class LargeListAdmin(admin.ModelAdmin[Any]):
+    """For lists that grow without bound (runs, artifacts): a bounded count, and no second
+    count of the unfiltered table (`show_full_result_count`). The pagination template
+    (templates/admin/pagination.html) says "more than" past the bound."""
+
+    paginator = BoundedCountPaginator
+    show_full_result_count = False
 
 
 class WorkspaceScopedAdmin(admin.ModelAdmin[Any]):

@@ -760,8 +760,13 @@ class RunFilesView(RunScopedView):
                 "application/octet-stream), not as a multipart form.",
             )
         path = self.query_data["path"]
+        declared = request.META.get("CONTENT_LENGTH") or ""
         size = execution.run_upload_file(
-            run=self.run, actor=self.actor, path=path, stream=request._request
+            run=self.run,
+            actor=self.actor,
+            path=path,
+            stream=request._request,
+            size=int(declared) if declared.isdigit() else None,
         )
         return Response({"path": validation.clean_sandbox_path(path), "size": size})
 
@@ -772,7 +777,8 @@ class RunFilesView(RunScopedView):
     )
     def get(self, request: Request, run_id: str) -> StreamingHttpResponse:
         path = validation.clean_sandbox_path(self.query_data["path"])
-        chunks = execution.run_download_file(run=self.run, path=path)
+        # Large chunks: under ASGI each one crosses to a worker thread and back.
+        chunks = execution.run_download_file(run=self.run, path=path, chunk_size=1024 * 1024)
         response = StreamingHttpResponse(
             served_chunks(request, chunks), content_type="application/octet-stream"
         )

@@ -133,6 +133,7 @@ class SandboxRunAdmin(LargeListAdmin, WorkspaceScopedAdmin):
     ]  # fmt: skip
     search_fields = ["=id", "thread_id", "sandbox_id", "prompt"]
     list_select_related = ["workspace", "created_by", "api_key"]
+    list_per_page = 50  # as the artifact list: rendering rows is most of the page's time
     actions = ["cancel_runs"]
     fields = RUN_DETAIL_FIELDS
     readonly_fields = RUN_DETAIL_FIELDS

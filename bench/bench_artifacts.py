@@ -114,7 +114,24 @@ def _people_and_run(workspace_name: str) -> tuple[Any, Any, Any]:
             sandbox_id=info.sandbox_id, cpu_count=1, memory_mb=512, by=Actor.system("bench")
         )
         run.save()
+    _RUNS.append(run)
     return owner, workspace, run
+
+
+_RUNS: list[Any] = []
+
+
+def _end_runs() -> None:
+    """Cancel the runs this benchmark made: their sandboxes go with its directory, and a run
+    left `running` would be judged lost by the next benchmark's reconcile."""
+    from sandboxes import services
+    from workspaces.access import Actor
+
+    for run in _RUNS:
+        try:
+            services.run_cancel(run=run, actor=Actor.system("bench"))
+        except Exception as exc:  # reported, and the others are still ended
+            print(f"could not cancel run {run.pk}: {exc}", file=sys.stderr)
 
 
 def _sha256_seconds(size: int) -> float:
@@ -309,6 +326,7 @@ def main(argv: list[str] | None = None) -> None:
         ]
         print("\n".join(out))
     finally:
+        _end_runs()
         shutil.rmtree(work, ignore_errors=True)
 
 

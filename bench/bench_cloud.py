@@ -67,17 +67,21 @@ class Api:
 
     def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         headers = {"Authorization": f"Bearer {self.key}", "Content-Type": "application/json"}
-        try:
-            self.connection.request(
-                method, path, body=json.dumps(body) if body is not None else None, headers=headers
-            )
-            response = self.connection.getresponse()
-            raw = response.read()
-        except (OSError, http.client.HTTPException):
-            self.connection.close()
-            self.connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
-            raise
-        return response.status, json.loads(raw) if raw else None
+        data = json.dumps(body) if body is not None else None
+        for attempt in (1, 2):
+            try:
+                self.connection.request(method, path, body=data, headers=headers)
+                response = self.connection.getresponse()
+                raw = response.read()
+                return response.status, json.loads(raw) if raw else None
+            except (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected):
+                # The server closed an idle keep-alive connection before this request
+                # reached it: once more on a new connection.
+                self.connection.close()
+                self.connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
 
 def _per_thread(port: int, key: str) -> Any:

@@ -150,7 +150,8 @@ def start_server(port: int, env: dict[str, str] | None = None) -> subprocess.Pop
     """uvicorn (one process) serving config.asgi on 127.0.0.1:`port`."""
     server = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "config.asgi:application", "--host", "127.0.0.1",
-         "--port", str(port), "--log-level", "warning", "--no-access-log"],
+         "--port", str(port), "--log-level", "warning", "--no-access-log",
+         "--timeout-keep-alive", "120"],
         cwd=ROOT, env=env or os.environ.copy(), stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )  # fmt: skip

@@ -13,6 +13,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import django_stubs_ext
+from django.core.exceptions import ImproperlyConfigured
 
 from config.env import (
     env_bool,
@@ -165,9 +166,21 @@ ARTIFACT_LARGE_BYTES = env_int("ARTIFACT_LARGE_BYTES", 5 * 1024 * 1024, min_valu
 ARTIFACT_EXPIRY_INTERVAL_S = env_int("ARTIFACT_EXPIRY_INTERVAL_S", 300, min_value=1)
 
 # --- API ----------------------------------------------------------------------------------
+# Django's cache: process-local unless CACHE_URL names a shared one (redis://host:6379/1).
+CACHE_URL = env_str("CACHE_URL", "")
+if CACHE_URL and not CACHE_URL.startswith(("redis://", "rediss://")):
+    raise ImproperlyConfigured(
+        "Environment variable CACHE_URL is invalid: not redis:// or rediss://"
+    )
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": CACHE_URL}
+    if CACHE_URL
+    else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
+}
 # How long authentication may reuse an API key it looked up (workspaces/keycache.py; 0: look
-# it up on every request). Revoking a key, deleting it or deactivating its creator forgets it
-# at once; more than one web process needs a shared cache for that (CACHES).
+# it up on every request). Only with a shared cache (CACHE_URL): revoking a key, deleting it
+# or deactivating its creator forgets it at once in every process, which a process-local
+# cache could not promise with several web processes.
 API_KEY_CACHE_S = env_int("API_KEY_CACHE_S", 60, min_value=0)
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

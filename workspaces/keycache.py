@@ -7,8 +7,8 @@ forgets it — revoking it (workspaces.services.api_key_revoke, once committed),
 (with its workspace), deactivating or editing its creator, changing its workspace. These are
 cache coherence only, not rules: the rules stay in workspaces.authentication. Entries also
 expire after API_KEY_CACHE_S, the bound on anything that changes rows without `save()` (a
-queryset `update()`). With more than one web process the cache must be one they share
-(CACHES / CACHE_URL): a process-local cache forgets only in the process that revoked.
+queryset `update()`). Keys are cached only in a cache every process shares (CACHE_URL): a
+process-local one would forget a revoked key only in the process that revoked it.
 """
 
 from __future__ import annotations
@@ -25,19 +25,32 @@ from django.db.models.signals import post_delete, post_save
 from workspaces.models import ApiKey, Workspace
 
 PREFIX = "airlock:api-key:"
+PROCESS_LOCAL = {
+    "django.core.cache.backends.locmem.LocMemCache",
+    "django.core.cache.backends.dummy.DummyCache",
+}
 
 
 def _name(secret_hash: str) -> str:
     return PREFIX + secret_hash
 
 
+def enabled() -> bool:
+    """Only with a cache every process shares: a process-local one could not forget a revoked
+    key in the other web processes."""
+    backend = settings.CACHES["default"]["BACKEND"]
+    return settings.API_KEY_CACHE_S > 0 and backend not in PROCESS_LOCAL
+
+
 def get(secret_hash: str) -> ApiKey | None:
+    if not enabled():
+        return None
     key = cache.get(_name(secret_hash))
     return key if isinstance(key, ApiKey) else None
 
 
 def put(key: ApiKey) -> None:
-    if settings.API_KEY_CACHE_S > 0:
+    if enabled():
         cache.set(_name(key.secret_hash), key, settings.API_KEY_CACHE_S)
 
 

@@ -3,17 +3,38 @@ anything could stop it working — revocation, deletion, its creator's deactivat
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
+import pytest
 from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 
-from tests.conftest import assert_error, client_as
+from tests.conftest import assert_error, client_as, require_service
 from tests.factories import make_api_key
 from workspaces import keycache, services
 from workspaces.access import Actor
 from workspaces.models import ApiKey, Workspace
 from workspaces.selectors import api_key_find
+
+
+@pytest.fixture(autouse=True)
+def shared_cache(settings: Any) -> None:
+    """Keys are cached only in a cache every process shares: the tests' Redis (the broker's,
+    keys of their own prefix)."""
+    broker = os.environ.get("CELERY_BROKER_URL", "")
+    require_service(broker.startswith("redis://"), "a Redis CELERY_BROKER_URL (for CACHE_URL)")
+    settings.CACHES = {
+        "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": broker}
+    }
+    # Entries expire by themselves (API_KEY_CACHE_S): a shared Redis is never cleared.
+
+
+def test_a_process_local_cache_caches_no_key(workspace: Workspace, settings: Any) -> None:
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    _, secret = make_api_key(workspace=workspace)
+    assert _queries(lambda: api_key_find(raw_key=secret)) == 1
+    assert _queries(lambda: api_key_find(raw_key=secret)) == 1
 
 
 def _queries(call: Any) -> int:

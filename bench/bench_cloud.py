@@ -46,6 +46,8 @@ def setup() -> None:
     os.environ.setdefault("AIRLOCK_VAR_DIR", str(var))
     os.environ.setdefault("CELERY_BROKER_URL", "redis://127.0.0.1:6379/14")
     os.environ.setdefault("LOG_LEVEL", "WARNING")
+    # A shared cache, as in production: API keys are cached only in one (workspaces/keycache).
+    os.environ.setdefault("CACHE_URL", "redis://127.0.0.1:6379/14")
     _double, variables = common.start_e2b_double(common.free_port(), LATENCIES)
     os.environ.update(variables)
     os.environ["SANDBOX_BACKEND"] = "e2b"

@@ -43,6 +43,8 @@ def setup() -> None:
     os.environ.setdefault("DATABASE_URL", f"sqlite:///{var / 'bench.sqlite3'}")
     os.environ.setdefault("CELERY_BROKER_URL", "redis://127.0.0.1:6379/14")
     os.environ.setdefault("LOG_LEVEL", "WARNING")
+    # A shared cache, as in production: API keys are cached only in one (workspaces/keycache).
+    os.environ.setdefault("CACHE_URL", "redis://127.0.0.1:6379/14")
     os.environ["SANDBOX_BACKEND"] = "local"
     os.environ["WORKSPACE_MAX_ACTIVE_RUNS"] = "1000"
     os.environ["DJANGO_SETTINGS_MODULE"] = "config.settings"

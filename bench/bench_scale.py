@@ -40,6 +40,8 @@ def setup() -> None:
     var.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("AIRLOCK_VAR_DIR", str(var))
     os.environ.setdefault("LOG_LEVEL", "WARNING")
+    # A shared cache, as in production: API keys are cached only in one (workspaces/keycache).
+    os.environ.setdefault("CACHE_URL", "redis://127.0.0.1:6379/14")
     os.environ["DJANGO_SETTINGS_MODULE"] = "config.settings"
     sys.path.insert(0, str(ROOT))
     import django

@@ -76,7 +76,11 @@ def run_wait(*, run: SandboxRun, while_status: set[str], wait_s: float) -> Sandb
         return current
 
     return watch.wait_while(
-        load=load, waiting=lambda r: r.status in while_status, wait_s=min(wait_s, WAIT_MAX_S)
+        load=load,
+        waiting=lambda r: r.status in while_status,
+        wait_s=min(wait_s, WAIT_MAX_S),
+        workspace_id=str(run.workspace_id),
+        relevant=lambda event: event.run_id == run.pk,
     )
 
 

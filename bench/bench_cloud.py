@@ -189,6 +189,8 @@ def main() -> None:
         side.join()
         states = dict(runs.values_list("status").annotate(n=Count("id")).values_list("status", "n"))
         alive = runs.filter(status="running").count()
+        worker_rss = [common.tree_rss_bytes(w.pid) for w in workers]
+        web_rss = common.tree_rss_bytes(server.pid)
         boots = [
             (running_at - created_at).total_seconds()  # type: ignore[operator]
             for created_at, running_at in runs.filter(running_at__isnull=False).values_list(
@@ -291,6 +293,10 @@ def main() -> None:
     print(f"| runs left non-terminal | {left} ({ended}) | 0 | {common.verdict(left == 0)} |")
     print(f"| sandboxes left in the double | {sandboxes_left} | 0 | "
           f"{common.verdict(sandboxes_left == 0)} |")  # fmt: skip
+    mib = 1024 * 1024
+    print(f"| RSS with every run alive: web / each worker process with its {CONCURRENCY} children "
+          f"| {web_rss / mib:,.0f} MiB / {', '.join(f'{r / mib:,.0f}' for r in worker_rss)} MiB "
+          f"| — | — |")  # fmt: skip
     total = sum(cpu.values())
     print(
         f"| CPU over the whole test: web / workers / the double | {cpu['web']:.1f} s / "

@@ -208,6 +208,35 @@ def start_e2b_double(
     return double, variables
 
 
+def tree_pids(pid: int) -> list[int]:
+    """`pid` and every live descendant."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(fields[1])
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo += [child for child, parent in parents.items() if parent == current]
+    return found
+
+
+def tree_rss_bytes(pid: int) -> int:
+    """Resident memory of `pid` and its descendants (shared pages counted in each)."""
+    total = 0
+    for each in tree_pids(pid):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            total += int(Path(f"/proc/{each}/statm").read_text().split()[1]) * os.sysconf(
+                "SC_PAGE_SIZE"
+            )
+    return total
+
+
 def tree_cpu_seconds(pid: int) -> float:
     """CPU time (user + system) of `pid` and every live descendant, from /proc."""
     tick = os.sysconf("SC_CLK_TCK")

@@ -95,6 +95,17 @@ class Api:
         return dict(run)
 
 
+def _sessions() -> int:
+    """Connections ever opened to this database (PostgreSQL ≥ 14); -1 elsewhere."""
+    from django.db import connection
+
+    if connection.vendor != "postgresql" or connection.pg_version < 140000:  # type: ignore[attr-defined]
+        return -1
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT sessions FROM pg_stat_database WHERE datname = current_database()")
+        return int(cursor.fetchone()[0])
+
+
 def main() -> None:
     from django.conf import settings
     from django.db import connection
@@ -191,6 +202,7 @@ def main() -> None:
             common.tree_cpu_seconds(server.pid),
             common.tree_cpu_seconds(worker.pid),
         )
+        sessions = _sessions()
         threads = [threading.Thread(target=client) for _ in range(CLIENTS)]
         started = time.perf_counter()
         for thread in threads:
@@ -202,6 +214,7 @@ def main() -> None:
         wall = time.perf_counter() - started
         web_cpu = common.tree_cpu_seconds(server.pid) - web_cpu
         worker_cpu = common.tree_cpu_seconds(worker.pid) - worker_cpu
+        sessions = _sessions() - sessions
     finally:
         common.stop(worker)
         common.stop(server)
@@ -255,6 +268,9 @@ def main() -> None:
         f"| client's POST → succeeded, median / p90 | {common.ms(statistics.median(done))} / "
         f"{common.ms(common.quantile(done, 90))} | — | — |"
     )
+    if sessions >= 0:
+        print(f"| PostgreSQL connections opened meanwhile (all clients of the database) | "
+              f"{sessions} for {len(done)} runs | workers reuse theirs | — |")  # fmt: skip
     print(f"| errors | {len(errors)} {errors[:3]} | 0 | {common.verdict(not errors)} |")
     print()
     for title, pairs in (

@@ -252,8 +252,9 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 # Workers keep their database connection from task to task as a web process does from request
 # to request (CONN_MAX_AGE, CONN_HEALTH_CHECKS: config/celery.py); Celery's own fixup, which
-# closes it around every task by default, only recycles it after this many tasks.
-CELERY_DB_REUSE_MAX = 1000
+# closes it around every task by default, only recycles it after this many tasks (0: around
+# every task, Celery's default).
+CELERY_DB_REUSE_MAX = env_int("CELERY_DB_REUSE_MAX", 1000, min_value=0)
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 
 # --- Sandboxes ----------------------------------------------------------------------------

@@ -133,6 +133,6 @@ def test_a_worker_drops_a_connection_that_broke_during_a_task(
     _task_ran()  # the next task works on a fresh connection
 
 
-def test_celery_recycles_worker_connections_only_after_many_tasks() -> None:
+def test_celery_recycles_worker_connections_only_after_many_tasks(settings: Any) -> None:
     # None (Celery's default) would close the connection around every task.
-    assert DjangoWorkerFixup(app).db_reuse_max == 1000
+    assert DjangoWorkerFixup(app).db_reuse_max == settings.CELERY_DB_REUSE_MAX == 1000

@@ -14,7 +14,7 @@ import os
 import re
 from typing import Any
 
-from asgiref.sync import async_to_sync, sync_to_async
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
 from django.core.asgi import get_asgi_application
@@ -39,10 +39,12 @@ class StreamedBody:
     """A request body read from the ASGI connection as the view reads it, instead of spooled
     whole to a temporary file before the view runs (Django's way): an upload then crosses
     memory once, socket → sandbox file. `read` is called on the view's thread and pulls
-    messages on the event loop; a client that goes away mid-body is RequestAborted there."""
+    messages on the event loop (the view's thread waits); a client that goes away mid-body
+    is RequestAborted there."""
 
-    def __init__(self, receive: Receive):
+    def __init__(self, receive: Receive, loop: asyncio.AbstractEventLoop):
         self._receive = receive
+        self._loop = loop
         self._chunks: list[bytes] = []
         self._buffered = 0
         self._more = True
@@ -66,7 +68,9 @@ class StreamedBody:
     def read(self, size: int | None = -1, /) -> bytes:
         want = size if size is not None and size >= 0 else 1 << 62
         if self._buffered < want and self._more:
-            async_to_sync(self._pull)(want)
+            # Plain asyncio, not asgiref's async_to_sync: that one carries its context
+            # variables back into the request and broke the connection's next request.
+            asyncio.run_coroutine_threadsafe(self._pull(want), self._loop).result()
         data = b"".join(self._chunks)
         self._chunks = [data[want:]] if len(data) > want else []
         self._buffered = len(data) - min(len(data), want)
@@ -100,7 +104,7 @@ class OneHopASGIHandler(ASGIHandler):
             and scope.get("method") == "PUT"
             and STREAMED_UPLOAD.fullmatch(scope.get("path", ""))
         ):
-            body = StreamedBody(receive)
+            body = StreamedBody(receive, asyncio.get_running_loop())
             scope["airlock.streamed_body"] = body
             return body
         return await super().read_body(receive)

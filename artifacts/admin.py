@@ -57,6 +57,7 @@ from workspaces import access
 from workspaces.admin import (
     NO_SAVE_BUTTONS,
     AdministeredWorkspaceFilter,
+    LargeListAdmin,
     ReadOnlyInline,
     WorkspaceScopedAdmin,
     admin_actor,
@@ -113,7 +114,7 @@ class ConsoleMedia:
 
 
 @admin.register(Artifact)
-class ArtifactAdmin(FSMAdminMixin, WorkspaceScopedAdmin):
+class ArtifactAdmin(LargeListAdmin, FSMAdminMixin, WorkspaceScopedAdmin):
     Media = ConsoleMedia
     fsm_fields = ["review_state"]
     fsm_forms = {"reject": RejectForm}

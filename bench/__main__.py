@@ -5,35 +5,22 @@
 
 Each benchmark is a module `bench/bench_<name>.py` run as its own process that prints its
 section as markdown. They share one database: DATABASE_URL when set, else the local
-PostgreSQL's `airlock_bench` (created if missing), else a SQLite file under var/bench.
+PostgreSQL's `airlock_bench` (created if missing), else a SQLite file under var/bench. A
+selection replaces its own sections of docs/benchmarks.md (by title) and keeps the others.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import platform
 import subprocess
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-MODULES = ["runs", "artifacts", "sweep", "agent", "loop", "local", "review", "pause"]
-
-
-def _machine() -> str:
-    cpu = "unknown CPU"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    memory = "?"
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        kib = int(Path("/proc/meminfo").read_text().split()[1])
-        memory = f"{kib / 1024 / 1024:.0f} GiB"
-    return f"{cpu}, {os.cpu_count()} cores, {memory} memory, {platform.platform()}"
+MODULES = [
+    "runs", "files", "scale", "cloud", "artifacts", "sweep", "agent", "loop", "local", "review",
+    "pause",
+]  # fmt: skip
 
 
 def _database_url() -> str:
@@ -54,6 +41,32 @@ def _database_url() -> str:
         return f"sqlite:///{ROOT / 'var' / 'bench' / 'bench.sqlite3'}"
 
 
+HEADER = (
+    "# Benchmarks\n\n"
+    "Written by `python -m bench` (`make bench`); each section says when it ran, on which "
+    "machine, under which load, with which database and broker. Targets are from the issues; "
+    "none is asserted in tests. The machine is shared: ratios are taken as interleaved pairs.\n"
+)
+
+
+def _merged(target: Path, sections: list[str]) -> str:
+    """The file with each section that ran replaced (matched by its `## ` title) or added:
+    a selection reruns its own sections and keeps the others'."""
+    old = target.read_text() if target.exists() else ""
+    parts: list[str] = []
+    for block in ("\n" + old).split("\n## ")[1:]:
+        parts.append("## " + block.strip())
+    titles = [part.splitlines()[0] for part in parts]
+    for section in sections:
+        title = section.splitlines()[0]
+        if title in titles:
+            parts[titles.index(title)] = section
+        else:
+            parts.append(section)
+            titles.append(title)
+    return HEADER + "\n" + "\n\n".join(parts) + "\n"
+
+
 def main(argv: list[str]) -> None:
     selected = argv or MODULES
     env = {**os.environ, "DATABASE_URL": _database_url()}
@@ -70,14 +83,8 @@ def main(argv: list[str]) -> None:
         )
         print(done.stdout)
         sections.append(done.stdout.strip())
-    header = (
-        "# Benchmarks\n\n"
-        f"Written by `make bench` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, on {_machine()}.\n"
-        "Each section says which database and broker it used. Targets are from the issues; "
-        "none is asserted in tests.\n"
-    )
     target = ROOT / "docs" / "benchmarks.md"
-    target.write_text(header + "\n" + "\n\n".join(sections) + "\n")
+    target.write_text(_merged(target, sections))
     print(f"wrote {target}", file=sys.stderr)
 
 

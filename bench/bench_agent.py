@@ -15,14 +15,14 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import statistics
-import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from bench.common import free_port, ms, start_e2b_double, start_server, timed
 
 ROOT = Path(__file__).resolve().parents[1]
 PAIRS = 40
@@ -46,34 +46,6 @@ def setup() -> None:
     from django.core.management import call_command
 
     call_command("migrate", verbosity=0)
-
-
-def _ms(seconds: float) -> str:
-    return f"{seconds * 1000:.1f} ms"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _start_server(port: int) -> subprocess.Popen[str]:
-    server = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "config.asgi:application", "--host", "127.0.0.1",
-         "--port", str(port), "--log-level", "warning", "--no-access-log"],
-        cwd=ROOT, env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, start_new_session=True,
-    )  # fmt: skip
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return server
-        except OSError:
-            time.sleep(0.05)
-    server.kill()
-    raise RuntimeError("uvicorn did not start:\n" + (server.stdout.read() if server.stdout else ""))
 
 
 def _running_run(workspace: Any, key: Any) -> Any:
@@ -168,34 +140,9 @@ class McpSession:
         self.thread.join(30)
 
 
-def _timed(call: Any) -> float:
-    started = time.perf_counter()
-    call()
-    return time.perf_counter() - started
-
-
 def _row(name: str, samples: list[float], target: str, met: str) -> str:
     p90 = statistics.quantiles(samples, n=10)[-1]
-    return f"| {name} | {_ms(statistics.median(samples))} | {_ms(p90)} | {target} | {met} |"
-
-
-def _start_double(port: int) -> tuple[subprocess.Popen[str], dict[str, str]]:
-    """The E2B test double in its own process; the variables that point Airlock at it."""
-    double = subprocess.Popen(
-        [sys.executable, "-m", "tests.fakes.e2b", "--port", str(port)],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        start_new_session=True,
-    )  # fmt: skip
-    variables: dict[str, str] = {}
-    assert double.stdout is not None
-    while len(variables) < 3:
-        line = double.stdout.readline()
-        if not line:
-            raise RuntimeError("the E2B double did not start")
-        name, _, value = line.strip().partition("=")
-        if name.startswith("E2B_"):
-            variables[name] = value
-    return double, variables
+    return f"| {name} | {ms(statistics.median(samples))} | {ms(p90)} | {target} | {met} |"
 
 
 def _use_backend(name: str, variables: dict[str, str]) -> None:
@@ -216,8 +163,8 @@ def _first_bytes(workspace: Any, key: Any, secret: str) -> tuple[list[float], li
     from workspaces.access import Actor
 
     run = _running_run(workspace, key)
-    port = _free_port()
-    server = _start_server(port)
+    port = free_port()
+    server = start_server(port)
     direct, streamed = [], []
     try:
         headers = {"Authorization": f"Bearer {secret}"}
@@ -242,9 +189,9 @@ def _mcp_and_rest(workspace: Any, key: Any, secret: str) -> tuple[list[float], l
     from workspaces.access import Actor
 
     run = _running_run(workspace, key)
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
-    server = _start_server(port)
+    server = start_server(port)
     mcp = None
     rest, tool = [], []
     try:
@@ -261,7 +208,7 @@ def _mcp_and_rest(workspace: Any, key: Any, secret: str) -> tuple[list[float], l
                 assert not result.is_error and json.loads(result.content[0].text)["exit_code"] == 0
 
             for i in range(WARMUP + PAIRS):
-                pair = (_timed(rest_call), _timed(tool_call))
+                pair = (timed(rest_call), timed(tool_call))
                 if i >= WARMUP:
                     rest.append(pair[0])
                     tool.append(pair[1])
@@ -286,7 +233,7 @@ def main() -> None:
     local = settings.SANDBOX_BACKEND
     first = {local: _first_bytes(workspace, key, secret)}
     rest, tool = _mcp_and_rest(workspace, key, secret)
-    double, variables = _start_double(_free_port())
+    double, variables = start_e2b_double(free_port())
     try:
         _use_backend("e2b", variables)
         first["e2b (the test double, on this machine)"] = _first_bytes(workspace, key, secret)

@@ -27,6 +27,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from bench import common
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 MIB = 1024 * 1024
 RSS_TARGET_MB = 64
@@ -96,8 +98,8 @@ def _people_and_run(workspace_name: str) -> tuple[Any, Any, Any]:
     from workspaces.services import workspace_create
 
     User = get_user_model()
-    owner, _ = User.objects.get_or_create(username="bench-owner")
-    workspace = workspace_create(name=workspace_name, owner=owner)
+    owner = User.objects.create_user(common.unique("bench-owner"))
+    workspace = workspace_create(name=common.unique(workspace_name), owner=owner)
     info = get_backend().create(template="", metadata={"app": "airlock"}, envs={}, timeout_s=3600)
     run = SandboxRun.objects.create(
         workspace=workspace,
@@ -112,7 +114,24 @@ def _people_and_run(workspace_name: str) -> tuple[Any, Any, Any]:
             sandbox_id=info.sandbox_id, cpu_count=1, memory_mb=512, by=Actor.system("bench")
         )
         run.save()
+    _RUNS.append(run)
     return owner, workspace, run
+
+
+_RUNS: list[Any] = []
+
+
+def _end_runs() -> None:
+    """Cancel the runs this benchmark made: their sandboxes go with its directory, and a run
+    left `running` would be judged lost by the next benchmark's reconcile."""
+    from sandboxes import services
+    from workspaces.access import Actor
+
+    for run in _RUNS:
+        try:
+            services.run_cancel(run=run, actor=Actor.system("bench"))
+        except Exception as exc:  # reported, and the others are still ended
+            print(f"could not cancel run {run.pk}: {exc}", file=sys.stderr)
 
 
 def _sha256_seconds(size: int) -> float:
@@ -141,15 +160,17 @@ def bench_capture(work: Path, size_mib: int, repeats: int) -> list[str]:
             file.write(block[n % 7 :] + block[: n % 7])  # no two MiB alike
     size = source.stat().st_size
 
-    cp_times = []
-    for _ in range(repeats):
+    def cp() -> float:
         target = work / "cp-copy.bin"
-        elapsed, _ = _timed(partial(subprocess.run, ["cp", str(source), str(target)], check=True))
-        cp_times.append(elapsed)
+        elapsed = common.timed(
+            partial(subprocess.run, ["cp", str(source), str(target)], check=True)
+        )
         target.unlink()
+        return elapsed
 
-    capture_times, growths = [], []
-    for _ in range(repeats):
+    growths: list[int] = []
+
+    def captured() -> float:
         with _peak_rss() as rss:
             elapsed, artifact = _timed(
                 lambda: capture.artifact_capture(
@@ -157,15 +178,17 @@ def bench_capture(work: Path, size_mib: int, repeats: int) -> list[str]:
                 )
             )
         assert artifact.size == size
-        capture_times.append(elapsed)
         growths.append(rss["peak"] - rss["before"])
         artifact.file.delete(save=False)
         artifact.delete()
+        return elapsed
 
+    pairs = common.interleaved(captured, cp, repeats, warmup=1)
+    capture_times, cp_times = [a for a, _ in pairs], [b for _, b in pairs]
     capture_s, cp_s = statistics.median(capture_times), statistics.median(cp_times)
     growth_mb = max(growths) / MIB
     verdict = "✅" if growth_mb <= RSS_TARGET_MB else "❌"
-    ratio = cp_s / capture_s
+    ratio = statistics.median(b / a for a, b in pairs)
     throughput_verdict = "✅" if ratio >= THROUGHPUT_TARGET else "❌"
     sha_s = _sha256_seconds(size)
     return [
@@ -177,7 +200,8 @@ def bench_capture(work: Path, size_mib: int, repeats: int) -> list[str]:
         " |",
         f"| `cp` of the same file, median of {repeats} | {cp_s:.2f} s"
         f" ({size / MIB / cp_s:,.0f} MiB/s) |",
-        f"| capture throughput / cp throughput | {ratio:.0%} {throughput_verdict} "
+        f"| capture throughput / cp throughput, median of {repeats} pairs' ratios | "
+        f"{ratio:.0%} {throughput_verdict} "
         f"(target ≥ {THROUGHPUT_TARGET:.0%}) |",
         f"| SHA-256 alone over the same bytes in memory (hashlib/OpenSSL) | {sha_s:.2f} s"
         f" ({size / MIB / sha_s:,.0f} MiB/s, {cp_s / sha_s:.0%} of cp's rate) |",
@@ -188,6 +212,8 @@ def bench_capture(work: Path, size_mib: int, repeats: int) -> list[str]:
         "sniffs the content type on the way; `cp` only copies. Both read a file in the page "
         "cache and write to the same file system. The capture cannot beat the hash: its rate "
         "is bounded by the SHA-256 row.",
+        "",
+        *common.pairs_block("capture / cp", pairs, unit="s"),
     ]
 
 
@@ -227,8 +253,11 @@ def bench_changelist(artifacts: int, requests: int) -> list[str]:
     Artifact.objects.bulk_create(rows, batch_size=2000)
 
     User = get_user_model()
-    superuser = User.objects.create_superuser("bench-root", "root@example.com", "pw")
-    staff = User.objects.create_user("bench-staff", "staff@example.com", "pw", is_staff=True)
+    # Fresh names every run: the database keeps earlier runs' people.
+    superuser = User.objects.create_superuser(common.unique("bench-root"), "root@example.com", "pw")
+    staff = User.objects.create_user(
+        common.unique("bench-staff"), "staff@example.com", "pw", is_staff=True
+    )
     Membership.objects.create(workspace=workspaces[0][1], user=staff, role=Role.ADMIN)
 
     lines = [
@@ -287,8 +316,9 @@ def main(argv: list[str] | None = None) -> None:
         out = [
             "## Artifact benchmarks",
             "",
-            f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}, "
-            f"database {connection.vendor}, working directory {work}.",
+            common.stamp(),
+            "",
+            f"Database {connection.vendor}, working directory {work}.",
             "",
             *bench_capture(work, args.size_mib, args.repeats),
             "",
@@ -296,6 +326,7 @@ def main(argv: list[str] | None = None) -> None:
         ]
         print("\n".join(out))
     finally:
+        _end_runs()
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -15,13 +15,12 @@ import statistics
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from bench.__main__ import _machine
+from bench.common import load, machine, ms, timed
 from sandboxes.backends.local import LocalBackend
 
 PAIRS = 30
@@ -42,15 +41,6 @@ IDLE_S = 0.5  # between commands, as an agent's calls come: no lock or cache is 
 LIVES = 30
 
 
-def _ms(seconds: float) -> str:
-    return f"{seconds * 1000:.1f} ms"
-
-
-def _load() -> str:
-    one, five, fifteen = os.getloadavg()
-    return f"{one:.2f} / {five:.2f} / {fifteen:.2f}"
-
-
 def _minimal_bwrap(bwrap: str) -> list[str]:
     """The least a fresh sandbox per command costs: every namespace, /usr, /proc, /dev."""
     argv = [bwrap, "--unshare-all", "--die-with-parent", "--ro-bind", "/usr", "/usr"]
@@ -59,12 +49,6 @@ def _minimal_bwrap(bwrap: str) -> list[str]:
         if host.is_symlink():
             argv += ["--symlink", os.readlink(host), f"/{name}"]
     return [*argv, "--proc", "/proc", "--dev", "/dev", "true"]
-
-
-def _timed(call: Callable[[], object]) -> float:
-    started = time.perf_counter()
-    call()
-    return time.perf_counter() - started
 
 
 def main() -> None:
@@ -81,7 +65,7 @@ def main() -> None:
 
 def run(backend: LocalBackend) -> None:
     # One long report on purpose: measure everything in one sitting, then print it in order.
-    load_before = _load()
+    load_before = load()
     limits = backend.limits()
     sandbox_id = backend.create(template="bench", metadata={}, envs={}, timeout_s=3600).sandbox_id
     bwrap = shutil.which(backend.bwrap_path) or "bwrap"
@@ -109,18 +93,18 @@ def run(backend: LocalBackend) -> None:
     for index in range(PAIRS):
         # Interleaved, and the order flips each pair, so drift in load hits both alike.
         if index % 2:
-            fresh_s, live_s = _timed(fresh), _timed(live)
+            fresh_s, live_s = timed(fresh), timed(live)
         else:
-            live_s, fresh_s = _timed(live), _timed(fresh)
+            live_s, fresh_s = timed(live), timed(fresh)
         pairs.append((live_s, fresh_s))
-        old_way.append(_timed(full_fresh))
+        old_way.append(timed(full_fresh))
     idle_pairs: list[tuple[float, float]] = []
     for index in range(IDLE_PAIRS):
         time.sleep(IDLE_S)
         first, second = (fresh, live) if index % 2 else (live, fresh)
-        first_s = _timed(first)
+        first_s = timed(first)
         time.sleep(IDLE_S)
-        second_s = _timed(second)
+        second_s = timed(second)
         idle_pairs.append((second_s, first_s) if index % 2 else (first_s, second_s))
     backend.kill(sandbox_id)
 
@@ -129,7 +113,7 @@ def run(backend: LocalBackend) -> None:
         started = time.perf_counter()
         info = backend.create(template="bench", metadata={}, envs={}, timeout_s=600)
         creates.append(time.perf_counter() - started)
-        destroys.append(_timed(partial(backend.kill, info.sandbox_id)))
+        destroys.append(timed(partial(backend.kill, info.sandbox_id)))
 
     ratios = [live_s / fresh_s for live_s, fresh_s in pairs]
     live_median = statistics.median(p[0] for p in pairs)
@@ -140,8 +124,8 @@ def run(backend: LocalBackend) -> None:
     print("## Local sandboxes\n")
     print(
         f"Written by `python -m bench.bench_local` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, "
-        f"on {_machine()}; Python {platform.python_version()}, running as uid {os.geteuid()}. "
-        f"Load average (1/5/15 min) {load_before} before, {_load()} after.\n"
+        f"on {machine()}; Python {platform.python_version()}, running as uid {os.geteuid()}. "
+        f"Load average (1/5/15 min) {load_before} before, {load()} after.\n"
     )
     print("Limits in force for every sandbox measured here:\n")
     for limit in limits:
@@ -150,13 +134,13 @@ def run(backend: LocalBackend) -> None:
     print("| measure | median | p90 | target | met |")
     print("|---|---|---|---|---|")
     print(
-        f"| `exec` of `true` in a live sandbox ({PAIRS}) | {_ms(live_median)} | "
-        f"{_ms(statistics.quantiles([p[0] for p in pairs], n=10)[-1])} | cheaper than a fresh "
+        f"| `exec` of `true` in a live sandbox ({PAIRS}) | {ms(live_median)} | "
+        f"{ms(statistics.quantiles([p[0] for p in pairs], n=10)[-1])} | cheaper than a fresh "
         f"bwrap | {'yes' if live_median < fresh_median else 'no'} |"
     )
     print(
         f"| fresh minimal `bwrap --unshare-all … true` ({PAIRS}, interleaved) | "
-        f"{_ms(fresh_median)} | {_ms(statistics.quantiles([p[1] for p in pairs], n=10)[-1])} "
+        f"{ms(fresh_median)} | {ms(statistics.quantiles([p[1] for p in pairs], n=10)[-1])} "
         "| — | — |"
     )
     idle_live = [p[0] for p in idle_pairs]
@@ -164,25 +148,25 @@ def run(backend: LocalBackend) -> None:
     idle_met = statistics.median(idle_live) < statistics.median(idle_fresh)
     print(
         f"| `exec` of `true`, {IDLE_S:g} s apart ({IDLE_PAIRS}) | "
-        f"{_ms(statistics.median(idle_live))} | {_ms(max(idle_live))} (max) | cheaper than a "
+        f"{ms(statistics.median(idle_live))} | {ms(max(idle_live))} (max) | cheaper than a "
         f"fresh bwrap | {'yes' if idle_met else 'no'} |"
     )
     print(
         f"| fresh minimal bwrap, {IDLE_S:g} s apart ({IDLE_PAIRS}, interleaved) | "
-        f"{_ms(statistics.median(idle_fresh))} | {_ms(max(idle_fresh))} (max) | — | — |"
+        f"{ms(statistics.median(idle_fresh))} | {ms(max(idle_fresh))} (max) | — | — |"
     )
     print(
         f"| fresh bwrap with the whole jail per command, as before ({PAIRS}) | "
-        f"{_ms(old_median)} | {_ms(statistics.quantiles(old_way, n=10)[-1])} | — | — |"
+        f"{ms(old_median)} | {ms(statistics.quantiles(old_way, n=10)[-1])} | — | — |"
     )
     print(
-        f"| create, every limit ({LIVES}) | {_ms(create_median)} | "
-        f"{_ms(statistics.quantiles(creates, n=10)[-1])} | ≤ 50 ms | "
+        f"| create, every limit ({LIVES}) | {ms(create_median)} | "
+        f"{ms(statistics.quantiles(creates, n=10)[-1])} | ≤ 50 ms | "
         f"{'yes' if create_median <= 0.050 else 'no'} |"
     )
     print(
-        f"| destroy (kill), every limit ({LIVES}) | {_ms(destroy_median)} | "
-        f"{_ms(statistics.quantiles(destroys, n=10)[-1])} | ≤ 50 ms | "
+        f"| destroy (kill), every limit ({LIVES}) | {ms(destroy_median)} | "
+        f"{ms(statistics.quantiles(destroys, n=10)[-1])} | ≤ 50 ms | "
         f"{'yes' if destroy_median <= 0.050 else 'no'} |"
     )
     print()
@@ -190,7 +174,7 @@ def run(backend: LocalBackend) -> None:
     print("| pair | live | fresh | ratio |")
     print("|---|---|---|---|")
     for index, ((live_s, fresh_s), ratio) in enumerate(zip(pairs, ratios, strict=True), 1):
-        print(f"| {index} | {_ms(live_s)} | {_ms(fresh_s)} | {ratio:.2f} |")
+        print(f"| {index} | {ms(live_s)} | {ms(fresh_s)} | {ratio:.2f} |")
     print(f"\nMedian ratio {statistics.median(ratios):.2f} (min {min(ratios):.2f}, "
           f"max {max(ratios):.2f}).")  # fmt: skip
     print(f"\n{EXPLAINED}")

@@ -28,6 +28,8 @@ from typing import Any
 
 import httpx
 
+from bench.common import ms
+
 ROOT = Path(__file__).resolve().parents[1]
 DECISIONS = 40
 WARMUP = 5
@@ -36,10 +38,6 @@ ROUND_S = 4.0
 PAIRS = 3
 CLIENTS = 4  # concurrent API callers in the throughput rounds
 EVENTS_PER_S = 5  # the trickle of writes during the throughput rounds
-
-
-def _ms(seconds: float) -> str:
-    return f"{seconds * 1000:.1f} ms"
 
 
 def _free_port() -> int:
@@ -345,7 +343,7 @@ def _report(
         ("SSE event at the client", to_stream, stream50),
     ):
         met = "yes" if median <= 0.1 else "no"
-        print(f"| decision → {what} ({DECISIONS}) | {_ms(median)} | {_ms(p(values, 90))} | "
+        print(f"| decision → {what} ({DECISIONS}) | {ms(median)} | {ms(p(values, 90))} | "
               f"≤ 100 ms | {met} |")  # fmt: skip
     print()
     print(

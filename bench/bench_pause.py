@@ -32,8 +32,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.__main__ import _machine  # noqa: E402
-from bench.bench_agent import _free_port, _start_double, _use_backend, setup  # noqa: E402
+from bench import common  # noqa: E402
+from bench.bench_agent import _use_backend, setup  # noqa: E402
 
 PAIRS = 30
 WARMUP = 3
@@ -197,7 +197,7 @@ def main() -> None:
     user: Any = UserFactory(username=f"bench-pause-{time.time_ns()}")
     workspace = make_workspace(owner=user, name="bench pause")
     settings.WORKSPACE_MAX_ACTIVE_RUNS = 100
-    double, variables = _start_double(_free_port())
+    double, variables = common.start_e2b_double(common.free_port())
     try:
         _use_backend("e2b", variables)
         load_before = ", ".join(f"{x:.2f}" for x in os.getloadavg())
@@ -219,7 +219,7 @@ def main() -> None:
 
     print("## Pause instead of kill\n")
     print(
-        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {_machine()}. "
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {common.machine()}. "
         f"Database `{connection.vendor}`; the E2B backend through the SDK against the E2B "
         f"double (its own process, on this machine); load average {load_before} before, "
         f"{load_after} after. {PAIRS} interleaved pairs after {WARMUP} of warm-up.\n"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any, ClassVar
 
 from asgiref.sync import sync_to_async
@@ -196,6 +196,17 @@ def paginate(view: Any, request: Any, queryset: Any, serializer: Any, ordering: 
     paginator.ordering = ordering
     page = paginator.paginate_queryset(queryset, request, view=view)
     return paginator.get_paginated_response(serializer(page, many=True).data)
+
+
+def paginate_rows(
+    view: Any, request: Any, queryset: Any, to_row: Callable[[Any], Any], ordering: str
+) -> Response:
+    """`paginate` for a `values()` queryset whose rows `to_row` writes out, for lists too long
+    or too often read to build a model instance and a serializer per row."""
+    paginator = CursorPagination()
+    paginator.ordering = ordering
+    page = paginator.paginate_queryset(queryset, request, view=view)
+    return paginator.get_paginated_response([to_row(row) for row in page or []])
 
 
 def served_chunks(request: Any, chunks: Iterable[bytes]) -> Iterable[bytes] | AsyncIterator[bytes]:

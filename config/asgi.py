@@ -8,12 +8,17 @@ manager's task group must run for as long as the server does.
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import os
+import re
+from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
 from django.core.asgi import get_asgi_application
+from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler
 from django.http import HttpRequest, HttpResponseBase
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -22,6 +27,57 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 get_asgi_application()  # sets Django up: import the apps' modules after
 
 from artifacts.mcp import MCP_PATH, mcp_app  # noqa: E402
+
+# `PUT runs/{id}/files/`: its body goes to the sandbox as the view reads it (StreamedBody).
+STREAMED_UPLOAD = re.compile(r"/api/v1/runs/[^/]+/files/")
+_scope: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "airlock_scope", default=None
+)
+
+
+class StreamedBody:
+    """A request body read from the ASGI connection as the view reads it, instead of spooled
+    whole to a temporary file before the view runs (Django's way): an upload then crosses
+    memory once, socket → sandbox file. `read` is called on the view's thread and pulls
+    messages on the event loop (the view's thread waits); a client that goes away mid-body
+    is RequestAborted there."""
+
+    def __init__(self, receive: Receive, loop: asyncio.AbstractEventLoop):
+        self._receive = receive
+        self._loop = loop
+        self._chunks: list[bytes] = []
+        self._buffered = 0
+        self._more = True
+        self.done = asyncio.Event()  # every message of the body received
+
+    async def _pull(self, size: int) -> None:
+        while self._more and self._buffered < size:
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                self._more = False
+                self.done.set()
+                raise RequestAborted()
+            body = message.get("body", b"")
+            if body:
+                self._chunks.append(body)
+                self._buffered += len(body)
+            if not message.get("more_body", False):
+                self._more = False
+                self.done.set()
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        want = size if size is not None and size >= 0 else 1 << 62
+        if self._buffered < want and self._more:
+            # Plain asyncio, not asgiref's async_to_sync: that one carries its context
+            # variables back into the request and broke the connection's next request.
+            asyncio.run_coroutine_threadsafe(self._pull(want), self._loop).result()
+        data = b"".join(self._chunks)
+        self._chunks = [data[want:]] if len(data) > want else []
+        self._buffered = len(data) - min(len(data), want)
+        return data[:want]
+
+    def close(self) -> None:
+        self._chunks, self._buffered = [], 0
 
 
 class OneHopASGIHandler(ASGIHandler):
@@ -33,6 +89,34 @@ class OneHopASGIHandler(ASGIHandler):
     def __init__(self) -> None:
         super().__init__()
         self.load_middleware(is_async=False)
+
+    async def handle(self, scope: Any, receive: Any, send: Any) -> None:
+        token = _scope.set(scope)
+        try:
+            await super().handle(scope, receive, send)
+        finally:
+            _scope.reset(token)
+
+    async def read_body(self, receive: Any) -> Any:
+        scope = _scope.get()
+        if (
+            scope is not None
+            and scope.get("method") == "PUT"
+            and STREAMED_UPLOAD.fullmatch(scope.get("path", ""))
+        ):
+            body = StreamedBody(receive, asyncio.get_running_loop())
+            scope["airlock.streamed_body"] = body
+            return body
+        return await super().read_body(receive)
+
+    async def listen_for_disconnect(self, receive: Any) -> None:
+        scope = _scope.get()
+        body = scope.get("airlock.streamed_body") if scope is not None else None
+        if body is not None:
+            # The view owns the connection until the body is read; a view that answers
+            # without reading it (an error) ends the request, and this wait with it.
+            await body.done.wait()
+        await super().listen_for_disconnect(receive)
 
     async def get_response_async(self, request: HttpRequest) -> HttpResponseBase:
         response: HttpResponseBase = await sync_to_async(self.get_response, thread_sensitive=True)(

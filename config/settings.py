@@ -173,6 +173,11 @@ ARTIFACT_LARGE_BYTES = env_int("ARTIFACT_LARGE_BYTES", 5 * 1024 * 1024, min_valu
 ARTIFACT_EXPIRY_INTERVAL_S = env_int("ARTIFACT_EXPIRY_INTERVAL_S", 300, min_value=1)
 
 # --- API ----------------------------------------------------------------------------------
+# How long authentication may reuse an API key it looked up (workspaces/keycache.py; 0: look
+# it up on every request). Only in a cache every process shares (CACHE_URL's Redis or file
+# cache, not a process's memory): revoking a key, deleting it or deactivating its creator
+# forgets it at once in every process.
+API_KEY_CACHE_S = env_int("API_KEY_CACHE_S", 60, min_value=0)
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "workspaces.authentication.ApiKeyAuthentication",
@@ -242,6 +247,11 @@ CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# Workers keep their database connection from task to task as a web process does from request
+# to request (CONN_MAX_AGE, CONN_HEALTH_CHECKS: config/celery.py); Celery's own fixup, which
+# closes it around every task by default, only recycles it after this many tasks (0: around
+# every task, Celery's default).
+CELERY_DB_REUSE_MAX = env_int("CELERY_DB_REUSE_MAX", 1000, min_value=0)
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 
 # --- Sandboxes ----------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from typing import Any
 
 from django.contrib import admin
 from django.db.models import QuerySet
+from django.db.models.functions import Left
 from django.http import HttpRequest
 from django.template.defaultfilters import truncatechars
 from django.utils import timezone
@@ -24,6 +25,7 @@ from sandboxes.models import LIVE_STATUSES, Command, OnIdle, RunStatus, SandboxR
 from workspaces.admin import (
     NO_SAVE_BUTTONS,
     AdministeredWorkspaceFilter,
+    LargeListAdmin,
     ReadOnlyInline,
     WorkspaceAdmin,
     WorkspaceScopedAdmin,
@@ -109,17 +111,30 @@ class CommandInline(ReadOnlyInline):
         return truncatechars(obj.command, 200)
 
 
+# The run list's columns need these; the rest (env, files, metadata, error, the command) can be
+# large and is read on the run's own page only.
+RUN_LIST_FIELDS = (
+    "id", "workspace", "thread_id", "status", "end_reason", "created_by", "api_key",
+    "created_at", "finished_at", "cost_usd",
+)  # fmt: skip
+
+
 @admin.register(SandboxRun)
-class SandboxRunAdmin(WorkspaceScopedAdmin):
+class SandboxRunAdmin(LargeListAdmin, WorkspaceScopedAdmin):
     list_display = [
         "run", "workspace", "thread_id", "status", "end_reason", "started_by", "created_at",
         "duration", "cost",
     ]  # fmt: skip
     list_display_links = ["run"]
-    list_filter = ["status", "end_reason", AdministeredWorkspaceFilter]
+    # A date filter of fixed ranges, not date_hierarchy: its drill-down reads the distinct
+    # dates of every stored run on each page load.
+    list_filter = [
+        "status", "end_reason", ("created_at", admin.DateFieldListFilter),
+        AdministeredWorkspaceFilter,
+    ]  # fmt: skip
     search_fields = ["=id", "thread_id", "sandbox_id", "prompt"]
     list_select_related = ["workspace", "created_by", "api_key"]
-    date_hierarchy = "created_at"
+    list_per_page = 50  # as the artifact list: rendering rows is most of the page's time
     actions = ["cancel_runs", "pause_runs", "resume_runs"]
     fields = RUN_DETAIL_FIELDS
     readonly_fields = RUN_DETAIL_FIELDS
@@ -127,6 +142,15 @@ class SandboxRunAdmin(WorkspaceScopedAdmin):
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # runs start through the API or `manage.py start_run`
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[SandboxRun]:
+        queryset = super().get_queryset(request)
+        match = getattr(request, "resolver_match", None)
+        if match is not None and match.url_name == "sandboxes_sandboxrun_changelist":
+            # The list: only its columns' fields, and the prompt's start (a prompt may be
+            # 100 KB).
+            queryset = queryset.only(*RUN_LIST_FIELDS).annotate(prompt_start=Left("prompt", 200))
+        return queryset
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return self.has_module_permission(request)  # to run actions; every field is read-only
@@ -147,9 +171,10 @@ class SandboxRunAdmin(WorkspaceScopedAdmin):
 
     @admin.display(description="Run", ordering="created_at")
     def run(self, obj: SandboxRun) -> SafeString:
-        return format_html(
-            "<code>{}</code> {}", short_id(obj.pk), first_line(obj.prompt, 60) or "—"
-        )
+        prompt = getattr(obj, "prompt_start", None)
+        if prompt is None:
+            prompt = obj.prompt
+        return format_html("<code>{}</code> {}", short_id(obj.pk), first_line(prompt, 60) or "—")
 
     @admin.display(description="Started by")
     def started_by(self, obj: SandboxRun) -> str:

@@ -645,19 +645,57 @@ def spool_upload(stream: Readable, *, limit: int) -> BinaryIO:
     return spool  # type: ignore[return-value]  # a SpooledTemporaryFile reads like one
 
 
-def run_upload_file(*, run: SandboxRun, actor: Actor, path: str, stream: Readable) -> int:
+UPLOAD_CHUNK_BYTES = 1024 * 1024
+
+
+class DeclaredBody:
+    """A request body of a declared length, read straight into the sandbox: the backends
+    write to a fresh name and rename it into place (local) or send one request (E2B), so a
+    body that ends short fails the write and leaves nothing at the path."""
+
+    def __init__(self, stream: Readable, size: int):
+        self.stream, self.remaining = stream, size
+
+    def read(self, size: int = -1, /) -> bytes:
+        if self.remaining <= 0:
+            return b""
+        want = self.remaining if size is None or size < 0 else min(size, self.remaining)
+        chunk = self.stream.read(min(want, UPLOAD_CHUNK_BYTES))
+        if not chunk:
+            raise InvalidInput(
+                f"The upload ended {self.remaining} bytes short of its Content-Length.",
+                code="incomplete_body",
+            )
+        self.remaining -= len(chunk)
+        return chunk
+
+
+def run_upload_file(
+    *, run: SandboxRun, actor: Actor, path: str, stream: Readable, size: int | None = None
+) -> int:
     """Write a file into the sandbox (parents created, replaced if there); `file.uploaded` on
-    the trail with its path and size."""
+    the trail with its path and size. A body whose `size` is declared (Content-Length) goes
+    straight to the sandbox, refused up front when over UPLOAD_MAX_BYTES; one of unknown
+    length is spooled first, so an oversized one is refused whole. Checked before the body is
+    read; a paused run is resumed just before its sandbox is written."""
     refuse_unless_usable(run)
     path = validation.clean_sandbox_path(path)
-    spool = spool_upload(stream, limit=settings.UPLOAD_MAX_BYTES)
-    try:
+    limit = settings.UPLOAD_MAX_BYTES
+    if size is not None:
+        if size > limit:
+            raise TooLarge(f"The upload is larger than {limit} bytes.")
+        body = DeclaredBody(stream, size)
         run = require_running(run, actor)
-        size = spool.seek(0, 2)
-        spool.seek(0)
-        backend_call(run, lambda: get_backend().write_file(run.sandbox_id, path, spool))
-    finally:
-        spool.close()
+        backend_call(run, lambda: get_backend().write_file(run.sandbox_id, path, body))  # type: ignore[arg-type]
+    else:
+        spool = spool_upload(stream, limit=limit)
+        try:
+            run = require_running(run, actor)
+            size = spool.seek(0, 2)
+            spool.seek(0)
+            backend_call(run, lambda: get_backend().write_file(run.sandbox_id, path, spool))
+        finally:
+            spool.close()
     with transaction.atomic():
         events.record(
             actor=actor,

@@ -132,6 +132,8 @@ class SandboxRun(ConcurrentTransitionMixin, models.Model):
         ordering = ["-created_at"]
         indexes = [
             models.Index(fields=["workspace", "-created_at"], name="run_ws_newest"),
+            # Newest first across workspaces: the admin's list and `GET runs/` (keyset pages).
+            models.Index(fields=["-created_at", "-id"], name="run_newest"),
             models.Index(fields=["thread_id", "-created_at"], name="run_thread_newest"),
             # The sweep's queries: cost grows with the runs that are due, not with all runs.
             models.Index(

@@ -12,7 +12,7 @@ from typing import Any
 from django.db.models import QuerySet
 
 from config.exceptions import NotFound
-from workspaces import access
+from workspaces import access, keycache
 from workspaces.access import Actor
 from workspaces.models import (
     ApiKey,
@@ -97,15 +97,19 @@ def api_key_find(*, raw_key: str) -> ApiKey | None:
     match = _RAW_KEY.fullmatch(raw_key)
     if match is None:
         return None
+    digest = hashlib.sha256(raw_key.encode()).hexdigest()
+    cached = keycache.get(digest)  # found under its own digest: the secret matched
+    if cached is not None:
+        return cached
     key = (
         ApiKey.objects.select_related("workspace", "created_by")
         .filter(prefix=match["prefix"])
         .first()
     )
-    if key is None:
+    if key is None or not hmac.compare_digest(digest, key.secret_hash):
         return None
-    digest = hashlib.sha256(raw_key.encode()).hexdigest()
-    return key if hmac.compare_digest(digest, key.secret_hash) else None
+    keycache.put(key)
+    return key
 
 
 def event_list(

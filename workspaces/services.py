@@ -12,7 +12,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from config.exceptions import Conflict, InvalidInput, PermissionDenied
-from workspaces import events
+from workspaces import events, keycache
 from workspaces.access import Actor
 from workspaces.models import ApiKey, ApiKeyRole, EventType, Membership, Role, Workspace
 
@@ -228,6 +228,10 @@ def api_key_revoke(*, api_key: ApiKey, actor: Actor) -> ApiKey:
             )
     if revoked:
         api_key.revoked_at = now
+        # Forgotten now, and again at the commit of a transaction this one is part of (a
+        # request reading the key before that commit may have cached it unrevoked).
+        keycache.forget([api_key.secret_hash])
+        transaction.on_commit(lambda: keycache.forget([api_key.secret_hash]))
     else:
         api_key.refresh_from_db(fields=["revoked_at"])
     return api_key
@@ -235,6 +239,10 @@ def api_key_revoke(*, api_key: ApiKey, actor: Actor) -> ApiKey:
 
 def api_key_mark_used(*, api_key: ApiKey) -> None:
     now = timezone.now()
-    if api_key.last_used_at is None or now - api_key.last_used_at >= API_KEY_TOUCH_INTERVAL:
+    due = api_key.last_used_at is None or now - api_key.last_used_at >= API_KEY_TOUCH_INTERVAL
+    # A cached copy of the key keeps the time it was cached with: the cache says whether
+    # another request marked it within the interval (never re-caching the key itself, which
+    # might have been revoked meanwhile).
+    if due and keycache.claim_touch(api_key, API_KEY_TOUCH_INTERVAL):
         ApiKey.objects.filter(pk=api_key.pk).update(last_used_at=now)
         api_key.last_used_at = now

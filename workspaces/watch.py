@@ -263,18 +263,38 @@ def trail_watch() -> TrailWatch:
     return _watch
 
 
-def wait_while(*, load: Callable[[], T], waiting: Callable[[T], bool], wait_s: float) -> T:
+def wait_while(
+    *,
+    load: Callable[[], T],
+    waiting: Callable[[T], bool],
+    wait_s: float,
+    workspace_id: str | None = None,
+    relevant: Callable[[Event], bool] | None = None,
+) -> T:
     """`load()` again and again until `waiting(obj)` is false or `wait_s` seconds passed;
-    the last copy loaded. Loads once more after each new event on the trail, and at least
-    every RECHECK_S (a change this process cannot see as an event yet, e.g. in a test's own
-    transaction, is still seen in time)."""
+    the last copy loaded. Loads once more after each new event on the trail — with
+    `workspace_id` and `relevant`, only after a new event of that workspace that is
+    `relevant` (the poller's memory says which) — and at least every RECHECK_S (a change this
+    process cannot see as an event yet, e.g. in a test's own transaction, is still seen in
+    time). Twenty clients waiting for their runs then cost a load each when their own run
+    changes, not one each whenever any run does."""
     deadline = time.monotonic() + wait_s
     cursor = latest_event_id()
     obj = load()
+    loaded_at = time.monotonic()
     while waiting(obj):
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             break
-        cursor = max(cursor, _watch.wait_past(cursor, min(remaining, RECHECK_S)))
+        recheck = max(0.0, loaded_at + RECHECK_S - time.monotonic())
+        horizon = max(cursor, _watch.wait_past(cursor, min(remaining, recheck)))
+        due = time.monotonic() - loaded_at >= RECHECK_S
+        if not due and horizon > cursor and relevant is not None and workspace_id is not None:
+            events = _watch.recent(str(workspace_id), cursor, horizon)
+            if events is not None and not any(relevant(event) for event in events):
+                cursor = horizon
+                continue  # nothing about this object: keep waiting without a load
+        cursor = horizon
         obj = load()
+        loaded_at = time.monotonic()
     return obj

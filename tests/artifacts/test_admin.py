@@ -716,3 +716,20 @@ def test_the_policy_admin_saves_through_the_service(
     )  # fmt: skip
     [event] = Event.objects.filter(type="review_policy.changed")
     assert event.actor == "user:adam"
+
+
+@pytest.mark.django_db
+def test_the_changelist_counts_only_up_to_its_bound(
+    client: Any, reviewer: Any, run: SandboxRun, monkeypatch: Any
+) -> None:
+    from workspaces.admin import BoundedCountPaginator
+
+    monkeypatch.setattr(BoundedCountPaginator, "COUNT_LIMIT", 2)
+    for n in range(4):
+        make_artifact(run, title=f"a{n}.txt")
+    client.force_login(reviewer)
+    with CaptureQueriesContext(connection) as queries:
+        page = client.get(CHANGELIST).content.decode()
+    assert "more than 2 artifacts" in page
+    counts = [q["sql"] for q in queries if "COUNT(" in q["sql"].upper()]
+    assert counts and all("LIMIT 3" in sql for sql in counts), counts

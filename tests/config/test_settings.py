@@ -50,6 +50,8 @@ def test_the_settings_load_when_every_variable_is_valid(tmp_path: Path) -> None:
         ("WORKSPACE_MAX_ACTIVE_RUNS", "abc"),
         ("SANDBOX_BACKEND", "docker"),
         ("DATABASE_URL", "nonsense://x"),
+        ("CACHE_URL", "memcached://127.0.0.1:11211"),
+        ("API_KEY_CACHE_S", "-1"),
     ],
 )
 def test_a_bad_variable_stops_startup_with_its_name(tmp_path: Path, name: str, value: str) -> None:

@@ -180,3 +180,37 @@ def test_a_run_page_says_how_it_waits_and_what_it_may_reach(
     page = client.get(f"{RUNS}{run.pk}/change/").content.decode()
     assert "pauses when idle for 15 min; paused 20 min in all, not billed" in page
     assert "no internet; allowed: pypi.org" in page
+
+
+def test_the_run_list_counts_only_up_to_its_bound_and_says_more_than(
+    client: Any, workspace: Workspace, monkeypatch: Any
+) -> None:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from workspaces.admin import BoundedCountPaginator
+
+    monkeypatch.setattr(BoundedCountPaginator, "COUNT_LIMIT", 3)
+    for n in range(5):
+        make_run(workspace=workspace, prompt=f"run number {n}\nmore")
+    client.force_login(make_user(username="root", is_staff=True, is_superuser=True))
+    with CaptureQueriesContext(connection) as queries:
+        page = client.get(RUNS).content.decode()
+    assert "more than 3 sandbox runs" in page
+    assert "run number 4" in page  # the prompt's first line, from its first 200 characters
+    counts = [q["sql"] for q in queries if "COUNT(" in q["sql"].upper()]
+    assert counts and all("LIMIT 4" in sql for sql in counts), counts
+    # Under the bound the list says how many there are.
+    monkeypatch.setattr(BoundedCountPaginator, "COUNT_LIMIT", 10)
+    assert "5 sandbox runs" in client.get(RUNS).content.decode()
+
+
+def test_the_run_list_filters_by_fixed_date_ranges_not_a_date_drill_down(
+    client: Any, workspace: Workspace
+) -> None:
+    make_run(workspace=workspace)
+    client.force_login(make_user(username="root", is_staff=True, is_superuser=True))
+    response = client.get(RUNS)
+    assert response.context["cl"].date_hierarchy is None
+    assert "Past 7 days" in response.content.decode()
+    assert client.get(RUNS + "?created_at__gte=2000-01-01+00:00:00%2B00:00").status_code == 200

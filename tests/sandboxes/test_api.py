@@ -946,3 +946,59 @@ def test_a_network_the_local_backend_cannot_give_is_a_400_naming_it(
     assert response.json()["code"] == "unsupported_by_backend"
     assert "local backend" in response.json()["detail"]
     assert SandboxRun.objects.count() == 0
+
+
+@pytest.mark.django_db
+def test_list_rows_are_written_exactly_as_the_run_serializer_writes_a_run(workspace: Any) -> None:
+    from datetime import UTC, datetime
+    from decimal import Decimal
+
+    from sandboxes.api import RUN_ROW_FIELDS, RunOut, run_row
+    from tests.factories import make_api_key
+
+    key, _ = make_api_key(workspace=workspace)
+    runs = [
+        make_run(workspace=workspace),
+        make_run(
+            workspace=workspace,
+            status="failed",
+            api_key=key,
+            files={"/home/user/b.txt": "b", "/home/user/a.txt": "a"},
+            metadata={"n": 1, "nested": {"x": [1, 2]}},
+            error={"code": "boom", "detail": "it broke"},
+            end_reason="command_failed",
+            exit_code=3,
+            cost_usd=Decimal("1.5"),
+            cpu_count=2,
+            memory_mb=512,
+            finished_at=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),  # no microseconds
+            command="exit 3",
+        ),
+        make_run(workspace=workspace, status="succeeded", cost_usd=Decimal("0")),
+        make_run(
+            workspace=workspace,
+            status="paused",
+            on_idle="pause",
+            paused_at=datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=UTC),
+            network={"internet": True, "allow_out": ["10.0.0.0/8"], "deny_out": ["1.2.3.4"]},
+        ),
+        make_run(workspace=workspace, network={}),  # made before networks were per run
+    ]
+    rows = {row["id"]: row for row in SandboxRun.objects.values(*RUN_ROW_FIELDS)}
+    for run in runs:
+        run.refresh_from_db()
+        assert run_row(rows[run.pk]) == dict(RunOut(run).data)
+
+
+@pytest.mark.django_db
+def test_run_lists_never_count_the_runs(api: Any, owner: Any, workspace: Any) -> None:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    for _ in range(3):
+        make_run(workspace=workspace)
+    client = client_as(api, owner)
+    with CaptureQueriesContext(connection) as queries:
+        page = client.get(f"/api/v1/workspaces/{workspace.pk}/runs/?page_size=2").json()
+        client.get(page["next"].replace("http://testserver", ""))
+    assert not [q for q in queries if "COUNT(" in q["sql"].upper()]

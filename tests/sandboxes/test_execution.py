@@ -377,6 +377,47 @@ def test_an_upload_over_the_limit_leaves_nothing_in_the_sandbox(
     assert _trail(run, "file.uploaded") == []
 
 
+def test_an_upload_of_declared_length_goes_straight_to_the_sandbox(
+    run: SandboxRun, fake_backend: FakeBackend, mia: Actor
+) -> None:
+    body = io.BytesIO(b"z" * 3_000_000 + b"trailing bytes past the declared length")
+    size = execution.run_upload_file(
+        run=run, actor=mia, path="/home/user/big.bin", stream=body, size=3_000_000
+    )
+    assert size == 3_000_000
+    assert fake_backend.files[(run.sandbox_id, "/home/user/big.bin")] == b"z" * 3_000_000
+    [event] = _trail(run, "file.uploaded")
+    assert event.data == {"path": "/home/user/big.bin", "size": 3_000_000}
+
+
+def test_an_upload_declared_over_the_limit_is_refused_before_it_is_read(
+    run: SandboxRun, fake_backend: FakeBackend, mia: Actor, settings: Any
+) -> None:
+    settings.UPLOAD_MAX_BYTES = 1000
+
+    class Unread(io.BytesIO):
+        def read(self, size: int | None = -1, /) -> bytes:
+            raise AssertionError("the body was read")
+
+    with pytest.raises(TooLarge):
+        execution.run_upload_file(
+            run=run, actor=mia, path="/home/user/big", stream=Unread(), size=1001
+        )
+    assert fake_backend.files == {}
+
+
+def test_an_upload_shorter_than_declared_leaves_nothing(
+    run: SandboxRun, fake_backend: FakeBackend, mia: Actor
+) -> None:
+    with pytest.raises(InvalidInput) as raised:
+        execution.run_upload_file(
+            run=run, actor=mia, path="/home/user/cut", stream=io.BytesIO(b"x" * 10), size=20
+        )
+    assert raised.value.code == "incomplete_body"
+    assert fake_backend.files == {}
+    assert _trail(run, "file.uploaded") == []
+
+
 def test_a_download_streams_the_file_and_a_missing_one_is_not_found(
     run: SandboxRun, fake_backend: FakeBackend
 ) -> None:

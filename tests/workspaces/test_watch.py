@@ -71,6 +71,38 @@ def test_a_wait_that_sees_no_change_ends_at_its_time_with_the_current_state(
     assert 0.6 <= time.monotonic() - started < 2
 
 
+def test_a_wait_for_one_run_loads_it_again_only_when_that_run_changes(
+    workspace: Any, monkeypatch: Any
+) -> None:
+    monkeypatch.setattr(watch, "RECHECK_S", 30.0)  # no periodic look in this test
+    mine = make_run(workspace=workspace, status="running")
+    others = [make_run(workspace=workspace, status="running") for _ in range(6)]
+    actor = Actor(user=workspace.owner)
+    loads = []
+
+    def load() -> SandboxRun:
+        loads.append(1)
+        return SandboxRun.objects.get(pk=mine.pk)
+
+    def changes() -> None:
+        for other in others:  # events about other runs, in separate polls of the trail
+            services.run_cancel(run=other, actor=actor)
+            time.sleep(2 * watch.POLL_S)
+        services.run_cancel(run=mine, actor=actor)
+
+    thread = _later(0.2, changes)
+    current = watch.wait_while(
+        load=load,
+        waiting=lambda r: r.status == "running",
+        wait_s=20,
+        workspace_id=str(workspace.pk),
+        relevant=lambda event: event.run_id == mine.pk,
+    )
+    thread.join()
+    assert current.status == "canceled"
+    assert len(loads) == 2  # the first look, and once its own change came
+
+
 def test_many_waiters_are_all_woken_by_one_change(workspace: Any) -> None:
     runs = [make_run(workspace=workspace, status="running") for _ in range(5)]
     seen: dict[int, str] = {}

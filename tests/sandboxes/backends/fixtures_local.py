@@ -25,8 +25,10 @@ __all__ = [
     "make_local_backend",
 ]
 
-# The tests' own cgroup parent, apart from a development worker's.
-TEST_CGROUP = "airlock-test"
+# The tests' own cgroup parent, apart from a development worker's, and one per test session:
+# sessions running side by side on one host (CI shards, engineers sharing a machine) would
+# otherwise see each other's sandboxes in the leftover check below.
+TEST_CGROUP = f"airlock-test-{os.getpid()}"
 # Small enough that the isolation tests hit them quickly, large enough for bash, python3, gcc.
 TEST_LIMITS: dict[str, Any] = {
     "cpu_seconds": 30,

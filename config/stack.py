@@ -203,6 +203,7 @@ def main() -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)  # also when started with SIGINT ignored (a background job)
     stack.start()
     try:
         stack.supervise()

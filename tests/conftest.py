@@ -491,3 +491,29 @@ def live_backends() -> list[str]:
 
     live_local = LocalBackend.start_command is not SandboxBackend.start_command
     return ["e2b_sandboxes", *(["local_sandboxes"] if live_local else [])]
+
+
+# --- migration tests: move the database to a past state and back ------------------------
+
+
+def migrate_to(targets: list[tuple[str, str]]) -> Any:
+    """Migrate the test database to `targets`; the apps (historical models) there."""
+    from django.db import connection
+    from django.db.migrations.executor import MigrationExecutor
+
+    executor = MigrationExecutor(connection)
+    executor.loader.build_graph()
+    executor.migrate(targets)
+    return executor.loader.project_state(targets).apps
+
+
+@pytest.fixture
+def back_to_the_latest() -> Any:
+    """Whatever the test did, the database ends at the latest migrations of every app."""
+    from django.db import connection
+    from django.db.migrations.executor import MigrationExecutor
+
+    yield
+    executor = MigrationExecutor(connection)
+    executor.loader.build_graph()
+    executor.migrate(executor.loader.graph.leaf_nodes())

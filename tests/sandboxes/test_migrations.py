@@ -4,12 +4,12 @@ move onto the trail, with every run's and artifact's creation, in the order they
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
 
 import pytest
 from django.db import connection
-from django.db.migrations.executor import MigrationExecutor
 from django.utils import timezone
+
+from tests.conftest import migrate_to
 
 BEFORE = [
     ("sandboxes", "0002_command_history"),
@@ -19,26 +19,10 @@ BEFORE = [
 AFTER = [("sandboxes", "0003_transitions_to_trail")]
 
 
-def _migrate(targets: list[tuple[str, str]]) -> Any:
-    executor = MigrationExecutor(connection)
-    executor.loader.build_graph()
-    executor.migrate(targets)
-    return executor.loader.project_state(targets).apps
-
-
-@pytest.fixture
-def back_to_the_latest() -> Any:
-    """Whatever the test did, the database ends at the latest migrations of every app."""
-    yield
-    executor = MigrationExecutor(connection)
-    executor.loader.build_graph()
-    executor.migrate(executor.loader.graph.leaf_nodes())
-
-
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.usefixtures("back_to_the_latest")
 def test_transition_records_become_events_in_time_order() -> None:
-    old = _migrate(BEFORE)
+    old = migrate_to(BEFORE)
     User = old.get_model("auth", "User")
     Workspace = old.get_model("workspaces", "Workspace")
     SandboxRun = old.get_model("sandboxes", "SandboxRun")
@@ -73,7 +57,7 @@ def test_transition_records_become_events_in_time_order() -> None:
             actor=actor, by=by,
         )  # fmt: skip
 
-    new = _migrate(AFTER)
+    new = migrate_to(AFTER)
     Event = new.get_model("workspaces", "Event")
     rows = list(Event.objects.order_by("id"))
 

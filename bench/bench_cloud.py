@@ -17,7 +17,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -41,25 +40,10 @@ _double: Any = None
 
 def setup() -> None:
     global _double
-    var = ROOT / "var" / "bench"
-    var.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("AIRLOCK_VAR_DIR", str(var))
-    os.environ.setdefault("CELERY_BROKER_URL", "redis://127.0.0.1:6379/14")
-    os.environ.setdefault("LOG_LEVEL", "WARNING")
-    # A shared cache, as in production: API keys are cached only in one (workspaces/keycache).
-    os.environ.setdefault("CACHE_URL", "redis://127.0.0.1:6379/14")
+    common.environment()
     _double, variables = common.start_e2b_double(common.free_port(), LATENCIES)
-    os.environ.update(variables)
-    os.environ["SANDBOX_BACKEND"] = "e2b"
-    os.environ["WORKSPACE_MAX_ACTIVE_RUNS"] = str(RUNS * 2)
-    os.environ["DJANGO_SETTINGS_MODULE"] = "config.settings"
-    sys.path.insert(0, str(ROOT))
-    import django
-
-    django.setup()
-    from django.core.management import call_command
-
-    call_command("migrate", verbosity=0)
+    common.environment(**variables, SANDBOX_BACKEND="e2b", WORKSPACE_MAX_ACTIVE_RUNS=str(RUNS * 2))
+    common.django_setup()
 
 
 class Api:

@@ -13,7 +13,6 @@ import http.client
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -30,24 +29,8 @@ PAIRS = 5
 
 
 def setup() -> None:
-    var = ROOT / "var" / "bench"
-    var.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("AIRLOCK_VAR_DIR", str(var))
-    os.environ.setdefault("DATABASE_URL", f"sqlite:///{var / 'bench.sqlite3'}")
-    os.environ.setdefault("CELERY_BROKER_URL", "redis://127.0.0.1:6379/14")
-    os.environ.setdefault("LOG_LEVEL", "WARNING")
-    # A shared cache, as in production: API keys are cached only in one (workspaces/keycache).
-    os.environ.setdefault("CACHE_URL", "redis://127.0.0.1:6379/14")
-    os.environ["SANDBOX_BACKEND"] = "local"
-    os.environ["UPLOAD_MAX_BYTES"] = str((SIZE_MIB + 1) * MIB)
-    os.environ["DJANGO_SETTINGS_MODULE"] = "config.settings"
-    sys.path.insert(0, str(ROOT))
-    import django
-
-    django.setup()
-    from django.core.management import call_command
-
-    call_command("migrate", verbosity=0)
+    common.environment(SANDBOX_BACKEND="local", UPLOAD_MAX_BYTES=str((SIZE_MIB + 1) * MIB))
+    common.django_setup()
 
 
 def _rss(pid: int) -> int:

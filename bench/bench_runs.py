@@ -20,7 +20,6 @@ import os
 import shutil
 import statistics
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -37,24 +36,8 @@ WORKER_CONCURRENCY = 8
 
 
 def setup() -> None:
-    var = ROOT / "var" / "bench"
-    var.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("AIRLOCK_VAR_DIR", str(var))
-    os.environ.setdefault("DATABASE_URL", f"sqlite:///{var / 'bench.sqlite3'}")
-    os.environ.setdefault("CELERY_BROKER_URL", "redis://127.0.0.1:6379/14")
-    os.environ.setdefault("LOG_LEVEL", "WARNING")
-    # A shared cache, as in production: API keys are cached only in one (workspaces/keycache).
-    os.environ.setdefault("CACHE_URL", "redis://127.0.0.1:6379/14")
-    os.environ["SANDBOX_BACKEND"] = "local"
-    os.environ["WORKSPACE_MAX_ACTIVE_RUNS"] = "1000"
-    os.environ["DJANGO_SETTINGS_MODULE"] = "config.settings"
-    sys.path.insert(0, str(ROOT))
-    import django
-
-    django.setup()
-    from django.core.management import call_command
-
-    call_command("migrate", verbosity=0)
+    common.environment(SANDBOX_BACKEND="local", WORKSPACE_MAX_ACTIVE_RUNS="1000")
+    common.django_setup()
 
 
 def minimal_bwrap(bwrap: str) -> list[str]:

@@ -14,9 +14,7 @@ their own (`bench-scale`) and kept: a rerun reuses them. PostgreSQL only.
 from __future__ import annotations
 
 import http.client
-import os
 import statistics
-import sys
 import threading
 import time
 from pathlib import Path
@@ -36,20 +34,8 @@ SCALE_WORKSPACE = "bench-scale"
 
 
 def setup() -> None:
-    var = ROOT / "var" / "bench"
-    var.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("AIRLOCK_VAR_DIR", str(var))
-    os.environ.setdefault("LOG_LEVEL", "WARNING")
-    # A shared cache, as in production: API keys are cached only in one (workspaces/keycache).
-    os.environ.setdefault("CACHE_URL", "redis://127.0.0.1:6379/14")
-    os.environ["DJANGO_SETTINGS_MODULE"] = "config.settings"
-    sys.path.insert(0, str(ROOT))
-    import django
-
-    django.setup()
-    from django.core.management import call_command
-
-    call_command("migrate", verbosity=0)
+    common.environment()
+    common.django_setup()
 
 
 def _insert_select(model: Any, count: int, overrides: dict[str, str], source: str = "") -> None:

@@ -257,3 +257,29 @@ def tree_cpu_seconds(pid: int) -> float:
         total += cpu.get(current, 0.0)
         todo += [child for child, parent in parents.items() if parent == current]
     return total
+
+
+def environment(**variables: str) -> None:
+    """The environment a benchmark process runs in: var/bench (its SQLite file unless
+    DATABASE_URL is set), Redis db 14 as broker and as the shared cache (as in production: API
+    keys are cached only in a shared one, workspaces/keycache), quiet logs; then `variables`."""
+    var = ROOT / "var" / "bench"
+    var.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("AIRLOCK_VAR_DIR", str(var))
+    os.environ.setdefault("DATABASE_URL", f"sqlite:///{var / 'bench.sqlite3'}")
+    os.environ.setdefault("CELERY_BROKER_URL", "redis://127.0.0.1:6379/14")
+    os.environ.setdefault("LOG_LEVEL", "WARNING")
+    os.environ.setdefault("CACHE_URL", "redis://127.0.0.1:6379/14")
+    os.environ.update(variables)
+
+
+def django_setup() -> None:
+    """Django set up in this process, its database migrated."""
+    os.environ["DJANGO_SETTINGS_MODULE"] = "config.settings"
+    sys.path.insert(0, str(ROOT))
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)

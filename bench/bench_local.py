@@ -20,6 +20,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from bench import common
 from bench.common import load, machine, ms, timed
 from sandboxes.backends.local import LocalBackend
 
@@ -39,16 +40,6 @@ clears itself) and removes the files."""
 IDLE_PAIRS = 10
 IDLE_S = 0.5  # between commands, as an agent's calls come: no lock or cache is still warm
 LIVES = 30
-
-
-def _minimal_bwrap(bwrap: str) -> list[str]:
-    """The least a fresh sandbox per command costs: every namespace, /usr, /proc, /dev."""
-    argv = [bwrap, "--unshare-all", "--die-with-parent", "--ro-bind", "/usr", "/usr"]
-    for name in ("bin", "sbin", "lib", "lib64"):
-        host = Path("/") / name
-        if host.is_symlink():
-            argv += ["--symlink", os.readlink(host), f"/{name}"]
-    return [*argv, "--proc", "/proc", "--dev", "/dev", "true"]
 
 
 def main() -> None:
@@ -72,7 +63,7 @@ def run(backend: LocalBackend) -> None:
     user: dict[str, Any] = {}
     if backend.host_uid is not None:
         user = {"user": backend.host_uid, "group": backend.host_gid}
-    minimal = _minimal_bwrap(bwrap)
+    minimal = common.minimal_bwrap(bwrap)
     for _ in range(3):  # warm both paths
         backend.run(sandbox_id, "true", timeout_s=30)
         subprocess.run(minimal, check=True, **user)

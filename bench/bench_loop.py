@@ -28,6 +28,7 @@ from typing import Any
 
 import httpx
 
+from bench import common
 from bench.common import ms
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,22 +48,8 @@ def _free_port() -> int:
 
 
 def setup() -> None:
-    var = ROOT / "var" / "bench"
-    var.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("AIRLOCK_VAR_DIR", str(var))
-    os.environ.setdefault("DATABASE_URL", f"sqlite:///{var / 'bench.sqlite3'}")
-    os.environ.setdefault("CELERY_BROKER_URL", "redis://127.0.0.1:6379/14")
-    os.environ.setdefault("LOG_LEVEL", "WARNING")
-    os.environ["WEBHOOK_ALLOW_PRIVATE"] = "true"
-    os.environ["WEBHOOK_ALLOW_HTTP"] = "true"
-    os.environ["DJANGO_SETTINGS_MODULE"] = "config.settings"
-    sys.path.insert(0, str(ROOT))
-    import django
-
-    django.setup()
-    from django.core.management import call_command
-
-    call_command("migrate", verbosity=0)
+    common.environment(WEBHOOK_ALLOW_PRIVATE="true", WEBHOOK_ALLOW_HTTP="true")
+    common.django_setup()
 
 
 class Receiver:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import shutil
 import statistics
 import subprocess
@@ -38,16 +37,6 @@ WORKER_CONCURRENCY = 8
 def setup() -> None:
     common.environment(SANDBOX_BACKEND="local", WORKSPACE_MAX_ACTIVE_RUNS="1000")
     common.django_setup()
-
-
-def minimal_bwrap(bwrap: str) -> list[str]:
-    """The least a fresh sandbox per command costs: every namespace, /usr, /proc, /dev."""
-    argv = [bwrap, "--unshare-all", "--die-with-parent", "--ro-bind", "/usr", "/usr"]
-    for name in ("bin", "sbin", "lib", "lib64"):
-        host = Path("/") / name
-        if host.is_symlink():
-            argv += ["--symlink", os.readlink(host), f"/{name}"]
-    return [*argv, "--proc", "/proc", "--dev", "/dev", "true"]
 
 
 class Api:
@@ -107,7 +96,7 @@ def main() -> None:
     ws = str(workspace.pk)
     backend: Any = get_backend()
     bwrap = shutil.which(backend.bwrap_path) or "bwrap"
-    fresh_argv = minimal_bwrap(bwrap)
+    fresh_argv = common.minimal_bwrap(bwrap)
     as_user: dict[str, Any] = {}
     if backend.host_uid is not None:
         as_user = {"user": backend.host_uid, "group": backend.host_gid}

@@ -29,6 +29,7 @@ from sandboxes.backends.base import (
     SandboxNotFound,
     SandboxPaused,
 )
+from tests.conftest import require_service
 from tests.sandboxes.fake_backend import FakeBackend
 
 HOME = "/home/user"
@@ -508,8 +509,7 @@ def test_nothing_is_left_once_the_sandbox_is_killed(backend: SandboxBackend, tag
 
 
 def test_pause_and_resume_keep_processes_and_files(backend: SandboxBackend, sandbox: str) -> None:
-    if not backend.supports_pause:
-        pytest.skip(f"the {backend.name} backend cannot pause here")
+    require_service(backend.supports_pause, f"the {backend.name} backend can pause (a freezer)")
     backend.write_file(sandbox, f"{HOME}/site/index.html", b"kept")
     backend.run(sandbox, f"{SERVER} >/dev/null 2>&1 &", timeout_s=30)
     assert _answers(backend, sandbox, "index.html").stdout == "kept\n"
@@ -529,8 +529,7 @@ def test_pause_and_resume_keep_a_processs_memory(backend: SandboxBackend, sandbo
     """A background process holds a value only in its memory (a shell variable it never
     wrote down) and keeps counting; after pause and resume it is the same process with the
     same value, and it goes on from where it was."""
-    if not backend.supports_pause:
-        pytest.skip(f"the {backend.name} backend cannot pause here")
+    require_service(backend.supports_pause, f"the {backend.name} backend can pause (a freezer)")
     holder = (
         "v=$(od -An -N8 -tx8 /dev/urandom | tr -d ' '); n=0; echo $$ > pid; "
         "echo $v | sha256sum > digest; "

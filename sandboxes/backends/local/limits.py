@@ -294,8 +294,22 @@ def _wait(condition: Callable[[], bool]) -> None:
         time.sleep(0.001)
 
 
+# A cgroup removed while it is written to (its last process ended and its owner removed it):
+# the write fails with ENOENT, or ENODEV once its files are being torn down.
+_GONE = (errno.ENOENT, errno.ENODEV)
+
+
 def kill_group(group: Group) -> None:
-    """SIGKILL everything in ``group`` and below, forkers included."""
+    """SIGKILL everything in ``group`` and below, forkers included; a group that is gone (or
+    goes meanwhile) has nothing left to kill."""
+    try:
+        _kill_group(group)
+    except OSError as exc:
+        if exc.errno not in _GONE:
+            raise
+
+
+def _kill_group(group: Group) -> None:
     if not group.path.exists():
         return
     if group.version == 2 and group.has("cgroup.kill"):

@@ -4,6 +4,7 @@ the host cannot enforce one. Real cgroups, real loop devices: CI runs as root.""
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import threading
@@ -394,3 +395,26 @@ def test_v2_limits_are_written_in_the_v2_format(tmp_path: Path) -> None:
     assert (group.path / "cpu.max").read_text() == "150000 100000"
     assert cgroups.oom_kills() == 2
     assert cgroups.memory_peak() == MIB
+
+
+@pytest.mark.parametrize("gone", [errno.ENOENT, errno.ENODEV])
+def test_killing_a_group_that_goes_meanwhile_is_nothing_to_kill(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, gone: int
+) -> None:
+    """A command's cgroup removed as it is killed (its last process ended, and its owner
+    removed it): the kernel answers the write with ENOENT, or ENODEV while the group's files
+    are torn down. Any other error still surfaces."""
+    from sandboxes.backends.local import limits
+
+    group = Group(tmp_path, 2)
+    (tmp_path / "cgroup.kill").write_text("")
+
+    def failing(self: Group, name: str, value: str) -> None:
+        raise OSError(failure, os.strerror(failure))
+
+    monkeypatch.setattr(Group, "write", failing)
+    failure = gone
+    limits.kill_group(group)  # nothing raised
+    failure = errno.EACCES
+    with pytest.raises(PermissionError):
+        limits.kill_group(group)

@@ -3,6 +3,7 @@ leave on the host: every test that uses the fixture checks that nothing is left 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -19,6 +20,7 @@ from sandboxes.backends.local.limits import loop_devices_under, mounted_hierarch
 __all__ = [
     "TEST_CGROUP",
     "HostTables",
+    "_remove_the_sessions_cgroups",
     "host_tables",
     "local_backend",
     "local_backend_root",
@@ -44,6 +46,18 @@ TEST_LIMITS: dict[str, Any] = {
 
 def make_local_backend(root: Path, **overrides: Any) -> LocalBackend:
     return LocalBackend(root=root, **{**TEST_LIMITS, **overrides})
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remove_the_sessions_cgroups() -> Iterator[None]:
+    """The session's cgroup parent goes with the session (empty by then: every test checked
+    that its sandboxes left nothing), so sessions do not pile up directories on the host."""
+    yield
+    for hierarchy in mounted_hierarchies():
+        walk = list(os.walk(hierarchy.mount / TEST_CGROUP))
+        for directory, _, _ in reversed(walk):  # children before their parent
+            with contextlib.suppress(OSError):  # not empty: the leftover check says why
+                os.rmdir(directory)
 
 
 @dataclass(frozen=True)

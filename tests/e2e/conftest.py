@@ -29,15 +29,16 @@ def _database_url() -> str:
     return f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
 
 
-class CeleryProcess:
-    """One `celery` subprocess whose output is kept for assertions and failure reports."""
+class OutputProcess:
+    """A subprocess of the project (its own session) whose output is kept for assertions and
+    failure reports."""
 
-    def __init__(self, args: list[str], env: dict[str, str], ready_marker: str):
+    def __init__(self, argv: list[str], env: dict[str, str], ready_marker: str = ""):
         self.output: list[str] = []
         self._ready = threading.Event()
         self._marker = ready_marker
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "config", *args],
+            [sys.executable, *argv],
             cwd=PROJECT_ROOT,
             env=env,
             stdout=subprocess.PIPE,
@@ -51,26 +52,36 @@ class CeleryProcess:
         assert self.process.stdout is not None
         for line in self.process.stdout:
             self.output.append(line)
-            if self._marker in line:
+            if self._marker and self._marker in line:
                 self._ready.set()
 
     def wait_ready(self) -> None:
         if not self._ready.wait(READY_TIMEOUT_S):
-            raise AssertionError("celery did not start:\n" + "".join(self.output[-50:]))
+            raise AssertionError(f"{self.process.args!r} did not start:\n" + self.log()[-5000:])
 
-    def stop(self) -> None:
+    def _stop(self, send: Callable[[], None], grace_s: float) -> None:
         if self.process.poll() is None:
-            # Cold shutdown: a warm one waits on the filesystem broker for seconds, and a task
-            # still running at the end of a test has nothing left to finish.
-            os.killpg(self.process.pid, signal.SIGQUIT)
+            send()
             try:
-                self.process.wait(15)
+                self.process.wait(grace_s)
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(5)
 
     def log(self) -> str:
         return "".join(self.output)
+
+
+class CeleryProcess(OutputProcess):
+    """One `celery` subprocess."""
+
+    def __init__(self, args: list[str], env: dict[str, str], ready_marker: str):
+        super().__init__(["-m", "celery", "-A", "config", *args], env, ready_marker)
+
+    def stop(self) -> None:
+        # Cold shutdown: a warm one waits on the filesystem broker for seconds, and a task
+        # still running at the end of a test has nothing left to finish.
+        self._stop(lambda: os.killpg(self.process.pid, signal.SIGQUIT), 15)
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +21,7 @@ import httpx
 import pytest
 
 from tests.conftest import require_service
-from tests.e2e.conftest import PROJECT_ROOT
+from tests.e2e.conftest import PROJECT_ROOT, OutputProcess
 from tests.sandboxes.backends.fixtures_local import host_tables
 
 pytestmark = [pytest.mark.e2e, pytest.mark.bwrap]
@@ -39,36 +38,14 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class StackProcess:
+class StackProcess(OutputProcess):
+    """`python -m config.stack`: the whole embedded stack."""
+
     def __init__(self, env: dict[str, str]):
-        self.output: list[str] = []
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "config.stack"],
-            cwd=PROJECT_ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
-        threading.Thread(target=self._read, daemon=True).start()
+        super().__init__(["-m", "config.stack"], env)
 
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.output.append(line)
-
-    def log(self) -> str:
-        return "".join(self.output)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGINT)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(5)
+    def stop(self) -> None:  # as Ctrl-C would: the stack stops its processes itself
+        self._stop(lambda: os.kill(self.process.pid, signal.SIGINT), 30)
 
 
 @pytest.fixture
